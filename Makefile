@@ -1,0 +1,88 @@
+# Entry points of the Chinese mini-LLM pipeline. `make help` lists them.
+# Every target that runs Python first builds .venv (once) from pyproject.toml.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+
+# Common knobs (override on the command line: make pretrain PRESET=tiny ARGS="--max-steps 200").
+PRESET ?= mini
+ARGS   ?=
+NPROC  ?= 1
+# Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
+TORCHRUN_ARGS ?= --standalone
+LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
+
+.DEFAULT_GOAL := help
+.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.10 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) ## create .venv and install the dependencies (the other targets do this themselves)
+
+prep-wiki: OUT ?= data_bin/wiki
+prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki]
+	@test -n "$(WIKI)" || { echo "usage: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [ARGS=...]"; exit 2; }
+	$(PY) -m prep wiki "$(WIKI)" --out "$(OUT)" $(ARGS)
+
+prep-sft: OUT ?= data_bin/sft
+prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
+	@test -n "$(BELLE)" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
+	$(PY) -m prep sft "$(BELLE)" --out "$(OUT)" $(ARGS)
+
+pretrain: DATA ?= data_bin/wiki
+pretrain: OUT ?= runs/pretrain
+pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
+	$(LAUNCH) -m train pretrain --preset $(PRESET) --data "$(DATA)" --out "$(OUT)" $(ARGS)
+
+sft: DATA ?= data_bin/sft
+sft: INIT ?= runs/pretrain
+sft: OUT ?= runs/sft
+sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
+	$(LAUNCH) -m train sft --preset $(PRESET) --data "$(DATA)" --init "$(INIT)" --out "$(OUT)" $(ARGS)
+
+sample: CKPT ?= runs/sft
+sample: PROMPT ?= 数学是
+sample: $(STAMP) ## generate: [CKPT=runs/sft] [PROMPT=数学是] [ARGS=...]
+	$(PY) -m model sample --ckpt "$(CKPT)" --prompt "$(PROMPT)" $(ARGS)
+
+chat: CKPT ?= runs/sft
+chat: $(STAMP) ## multi-turn chat in the terminal: [CKPT=runs/sft] [ARGS=--system ...]
+	$(PY) -m model chat --ckpt "$(CKPT)" $(ARGS)
+
+export: CKPT ?= runs/sft
+export: OUT ?= $(CKPT)/hf
+export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
+	$(PY) -m model export --ckpt "$(CKPT)" --out "$(OUT)" $(ARGS)
+
+eval: CKPT ?= runs/pretrain
+eval: DATA ?= data_bin/wiki
+eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
+	$(PY) -m train eval --ckpt "$(CKPT)" --data "$(DATA)" $(ARGS)
+
+demo: $(STAMP) ## the whole pipeline on the bundled sample, in minutes on a CPU
+	$(PY) -m demo $(ARGS)
+
+test: $(STAMP) ## lint and run the test suite (offline, CPU, a few minutes)
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
+	$(PY) bench/prep.py $(ARGS)
+	$(PY) bench/train.py $(ARGS)
+	$(PY) bench/generate.py $(ARGS)
+
+clean: ## remove .venv and caches (keeps data_bin/ and runs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""The GPT, generation with a KV cache, chat and export (``python -m model --help``). No training code."""

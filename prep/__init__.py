@@ -1,0 +1,1 @@
+"""Offline prep: raw text -> token files (``python -m prep --help``). Imports no training code."""

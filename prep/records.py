@@ -1,0 +1,41 @@
+"""What format readers hand to the prep pipeline: documents to tokenize, or records skipped and why.
+
+A reader (``prep/wiki.py`` for articles, ``prep/sft.py`` for dialogs) never tokenizes. It turns raw
+records into a `Document`: a list of pieces, each either text (encoded with the tokenizer's ordinary
+encoding) or a special id produced by our own template, each with a "trained" flag. The pipeline
+(``prep/pipeline.py``) batches the text of many documents into one tokenizer call, assembles ids and
+masks, and writes them. Keeping readers tokenizer-free keeps them small, testable and fast to run
+in worker processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text to encode, or one special token id; `trained` marks its tokens as training targets (SFT)."""
+
+    text: str | None = None
+    special_id: int | None = None
+    trained: bool = False
+
+
+@dataclass
+class Document:
+    """One article or dialog, as pieces. The pipeline appends nothing: the reader ends it with <|endoftext|>."""
+
+    pieces: list[Piece]
+    split_key: str  # hashed (stably) to choose train or val, e.g. the article id
+    dedup_key: str  # exact duplicates by this key are dropped, e.g. the normalised text
+    location: str  # "file:line", for messages
+    turn_starts: list[int] = field(default_factory=list)  # indices into `pieces` where a user turn begins
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record that was not used, with a short machine-readable reason (e.g. ``invalid_json``)."""
+
+    reason: str
+    location: str

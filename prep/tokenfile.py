@@ -1,0 +1,277 @@
+"""The token-file format: the only interface between offline prep and training.
+
+A dataset is a folder holding, for each split (``train``, ``val``):
+
+* ``{split}.bin``       flat little-endian uint32 token ids (Qwen ids exceed 65,535);
+* ``{split}.idx``       uint64 offset of every document / dialog start, then the token count;
+* ``{split}.mask.bin``  (SFT) one uint8 per token, 1 = "this token is a training target";
+* ``{split}.turns.idx`` (SFT) uint64 offset of every user turn, so a sampler can start a block
+  inside a dialog longer than the block;
+
+and ``meta.json``, written last. A folder without ``meta.json`` is unfinished and every reader
+refuses it. The writer builds the whole folder beside the target as ``.{name}.partial`` and renames it
+into place only when complete, so an interrupted run (Ctrl-C, kill -9, a full disk) never touches a
+previous good folder and never leaves one that looks finished.
+
+This module is the only code that opens these files; the trainer reads through `open_token_folder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+KINDS = ("pretrain", "sft")
+META_NAME = "meta.json"
+TOKEN_DTYPE = np.dtype("<u4")
+INDEX_DTYPE = np.dtype("<u8")
+MASK_DTYPE = np.dtype("u1")
+
+
+class TokenFileError(ValueError):
+    """A token folder is missing, unfinished or inconsistent."""
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write JSON through a temp file + fsync + rename, so readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def partial_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def _is_token_file(name: str) -> bool:
+    return name == META_NAME or any(name.startswith(f"{s}.") for s in SPLITS)
+
+
+def _refuse_foreign_folder(out: Path) -> None:
+    """The writer replaces `out` whole, so it must be a token folder (or empty), never e.g. `data_bin/`."""
+    if out.exists() and (not out.is_dir() or not all(_is_token_file(p.name) for p in out.iterdir())):
+        raise TokenFileError(f"{out}: exists and is not a token folder; choose another output folder")
+
+
+class _SplitWriter:
+    """Appends documents of one split to its files and keeps its counts."""
+
+    def __init__(self, folder: Path, split: str, with_mask: bool, with_turns: bool):
+        self.tokens = open(folder / f"{split}.bin", "wb")
+        self.doc_starts = open(folder / f"{split}.idx", "wb")
+        self.mask = open(folder / f"{split}.mask.bin", "wb") if with_mask else None
+        self.turns = open(folder / f"{split}.turns.idx", "wb") if with_turns else None
+        self.n_tokens = self.n_docs = self.n_bytes = 0
+        self.n_target_tokens = self.n_target_bytes = 0
+
+    def add(self, tokens: np.ndarray, mask, turn_starts, n_bytes: int, target_bytes: int) -> None:
+        self.doc_starts.write(np.array([self.n_tokens], INDEX_DTYPE).tobytes())
+        self.tokens.write(np.ascontiguousarray(tokens, TOKEN_DTYPE).tobytes())
+        if self.mask is not None:
+            mask = np.ascontiguousarray(mask, MASK_DTYPE)
+            self.mask.write(mask.tobytes())
+            self.n_target_tokens += int(mask.sum())
+        if self.turns is not None and len(turn_starts):
+            self.turns.write((np.asarray(turn_starts, INDEX_DTYPE) + self.n_tokens).astype(INDEX_DTYPE).tobytes())
+        self.n_tokens += len(tokens)
+        self.n_docs += 1
+        self.n_bytes += n_bytes
+        self.n_target_bytes += target_bytes
+
+    def close(self) -> dict:
+        self.doc_starts.write(np.array([self.n_tokens], INDEX_DTYPE).tobytes())
+        for f in (self.tokens, self.doc_starts, self.mask, self.turns):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        stats = {"tokens": self.n_tokens, "docs": self.n_docs, "bytes": self.n_bytes}
+        if self.mask is not None:
+            stats |= {"target_tokens": self.n_target_tokens, "target_bytes": self.n_target_bytes}
+        return stats
+
+    def abandon(self) -> None:
+        for f in (self.tokens, self.doc_starts, self.mask, self.turns):
+            if f is not None and not f.closed:
+                f.close()
+
+
+class TokenFolderWriter:
+    """Writes one dataset folder. Use as a context manager; `finish()` makes it visible.
+
+    >>> with TokenFolderWriter(Path("data_bin/wiki"), "pretrain", tok.identity()) as w:
+    ...     w.add("train", ids)
+    ...     w.finish({"sources": [...]})
+
+    Leaving the block without `finish()` (an exception, Ctrl-C) deletes the partial folder.
+    """
+
+    def __init__(self, out: str | os.PathLike, kind: str, tokenizer: dict, with_mask: bool = False,
+                 with_turns: bool = False):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.out = Path(out)
+        self.kind = kind
+        self.tokenizer = tokenizer
+        _refuse_foreign_folder(self.out)
+        self.partial = partial_path(self.out)
+        if self.partial.exists():  # left by an interrupted run
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
+        self.splits = {s: _SplitWriter(self.partial, s, with_mask, with_turns) for s in SPLITS}
+        self.with_mask = with_mask
+        self.finished = False
+
+    def add(self, split: str, tokens: Sequence[int] | np.ndarray, mask: Sequence[int] | np.ndarray | None = None,
+            turn_starts: Sequence[int] = (), n_bytes: int = 0, target_bytes: int = 0) -> None:
+        """Append one document (already ending in <|endoftext|>) to `split`.
+
+        `turn_starts` are offsets within the document; `n_bytes` / `target_bytes` are the UTF-8 bytes
+        of its text / of its trained text, for bits-per-byte.
+        """
+        if (mask is not None) != self.with_mask:
+            raise ValueError("mask must be given exactly when the folder was opened with_mask=True")
+        if mask is not None and len(mask) != len(tokens):
+            raise ValueError(f"mask has {len(mask)} entries for {len(tokens)} tokens")
+        self.splits[split].add(tokens, mask, turn_starts, n_bytes, target_bytes)
+
+    def finish(self, extra_meta: dict | None = None) -> dict:
+        """Close the files, write meta.json last, and move the folder into place. Returns the meta."""
+        split_stats = {name: w.close() for name, w in self.splits.items()}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "tokenizer": self.tokenizer,
+            "splits": split_stats,
+            **(extra_meta or {}),
+        }
+        write_json_atomic(self.partial / META_NAME, meta)
+        old = self.out.parent / f".{self.out.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if self.out.exists():
+            self.out.rename(old)
+        self.partial.rename(self.out)
+        if old.exists():
+            shutil.rmtree(old)
+        self.finished = True
+        return meta
+
+    def abort(self) -> None:
+        for w in self.splits.values():
+            w.abandon()
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def __enter__(self) -> TokenFolderWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.finished:
+            self.abort()
+
+
+@dataclass
+class Split:
+    """Read-only memmaps of one split. Nothing is loaded into RAM until sliced."""
+
+    name: str
+    tokens: np.ndarray
+    doc_starts: np.ndarray  # n_docs + 1 entries; the last is the token count
+    mask: np.ndarray | None
+    turn_starts: np.ndarray | None
+    stats: dict
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_starts) - 1
+
+    def doc(self, i: int) -> np.ndarray:
+        """Tokens of document `i`, <|endoftext|> included."""
+        return self.tokens[int(self.doc_starts[i]) : int(self.doc_starts[i + 1])]
+
+    def doc_mask(self, i: int) -> np.ndarray:
+        if self.mask is None:
+            raise TokenFileError(f"split {self.name!r} has no loss mask (a pretraining folder)")
+        return self.mask[int(self.doc_starts[i]) : int(self.doc_starts[i + 1])]
+
+
+def _memmap(path: Path, dtype: np.dtype, expected: int | None) -> np.ndarray:
+    if not path.is_file():
+        raise TokenFileError(f"{path}: missing; the folder is damaged, rerun prep")
+    size = path.stat().st_size
+    if size % dtype.itemsize or (expected is not None and size != expected * dtype.itemsize):
+        want = "a multiple of" if expected is None else f"{expected} x"
+        raise TokenFileError(f"{path}: {size} bytes, expected {want} {dtype.itemsize}-byte entries; rerun prep")
+    if size == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class TokenFolder:
+    """An opened, complete token folder: its meta and its splits."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / META_NAME
+        if not self.path.is_dir():
+            raise TokenFileError(f"{self.path}: no such token folder; run `make prep-wiki` or `make prep-sft` first")
+        if not meta_path.is_file():
+            raise TokenFileError(
+                f"{self.path}: no {META_NAME}, so the folder is incomplete (an interrupted prep?) "
+                "or not a token folder; rerun prep"
+            )
+        try:
+            self.meta = json.loads(meta_path.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TokenFileError(f"{meta_path}: not valid JSON ({e}); rerun prep") from e
+        version = self.meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise TokenFileError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; rerun prep")
+        if self.meta.get("kind") not in KINDS:
+            raise TokenFileError(f"{meta_path}: kind {self.meta.get('kind')!r}, expected one of {KINDS}")
+        self._splits: dict[str, Split] = {}
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def tokenizer(self) -> dict:
+        return self.meta["tokenizer"]
+
+    def split(self, name: str) -> Split:
+        """Memmap `name` (``train`` or ``val``), checking file sizes against meta.json."""
+        if name not in self._splits:
+            stats = self.meta.get("splits", {}).get(name)
+            if stats is None:
+                raise TokenFileError(f"{self.path / META_NAME}: no split {name!r}")
+            n = stats["tokens"]
+            has_mask = self.kind == "sft"
+            tokens = _memmap(self.path / f"{name}.bin", TOKEN_DTYPE, n)
+            starts = _memmap(self.path / f"{name}.idx", INDEX_DTYPE, stats["docs"] + 1)
+            mask = _memmap(self.path / f"{name}.mask.bin", MASK_DTYPE, n) if has_mask else None
+            turns_path = self.path / f"{name}.turns.idx"
+            turns = _memmap(turns_path, INDEX_DTYPE, None) if turns_path.exists() else None
+            self._splits[name] = Split(name, tokens, starts, mask, turns, stats)
+        return self._splits[name]
+
+
+def open_token_folder(path: str | os.PathLike) -> TokenFolder:
+    """Open a finished token folder, or raise `TokenFileError` with a one-line reason."""
+    return TokenFolder(path)

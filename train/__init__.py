@@ -1,0 +1,1 @@
+"""The training loop shared by pretraining and SFT (``python -m train --help``)."""
