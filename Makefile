@@ -27,6 +27,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
+# transformers 4.x beside the venv's 5.x, only so the tests can prove exported tokenizers load in both.
+TF4 := $(VENV)/tf4
+$(TF4)/.installed: $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target $(TF4) \
+		"transformers>=4.45,<5" "tokenizers>=0.22,<0.23" "huggingface_hub>=0.34,<1"
+	touch $@
+
 setup: $(STAMP) ## create .venv and install the dependencies (the other targets do this themselves)
 
 prep-wiki: OUT ?= data_bin/wiki
@@ -72,7 +79,7 @@ eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...]
 demo: $(STAMP) ## the whole pipeline on the bundled sample, in minutes on a CPU
 	$(PY) -m demo $(ARGS)
 
-test: $(STAMP) ## lint and run the test suite (offline, CPU, a few minutes)
+test: $(STAMP) $(TF4)/.installed ## lint and run the test suite (offline, CPU, a few minutes)
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
 

@@ -16,7 +16,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prep.tokenizer import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START, QWEN2_SPLIT_PATTERN, _gpt2_unicode_to_byte
+from prep.tokenizer import (
+    CHATML_TEMPLATE,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    QWEN2_SPLIT_PATTERN,
+    gpt2_char_to_byte,
+)
 
 if TYPE_CHECKING:
     from prep.tokenizer import QwenTiktokenTokenizer
@@ -40,7 +47,7 @@ def _bpe_split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
 
 def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """GPT-2-style vocab and merge list for a tiktoken rank table."""
-    byte_to_char = {b: ch for ch, b in _gpt2_unicode_to_byte().items()}
+    byte_to_char = {b: ch for ch, b in gpt2_char_to_byte().items()}
 
     def spell(b: bytes) -> str:
         return "".join(byte_to_char[x] for x in b)

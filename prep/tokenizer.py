@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import unicodedata
 from collections.abc import Sequence
@@ -224,7 +223,7 @@ class ByteTokenizer(Tokenizer):
 
 
 @lru_cache(maxsize=1)
-def _gpt2_unicode_to_byte() -> dict[str, int]:
+def gpt2_char_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's byte -> printable-character table used by byte-level BPE vocabularies."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -259,7 +258,7 @@ class HFTokenizer(Tokenizer):
         self.eot_id, self.im_start_id, self.im_end_id = (ids[t] for t in SPECIAL_TOKENS)
         self._length = len(self.hf)
         vocab = self.hf.get_vocab()
-        decoder = _gpt2_unicode_to_byte()
+        decoder = gpt2_char_to_byte()
         byte_level = all(ch in decoder for tok in list(vocab)[:1000] for ch in tok)
         specials = set(self.hf.all_special_tokens) | set(SPECIAL_TOKENS)
         self._bytes = [b""] * self._length
@@ -308,7 +307,3 @@ def check_identity(expected: dict, tok: Tokenizer, where: str) -> None:
                 f"{where}: made with tokenizer {expected.get('name')!r} ({key}={expected.get(key)}), "
                 f"but {tok.name!r} has {key}={got[key]}"
             )
-
-
-def identity_json(tok: Tokenizer) -> str:
-    return json.dumps(tok.identity(), ensure_ascii=False, sort_keys=True)
