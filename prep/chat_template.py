@@ -1,0 +1,141 @@
+"""ChatML, as Qwen uses it: the one place where dialogs become pieces, for training AND for chatting.
+
+    <|im_start|>system\\n{system}<|im_end|>\\n          (optional)
+    <|im_start|>user\\n{question}<|im_end|>\\n
+    <|im_start|>assistant\\n{reply}<|im_end|>\\n
+    ...
+    <|endoftext|>                                      (training only: separates dialogs)
+
+Special ids come only from here (``Piece(special_id=...)``); every message is a text piece encoded
+with the tokenizer's ordinary encoding, so a literal ``<|im_start|>`` typed by a user stays text.
+
+The loss mask (``Piece.trained``) is 1 exactly on each assistant reply and its ``<|im_end|>``: the
+model learns to write replies and to stop. Everything it is given rather than asked to produce is 0:
+system and user text, role headers, the ``\\n`` after ``<|im_end|>`` and the ``<|endoftext|>``.
+
+The assistant header ``assistant\\n`` is its own untrained piece, apart from the reply. At inference the
+prompt ends with ``<|im_start|>assistant\\n`` (`render_prompt`) and the model generates the reply from
+there, so the reply must be tokenized on its own in training as well; otherwise BPE could merge the
+header's newline into the reply's first token and training and chatting would see different ids.
+User and system headers are never generated, so they share one piece with their text, which also
+makes the ids those of Hugging Face's ``apply_chat_template`` over the same ChatML template
+(``prep.tokenizer.CHATML_TEMPLATE``) for messages that do not begin with whitespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from prep.records import Piece
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatSpecials:
+    """The three special ids a template needs: small and picklable, for readers in worker processes."""
+
+    eot_id: int
+    im_start_id: int
+    im_end_id: int
+
+    @classmethod
+    def of(cls, tokenizer) -> ChatSpecials:
+        """Take the ids from a `prep.tokenizer.Tokenizer` (or anything with the same three attributes)."""
+        return cls(tokenizer.eot_id, tokenizer.im_start_id, tokenizer.im_end_id)
+
+
+class ChatFormatError(ValueError):
+    """Messages that ChatML cannot express as given (an unknown role, a system message after the first)."""
+
+
+def _role_and_content(message: Mapping[str, str] | Sequence[str]) -> tuple[str, str]:
+    if isinstance(message, Mapping):
+        role, content = message.get("role"), message.get("content")
+    else:
+        role, content = message
+    if role not in ROLES:
+        raise ChatFormatError(f"role must be one of {ROLES}, not {role!r}")
+    if not isinstance(content, str):
+        raise ChatFormatError(f"content of a {role} message must be a string, not {type(content).__name__}")
+    return role, content
+
+
+def message_pieces(role: str, content: str, specials: ChatSpecials) -> list[Piece]:
+    """One ChatML message; only an assistant message is trained (its reply and its <|im_end|>)."""
+    if role == "assistant":
+        return [
+            Piece(special_id=specials.im_start_id),
+            Piece(text="assistant\n"),
+            Piece(text=content, trained=True),
+            Piece(special_id=specials.im_end_id, trained=True),
+            Piece(text="\n"),
+        ]
+    return [
+        Piece(special_id=specials.im_start_id),
+        Piece(text=f"{role}\n{content}"),
+        Piece(special_id=specials.im_end_id),
+        Piece(text="\n"),
+    ]
+
+
+def generation_prompt_pieces(specials: ChatSpecials) -> list[Piece]:
+    """``<|im_start|>assistant\\n``: the same pieces an assistant message begins with in training."""
+    return [Piece(special_id=specials.im_start_id), Piece(text="assistant\n")]
+
+
+def chat_pieces(
+    messages: Iterable[Mapping[str, str] | Sequence[str]],
+    specials: ChatSpecials,
+    *,
+    add_generation_prompt: bool = False,
+    end_of_text: bool = False,
+) -> tuple[list[Piece], list[int]]:
+    """Render messages (``{"role", "content"}`` dicts or ``(role, content)`` pairs) as pieces.
+
+    Returns the pieces and `turn_starts`: the index of the ``<|im_start|>`` piece of every user message,
+    so a training sampler can begin a block at any user turn of a dialog longer than the block.
+    A system message is allowed only first. Turn order is the caller's business: readers check it
+    for training data, and a chat front end may send what it likes.
+    """
+    pieces: list[Piece] = []
+    turn_starts: list[int] = []
+    for i, message in enumerate(messages):
+        role, content = _role_and_content(message)
+        if role == "system" and i > 0:
+            raise ChatFormatError("a system message may only come first")
+        if role == "user":
+            turn_starts.append(len(pieces))
+        pieces += message_pieces(role, content, specials)
+    if add_generation_prompt:
+        pieces += generation_prompt_pieces(specials)
+    if end_of_text:
+        pieces.append(Piece(special_id=specials.eot_id))
+    return pieces, turn_starts
+
+
+def encode_pieces(pieces: Sequence[Piece], tokenizer) -> tuple[list[int], list[int]]:
+    """Ids and mask (1 = trained) of pieces, encoding all their text in one batch call."""
+    encoded = iter(tokenizer.encode_batch([p.text for p in pieces if p.text is not None]))
+    ids: list[int] = []
+    mask: list[int] = []
+    for p in pieces:
+        piece_ids = [p.special_id] if p.text is None else next(encoded)
+        ids += piece_ids
+        mask += [int(p.trained)] * len(piece_ids)
+    return ids, mask
+
+
+def render_prompt(
+    messages: Iterable[Mapping[str, str] | Sequence[str]],
+    tokenizer,
+    add_generation_prompt: bool = True,
+) -> list[int]:
+    """Token ids of a chat history for inference, built from exactly the pieces training uses.
+
+    With `add_generation_prompt` the ids end with ``<|im_start|>assistant\\n``: generate from there and
+    stop at ``<|im_end|>``. No ``<|endoftext|>`` is added.
+    """
+    pieces, _ = chat_pieces(messages, ChatSpecials.of(tokenizer), add_generation_prompt=add_generation_prompt)
+    return encode_pieces(pieces, tokenizer)[0]
