@@ -39,3 +39,11 @@ class Skipped:
 
     reason: str
     location: str
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """Something a reader fixed and still used (a BOM stripped, a CRLF line end), counted so it is never silent."""
+
+    reason: str
+    location: str

@@ -1,0 +1,425 @@
+"""The prep engine that `prep wiki` and `prep sft` both run on: chunks in, token folder out.
+
+How a run flows::
+
+    Source.chunks()  ──▶  worker: parse(chunk, specials) -> [Document | Skipped | Repaired]
+    (main process,        worker: ONE tokenizer.encode_batch over every text piece of the chunk,
+     file order)                  ids (+ mask, + turn offsets), byte counts, dedup and split hashes
+                     ──▶  main: drop duplicates, pick train/val, TokenFolderWriter.add, count
+                          (results consumed in chunk order, so the output is deterministic)
+
+API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
+
+* A **source** (`Source`) lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
+  progress total) and yields `Chunk`s in a fixed order. A chunk is a bounded piece of ONE input: raw
+  bytes cut on a record boundary (`FileSource` does this for line-based files), or a list of already
+  parsed ``(line_or_row_number, row)`` pairs (for JSON arrays or hub datasets). ``chunk.name`` +
+  line numbers give exact ``file:line`` locations. Chunks keep memory flat and let one huge file use
+  every core. ``prep.jsonl.json_objects(chunk)`` turns a bytes chunk of JSON lines into objects, with
+  the bad-line handling every JSON-lines reader wants.
+* A **parse function** ``parse(chunk, specials) -> list[Document | Skipped | Repaired]``: module level
+  (it is pickled to the workers); bind format options with `functools.partial`. It never tokenizes;
+  special tokens come from ``specials`` (`Specials`: eot_id, im_start_id, im_end_id). A Document must
+  end with its own ``Piece(special_id=specials.eot_id)``: the engine appends nothing.
+* `run_prep(PrepJob(...))` does the rest and returns meta.json's content. ``PrepJob.options`` are the
+  command's options as recorded in meta.json (leave out ``--out`` and ``--workers``: they do not change
+  the bytes, and two runs that differ only there must write identical folders).
+
+Guarantees: the same inputs and options give byte-identical folders, whatever ``--workers``; Ctrl-C or
+an error leaves no folder behind (and an earlier good folder untouched); kill -9 leaves only the
+``.NAME.partial`` folder, which readers never accept and the next run deletes; workers whose parent
+died exit on their own. A missing or empty input, or no usable document at all, raises `PrepError`
+(a one-line `click.ClickException`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+import numpy as np
+
+from prep.records import Document, Repaired, Skipped
+from prep.report import PrepProgress, PrepStats, print_summary
+from prep.tokenfile import TokenFileError, TokenFolderWriter
+from prep.tokenizer import TokenizerError, load_tokenizer, nfc
+
+CHUNK_BYTES = 4 << 20
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+class PrepError(click.ClickException):
+    """A one-line, user-facing reason why prep cannot produce a folder (no traceback, exit code 1)."""
+
+
+class PrepInterrupted(PrepError):
+    """Ctrl-C: the workers are stopped and the partial folder is gone (exit code 130, as shells expect)."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The tokenizer's special ids, all a parse function may know of the tokenizer."""
+
+    eot_id: int
+    im_start_id: int
+    im_end_id: int
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    """One input as meta.json and messages name it (a path relative to the input folder, or a hub name)."""
+
+    name: str
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A bounded piece of one input, cut on a record boundary.
+
+    ``data`` is raw bytes whose first line is line ``first_line`` of ``name``, or a list of
+    ``(line_or_row_number, row)`` pairs. ``fmt`` is whatever the source detected for this input
+    (e.g. ``jsonl`` or ``wikiextractor``). ``n_bytes`` is the input the chunk covers, for the progress
+    bar. ``file_skip`` set means the whole input is unusable (``empty_file``, ``compressed_file``): the
+    engine counts it once and never calls parse.
+    """
+
+    name: str
+    first_line: int
+    data: bytes | list[tuple[int, Any]]
+    fmt: str = ""
+    n_bytes: int = 0
+    file_skip: str | None = None
+
+
+class Source(Protocol):
+    inputs: Sequence[SourceInput]
+
+    def chunks(self) -> Iterator[Chunk]: ...
+
+
+def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) -> list[tuple[Path, str]]:
+    """Input files as (path, display name): the file itself, or every match of `patterns` at any depth.
+
+    Hidden files and folders are ignored; the order is the sorted display names, so it never depends on
+    the file system. Raises `PrepError` for a missing input or a folder without matching files.
+    """
+    root = Path(path)
+    if root.is_file():
+        return [(root, root.name)]
+    if not root.is_dir():
+        raise PrepError(f"{path}: no such file or folder")
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        for p in root.rglob(pattern):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+                found[rel] = p
+    if not found:
+        raise PrepError(f"{path}: no {what} found (looked for {' or '.join(patterns)} at any depth)")
+    return [(found[name], name) for name in sorted(found)]
+
+
+class FileSource:
+    """Line-based files read in chunks of about `chunk_bytes`, each cut just after a record's last line.
+
+    `detect(head)` names the format of a file from its first bytes; `record_end[fmt]` is the byte
+    string whose line ends a record (``b"\\n"``: every line is a record; ``b"\\n</doc>"``: a record
+    ends on a ``</doc>`` line). A record longer than a chunk just makes that chunk longer.
+    """
+
+    def __init__(self, files: Sequence[tuple[Path, str]], detect: Callable[[bytes], str],
+                 record_end: dict[str, bytes], chunk_bytes: int = CHUNK_BYTES):
+        self.files = list(files)
+        self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
+        self.detect = detect
+        self.record_end = record_end
+        self.chunk_bytes = chunk_bytes
+
+    def chunks(self) -> Iterator[Chunk]:
+        for (path, name), info in zip(self.files, self.inputs, strict=True):
+            yield from self._file_chunks(path, name, info.n_bytes)
+
+    def _file_chunks(self, path: Path, name: str, size: int) -> Iterator[Chunk]:
+        with open(path, "rb") as f:
+            head = f.read(64 << 10)
+            if not head:
+                yield Chunk(name, 1, b"", file_skip="empty_file")
+                return
+            if any(head.startswith(magic) for magic in COMPRESSED_MAGIC):
+                yield Chunk(name, 1, b"", n_bytes=size, file_skip="compressed_file")
+                return
+            fmt = self.detect(head)
+            marker = self.record_end[fmt]
+            f.seek(0)
+            line, carry = 1, b""
+            while True:
+                block = f.read(self.chunk_bytes)
+                buf = carry + block if carry else block
+                cut = len(buf) if not block else _last_record_end(buf, marker)
+                if block and cut == 0:  # no complete record yet: read on
+                    carry = buf
+                    continue
+                data, carry = buf[:cut], buf[cut:]
+                if data:
+                    yield Chunk(name, line, data, fmt, len(data))
+                    line += data.count(b"\n")
+                if not block:
+                    return
+
+
+def _last_record_end(buf: bytes, marker: bytes) -> int:
+    """Offset just past the newline that ends the last line containing `marker`, or 0 if none ends in buf."""
+    p = buf.rfind(marker)
+    while p >= 0:
+        nl = buf.find(b"\n", p + len(marker) - 1 if marker.endswith(b"\n") else p + len(marker))
+        if nl >= 0:
+            return nl + 1
+        p = buf.rfind(marker, 0, p)
+    return 0
+
+
+@dataclass
+class Encoded:
+    """A chunk after parse + encode: what crosses from a worker to the main process (numpy, cheap to pickle)."""
+
+    name: str
+    n_bytes: int
+    file_skip: str | None
+    tokens: np.ndarray  # all documents of the chunk, concatenated
+    ends: np.ndarray  # token offset where each document ends
+    mask: np.ndarray | None  # sft: 1 = trained
+    turns: list[list[int]]  # per document: token offsets of user turns
+    text_bytes: list[int]
+    target_bytes: list[int]
+    chars: list[int]
+    dedup: list[int]  # 64-bit hash of Document.dedup_key
+    val: list[bool]
+    locations: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
+    repaired: list[Repaired] = field(default_factory=list)
+    n_records: int = 0
+
+
+def stable_hash(text: str, person: bytes) -> int:
+    """64-bit blake2b of `text`: the same on every machine and run (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, person=person).digest()
+    return int.from_bytes(digest, "little")
+
+
+def is_val(split_key: str, val_fraction: float) -> bool:
+    """Whether a document goes to the val split: a stable function of its key alone, so it never moves."""
+    return stable_hash(split_key, b"split") < val_fraction * 2.0**64
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, parent: int | None) -> None:
+    """Load the tokenizer once per worker; in a pool, ignore Ctrl-C (the parent stops us) and watch the parent."""
+    if parent is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
+    tok = load_tokenizer(tokenizer)
+    _WORKER.update(tok=tok, specials=Specials(tok.eot_id, tok.im_start_id, tok.im_end_id), parse=parse,
+                   kind=kind, val_fraction=val_fraction)
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """After a kill -9 of the main process nothing would ever stop its workers; they stop themselves."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def encode_chunk(chunk: Chunk) -> Encoded:
+    """Parse one chunk and encode all its text in one tokenizer call (runs in a worker)."""
+    w = _WORKER
+    tok, sft = w["tok"], w["kind"] == "sft"
+    records = [] if chunk.file_skip else w["parse"](chunk, w["specials"])
+    docs: list[Document] = []
+    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip, np.zeros(0, np.uint32), np.zeros(0, np.int64),
+                  None, [], [], [], [], [], [], [])
+    texts: list[str] = []
+    for r in records:
+        if isinstance(r, Document):
+            try:
+                doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
+                for t in doc_texts:
+                    t.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
+                out.skipped.append(Skipped("invalid_unicode", r.location))
+                continue
+            docs.append(r)
+            texts.extend(doc_texts)
+        elif isinstance(r, Skipped):
+            out.skipped.append(r)
+        elif isinstance(r, Repaired):
+            out.repaired.append(r)
+        else:
+            raise TypeError(f"parse returned {type(r).__name__}, expected Document, Skipped or Repaired")
+    out.n_records = len(docs) + len(out.skipped)
+    ids = iter(tok.encode_batch(texts))
+    text_iter = iter(texts)
+    tokens, mask, ends = array("I"), array("B"), []
+    for doc in docs:
+        start = len(tokens)
+        turn_pieces, turns = set(doc.turn_starts), []
+        n_bytes = target = chars = 0
+        for k, piece in enumerate(doc.pieces):
+            if k in turn_pieces:
+                turns.append(len(tokens) - start)
+            if piece.text is not None:
+                piece_ids, text = next(ids), next(text_iter)
+                b = len(text.encode("utf-8"))
+                n_bytes, chars = n_bytes + b, chars + len(text)
+                target += b if piece.trained else 0
+            elif piece.special_id is not None:
+                piece_ids = [piece.special_id]
+            else:
+                raise ValueError(f"{doc.location}: a Piece needs text or special_id")
+            tokens.extend(piece_ids)
+            if sft:
+                mask.frombytes((b"\x01" if piece.trained else b"\x00") * len(piece_ids))
+        ends.append(len(tokens))
+        out.turns.append(turns)
+        out.text_bytes.append(n_bytes)
+        out.target_bytes.append(target)
+        out.chars.append(chars)
+        out.dedup.append(stable_hash(doc.dedup_key, b"dedup"))
+        out.val.append(is_val(doc.split_key, w["val_fraction"]))
+        out.locations.append(doc.location)
+    out.tokens = np.frombuffer(tokens, np.uint32) if tokens else np.zeros(0, np.uint32)
+    out.ends = np.asarray(ends, np.int64)
+    out.mask = (np.frombuffer(mask, np.uint8) if mask else np.zeros(0, np.uint8)) if sft else None
+    return out
+
+
+def _start_method() -> str:
+    # fork shares the already loaded tokenizer and starts instantly; elsewhere fork is unsafe.
+    return "fork" if sys.platform == "linux" else "spawn"
+
+
+@contextmanager
+def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
+    """A process pool of `workers` (None for in-process work when workers == 1), stopped on any exit.
+
+    Created before the progress bar starts its thread, so forking never copies a thread's locks.
+    """
+    if workers <= 1:
+        _init_worker(*init_args, None)
+        yield None
+        return
+    pool = mp.get_context(_start_method()).Pool(workers, _init_worker, (*init_args, os.getpid()))
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def encoded_chunks(source: Source, pool: Any, workers: int) -> Iterator[Encoded]:
+    """Encoded chunks in source order. At most 2 * workers + 2 chunks in flight keeps memory flat."""
+    if pool is None:
+        for chunk in source.chunks():
+            yield encode_chunk(chunk)
+        return
+    window: deque = deque()
+    for chunk in source.chunks():
+        window.append(pool.apply_async(encode_chunk, (chunk,)))
+        if len(window) >= 2 * workers + 2:
+            yield window.popleft().get()
+    while window:
+        yield window.popleft().get()
+
+
+@dataclass
+class PrepJob:
+    """Everything one prep run needs. `options` go into meta.json as given."""
+
+    source: Source
+    parse: Callable[[Chunk, Specials], list[Document | Skipped | Repaired]]
+    out: Path
+    kind: str  # "pretrain" or "sft"
+    options: dict
+    tokenizer: str = "qwen2"
+    val_fraction: float = 0.005
+    workers: int | None = None  # None: every core
+    with_turns: bool = False  # write {split}.turns.idx (SFT)
+    title: str = "prep"
+    show_progress: bool = True
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_prep(job: PrepJob, console=None) -> dict:
+    """Run a prep job end to end; returns the meta.json written. Raises `PrepError` for unusable input."""
+    if not 0.0 <= job.val_fraction < 1.0:
+        raise PrepError(f"--val-fraction must be in [0, 1), not {job.val_fraction}")
+    try:
+        tok = load_tokenizer(job.tokenizer)
+    except TokenizerError as e:
+        raise PrepError(str(e)) from None
+    workers = job.workers or default_workers()
+    stats = PrepStats(job.source.inputs)
+    started = time.perf_counter()
+    try:
+        writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind == "sft",
+                                   with_turns=job.with_turns)
+    except (TokenFileError, OSError) as e:
+        raise PrepError(str(e)) from None
+    init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction)
+    try:
+        meta = _write(job, writer, stats, init_args, workers, console)
+    except KeyboardInterrupt:
+        raise PrepInterrupted(f"interrupted: nothing written to {job.out} (an earlier folder there is untouched)") \
+            from None
+    print_summary(meta, time.perf_counter() - started, job.out, console)
+    return meta
+
+
+def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args: tuple, workers: int,
+           console=None) -> dict:
+    """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder."""
+    seen: set[int] = set()  # 64-bit dedup hashes: about 60-70 bytes per kept document (int + set slot)
+    total = sum(i.n_bytes for i in job.source.inputs)
+    with worker_pool(init_args, workers) as pool, writer, \
+            PrepProgress(job.title, total, job.show_progress, console) as progress:
+        for enc in encoded_chunks(job.source, pool, workers):
+            stats.add_chunk(enc)
+            n_new = 0
+            for i, end in enumerate(enc.ends):
+                begin = int(enc.ends[i - 1]) if i else 0
+                if enc.dedup[i] in seen:
+                    stats.skip("duplicate", enc.locations[i])
+                    continue
+                seen.add(enc.dedup[i])
+                split = "val" if enc.val[i] else "train"
+                mask = enc.mask[begin:end] if enc.mask is not None else None
+                writer.add(split, enc.tokens[begin:end], mask, enc.turns[i], enc.text_bytes[i], enc.target_bytes[i])
+                stats.keep(enc.name, enc.chars[i])
+                n_new += int(end) - begin
+            progress.advance(enc.n_bytes, n_new)
+        if stats.kept == 0:
+            raise PrepError(f"{job.options.get('input', job.out)}: no usable document; {stats.reasons_line()}")
+        return writer.finish(stats.to_meta(job.options))
