@@ -101,8 +101,10 @@ class PrepProgress:
         if self.enabled:
             self.progress.update(self.task, advance=n_bytes, tokens=self.tokens)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self.enabled:
+            if exc_type is not None:  # leave the error message alone on the screen
+                self.progress.live.transient = True
             self.progress.stop()
 
 
@@ -117,7 +119,7 @@ def summary_table(meta: dict, elapsed: float | None = None) -> Table:
     in_bytes = sum(s["bytes"] for s in sources)
     t.add_row("inputs", f"{len(sources):,}", f"{in_bytes / 1e6:,.1f} MB")
     t.add_row("records read", f"{rec.get('read', 0):,}", "")
-    t.add_row("documents kept", f"{rec.get('kept', 0):,}",
+    t.add_row("documents kept", f"{sum(s['docs'] for s in splits.values()):,}",
               " / ".join(f"{name} {s['docs']:,}" for name, s in splits.items()))
     for title, table in (("skipped", meta.get("skipped", {})), ("repaired, kept", meta.get("repaired", {}))):
         for reason, e in sorted(table.items()):

@@ -42,8 +42,13 @@ Record = Document | Skipped | Repaired
 
 
 def detect_format(head: bytes) -> str:
-    """``wikiextractor`` if the file starts with a ``<doc`` tag, else ``jsonl``."""
-    return "wikiextractor" if head.removeprefix(BOM).lstrip().startswith(b"<doc") else "jsonl"
+    """``wikiextractor`` if a ``<doc`` line comes before any ``{`` line in the file's first bytes, else ``jsonl``."""
+    for raw in head.removeprefix(BOM).split(b"\n"):
+        if raw.startswith(b"<doc"):
+            return "wikiextractor"
+        if raw.lstrip().startswith(b"{"):
+            return "jsonl"
+    return "jsonl"
 
 
 def wiki_source(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> FileSource:

@@ -1,0 +1,121 @@
+"""`prep inspect`: look inside a token folder the way a trainer will see it.
+
+What people need when a model misbehaves: the counts prep recorded (and what it skipped), how long
+documents are in tokens, and one document decoded. For SFT folders the decoded dialog shows which
+tokens carry loss (green) and every special token (magenta), so a wrong mask or template is visible
+at a glance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from prep.report import summary_table
+from prep.tokenfile import Split, TokenFileError, open_token_folder
+from prep.tokenizer import Tokenizer, TokenizerError, check_identity, load_tokenizer
+
+TRAINED_STYLE = "bold green"
+SPECIAL_STYLE = "bold magenta"
+
+
+def length_histogram(lengths: np.ndarray, width: int = 40) -> Table:
+    """Documents per power-of-two token-length bin, as text bars."""
+    t = Table(title="tokens per document", title_justify="left", show_header=True, box=None)
+    t.add_column("tokens", justify="right")
+    t.add_column("docs", justify="right")
+    t.add_column("")
+    if len(lengths) == 0:
+        return t
+    top = int(np.ceil(np.log2(max(int(lengths.max()), 1) + 1)))
+    edges = 2 ** np.arange(top + 1)
+    counts = np.histogram(lengths, bins=edges)[0]
+    peak = max(int(counts.max()), 1)
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
+        if c:
+            t.add_row(f"{lo:,}-{hi - 1:,}", f"{c:,}", "█" * max(1, round(width * c / peak)))
+    return t
+
+
+def render_doc(tok: Tokenizer, ids: np.ndarray, mask: np.ndarray | None) -> Text:
+    """Decoded text, specials shown as their names, trained tokens highlighted (mask may be None)."""
+    specials = set(tok.special_ids.values())
+    out = Text()
+    run: list[int] = []
+    run_trained = False
+
+    def flush() -> None:
+        if run:
+            out.append(tok.decode(run), style=TRAINED_STYLE if run_trained else None)
+            run.clear()
+
+    for k, i in enumerate(ids.tolist()):
+        trained = bool(mask[k]) if mask is not None else False
+        if i in specials:
+            flush()
+            out.append(tok.decode([i]), style=SPECIAL_STYLE + (" underline" if trained else ""))
+            continue
+        if trained != run_trained:
+            flush()
+            run_trained = trained
+        run.append(i)
+    flush()
+    return out
+
+
+def _load_tokenizer(identity: dict, where: Path) -> Tokenizer:
+    try:
+        tok = load_tokenizer(identity["name"])
+        check_identity(identity, tok, str(where))
+    except TokenizerError as e:
+        raise click.ClickException(str(e)) from None
+    return tok
+
+
+def inspect_folder(folder: str | Path, split: str = "train", doc_index: int = 0, n_tokens: int = 200,
+                   console: Console | None = None) -> None:
+    """Print the summary, the length histogram of `split`, and document `doc_index` (first `n_tokens`)."""
+    console = console or Console()
+    try:
+        tf = open_token_folder(folder)
+        s: Split = tf.split(split)
+    except TokenFileError as e:
+        raise click.ClickException(str(e)) from None
+    if s.n_docs and not -s.n_docs <= doc_index < s.n_docs:
+        raise click.ClickException(f"--doc {doc_index}: split {split!r} has {s.n_docs:,} documents (0..{s.n_docs - 1})")
+    meta = tf.meta
+    ident = meta["tokenizer"]
+    console.print(f"[bold]{folder}[/]: kind {tf.kind}, tokenizer {ident['name']} ({ident['len']:,} ids, "
+                  f"fingerprint {ident['fingerprint']}), format {meta['format_version']}")
+    options = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("options", {}).items()))
+    if options:
+        console.print(f"options: {options}")
+    console.print(summary_table(meta))
+    lengths = np.diff(np.asarray(s.doc_starts, dtype=np.int64))
+    if len(lengths):
+        console.print(f"{split}: {s.n_docs:,} documents, tokens per document: min {lengths.min():,}, "
+                      f"median {int(np.median(lengths)):,}, mean {lengths.mean():,.0f}, max {lengths.max():,}")
+    console.print(length_histogram(lengths))
+    if s.n_docs == 0:
+        console.print(f"split {split!r} has no documents")
+        return
+    k = doc_index % s.n_docs
+    ids = np.asarray(s.doc(k))
+    mask = np.asarray(s.doc_mask(k)) if s.mask is not None else None
+    tok = _load_tokenizer(ident, Path(folder))
+    shown = ids[:n_tokens]
+    head = f"{split} document {k:,} of {s.n_docs:,}: {len(ids):,} tokens"
+    if mask is not None:
+        head += f", {int(mask.sum()):,} trained"
+    console.rule(head + (f" (first {len(shown):,} shown)" if len(shown) < len(ids) else ""))
+    if mask is not None:
+        console.print(Text.assemble("legend: ", ("trained text", TRAINED_STYLE), "  untrained text  ",
+                                    ("<|special|>", SPECIAL_STYLE), "  ", ("<|trained special|>",
+                                                                          SPECIAL_STYLE + " underline")))
+    console.print(render_doc(tok, shown, mask[:n_tokens] if mask is not None else None))
+    console.rule()
