@@ -1,0 +1,88 @@
+"""Token folders for trainer tests, written with the real writer and the 259-id bytes tokenizer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prep.tokenfile import TokenFolderWriter
+from prep.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+
+# A model this small trains in milliseconds per step on a CPU.
+TINY_SET = ["n_layer=2", "n_head=2", "n_embd=32", "block_size=32", "batch_size=8", "micro_batch_size=4",
+            "lr=3e-3", "warmup_steps=2", "eval_blocks=4", "sample_tokens=4", "log_every=1"]
+
+
+def tiny_args(*extra: str, shape: bool = True) -> list[str]:
+    """CLI arguments of a tiny run; without `shape`, SFT takes the model shape from its --init."""
+    args = ["--preset", "tiny"]
+    for item in TINY_SET:
+        if shape or item.split("=")[0] not in ("n_layer", "n_head", "n_embd", "block_size"):
+            args += ["--set", item]
+    return args + list(extra)
+
+
+def texts(n: int, seed: int) -> list[str]:
+    """Repetitive sentences: enough structure for a tiny model to learn something in a few steps."""
+    rng = np.random.default_rng(seed)
+    words = ["数学", "是", "研究", "数量", "结构", "以及", "空间", "等", "概念", "的", "一门", "学科", "。"]
+    return ["".join(rng.choice(words, size=rng.integers(20, 60))) for _ in range(n)]
+
+
+def write_pretrain(path: Path, n_docs: int = 40, tokenizer: str = "bytes") -> Path:
+    tok = load_tokenizer(tokenizer)
+    with TokenFolderWriter(path, "pretrain", tok.identity()) as w:
+        for i, text in enumerate(texts(n_docs, seed=0)):
+            ids = tok.encode(text) + [tok.eot_id]
+            w.add("val" if i % 8 == 0 else "train", ids, n_bytes=len(text.encode()))
+        w.finish()
+    return path
+
+
+def write_sft(path: Path, n_dialogs: int = 30, all_masked_out: bool = False, identity: dict | None = None) -> Path:
+    """ChatML-like dialogs: user turns untrained, assistant replies (+ <|im_end|>) trained."""
+    tok = load_tokenizer("bytes")
+    rng = np.random.default_rng(1)
+    identity = identity or tok.identity()
+    with TokenFolderWriter(path, "sft", identity, with_mask=True, with_turns=True) as w:
+        for i in range(n_dialogs):
+            ids, mask, turns, target_bytes = [], [], [], 0
+            for _ in range(int(rng.integers(1, 4))):
+                q, a = texts(2, seed=int(rng.integers(1 << 30)))
+                q, a = q[:6], a[:20]
+                turns.append(len(ids))
+                user = [tok.im_start_id] + tok.encode("user\n" + q) + [tok.im_end_id] + tok.encode("\n")
+                head = [tok.im_start_id] + tok.encode("assistant\n")
+                reply = tok.encode(a) + [tok.im_end_id]
+                ids += user + head + reply + tok.encode("\n")
+                mask += [0] * (len(user) + len(head)) + [0 if all_masked_out else 1] * len(reply) + [0]
+                target_bytes += 0 if all_masked_out else len(a.encode())
+            ids.append(tok.eot_id)
+            mask.append(0)
+            w.add("val" if i % 6 == 0 else "train", ids, mask, turns, n_bytes=len(ids), target_bytes=target_bytes)
+        w.finish()
+    return path
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([PY, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def pretrain_data(tmp_path_factory) -> Path:
+    return write_pretrain(tmp_path_factory.mktemp("data") / "wiki")
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> Path:
+    return write_sft(tmp_path_factory.mktemp("data") / "sft")

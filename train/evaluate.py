@@ -1,0 +1,81 @@
+"""Validation: mean loss and bits per byte over given windows, and a short sample from a fixed prompt.
+
+`evaluate_windows` is what the trainer runs every `eval_every` steps (on a fixed set of blocks) and
+what ``train eval`` runs over a whole split (`data.tiling_starts`). Bits per byte make runs with
+different tokenizers comparable: ``bpb = loss / ln 2 * tokens / bytes``, using the split's token and
+UTF-8 byte counts from ``meta.json`` (for SFT its *target* tokens and bytes, the ones the loss is on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+
+from model.gpt import GPT
+from prep.tokenfile import Split
+from train.data import read_windows
+
+
+@torch.no_grad()
+def evaluate_windows(model: GPT, split: Split, starts: np.ndarray, block_size: int, batch_size: int,
+                     device: torch.device, autocast=contextlib.nullcontext, rank: int = 0,
+                     world_size: int = 1) -> tuple[float, float]:
+    """``(loss_sum, n_targets)`` over this rank's share (``starts[rank::world_size]``) of the windows.
+
+    Sum the pair over ranks and divide for the mean loss in nats per target token.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = count = 0.0
+    mine = starts[rank::world_size]
+    for i in range(0, len(mine), batch_size):
+        x, y, mask = (torch.from_numpy(a).to(device) for a in read_windows(split, mine[i : i + batch_size], block_size))
+        with autocast():
+            s, n = model(x, y, mask)
+        loss_sum += s.item()  # python floats: float64 sums, whatever the device
+        count += n.item()
+    model.train(was_training)
+    return loss_sum, count
+
+
+def bits_per_byte(mean_loss: float, split: Split) -> float | None:
+    """Bits per UTF-8 byte of the trained text, or None when meta.json lacks the byte counts."""
+    stats = split.stats
+    tokens, n_bytes = (stats.get("target_tokens"), stats.get("target_bytes")) if split.mask is not None else (
+        stats.get("tokens"), stats.get("bytes"))
+    if not tokens or not n_bytes:
+        return None
+    return mean_loss / math.log(2) * tokens / n_bytes
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """The sample prompt's ids: raw text for pretraining, a ChatML user turn + assistant header for SFT."""
+    if chat:
+        from prep.chat_template import render_prompt
+
+        return render_prompt([{"role": "user", "content": prompt}], tokenizer)
+    return tokenizer.encode(prompt)
+
+
+@torch.no_grad()
+def sample_text(model: GPT, tokenizer, prompt: str, chat: bool, max_new_tokens: int, device: torch.device,
+                autocast=contextlib.nullcontext) -> str:
+    """Greedy continuation of the prompt, decoded up to the first special token."""
+    ids = prompt_ids(tokenizer, prompt, chat)
+    if not ids:
+        return ""
+    was_training = model.training
+    model.eval()
+    with autocast():
+        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, n_vocab=len(tokenizer))
+    model.train(was_training)
+    new = out[0, min(len(ids), model.config.block_size - 1):].tolist()  # generate keeps the prompt's tail
+    stops = {tokenizer.eot_id, tokenizer.im_end_id, tokenizer.im_start_id}
+    for k, t in enumerate(new):
+        if t in stops:
+            new = new[:k]
+            break
+    return tokenizer.decode(new)
