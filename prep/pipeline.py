@@ -57,7 +57,8 @@ from prep.report import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import TokenFileError, TokenFolderWriter
 from prep.tokenizer import TokenizerError, load_tokenizer, nfc
 
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
+MIN_CHUNK_BYTES = 64 << 10
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
@@ -141,15 +142,16 @@ class FileSource:
     `detect(head)` names the format of a file from its first bytes; `record_end[fmt]` is the byte
     string whose line ends a record (``b"\\n"``: every line is a record; ``b"\\n</doc>"``: a record
     ends on a ``</doc>`` line). A record longer than a chunk just makes that chunk longer.
+    `chunk_bytes` None picks `auto_chunk_bytes` (the same for every run on the same input).
     """
 
     def __init__(self, files: Sequence[tuple[Path, str]], detect: Callable[[bytes], str],
-                 record_end: dict[str, bytes], chunk_bytes: int = CHUNK_BYTES):
+                 record_end: dict[str, bytes], chunk_bytes: int | None = None):
         self.files = list(files)
         self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
         self.detect = detect
         self.record_end = record_end
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs))
 
     def chunks(self) -> Iterator[Chunk]:
         for (path, name), info in zip(self.files, self.inputs, strict=True):
@@ -181,6 +183,11 @@ class FileSource:
                     line += data.count(b"\n")
                 if not block:
                     return
+
+
+def auto_chunk_bytes(total_bytes: int) -> int:
+    """At least ~64 chunks per run, so every core stays busy to the end even on a small corpus; at most 1 MB."""
+    return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total_bytes // 64)))
 
 
 def _last_record_end(buf: bytes, marker: bytes) -> int:

@@ -29,7 +29,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from prep.jsonl import BOM, json_objects
-from prep.pipeline import CHUNK_BYTES, Chunk, FileSource, PrepJob, Specials, discover_files, run_prep
+from prep.pipeline import Chunk, FileSource, PrepJob, Specials, discover_files, run_prep
 from prep.records import Document, Piece, Repaired, Skipped
 from prep.tokenizer import nfc
 
@@ -51,7 +51,7 @@ def detect_format(head: bytes) -> str:
     return "jsonl"
 
 
-def wiki_source(path: str | Path, chunk_bytes: int = CHUNK_BYTES) -> FileSource:
+def wiki_source(path: str | Path, chunk_bytes: int | None = None) -> FileSource:
     """Every ``wiki_*`` file under `path` at any depth (or `path` itself if it is a file), in name order."""
     files = discover_files(path, WIKI_PATTERNS, "wiki shards (files named wiki_00, wiki_01, …)")
     return FileSource(files, detect_format, RECORD_END, chunk_bytes)
@@ -155,7 +155,7 @@ def _wikiextractor_articles(chunk: Chunk, make) -> Iterator[Record]:
 
 def run_wiki(wiki_dir: str | Path, out: str | Path, tokenizer: str = "qwen2", val_fraction: float = 0.005,
              workers: int | None = None, min_chars: int = DEFAULT_MIN_CHARS, to_simplified: bool = False,
-             show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES, console=None) -> dict:
+             show_progress: bool = True, chunk_bytes: int | None = None, console=None) -> dict:
     """`prep wiki` as a function: returns the meta.json written to `out`."""
     options = {"command": "wiki", "input": str(wiki_dir), "tokenizer": tokenizer, "val_fraction": val_fraction,
                "min_chars": min_chars, "to_simplified": to_simplified}

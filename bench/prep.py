@@ -1,0 +1,211 @@
+"""How fast is prep? Each figure is measured in the same run as the baseline it is compared with.
+
+    python bench/prep.py [--wiki DIR] [--kind wiki|all] [--workers N] [--repeat 3]
+
+For wiki (default input: ../shared/data/wiki_zh, else the bundled sample_data/wiki_zh):
+
+* pipeline:        `prep wiki` end to end (parse, encode, dedup, split, write), every core;
+* tokenizer alone: parse + NFC + tiktoken ``encode_ordinary_batch`` on every core, nothing written:
+                   the ceiling the pipeline should reach (goal: ratio >= 0.9);
+* AutoTokenizer:   ``AutoTokenizer.encode`` per document in one process, the seed project's way
+                   (goal: pipeline >= 5x), on the first ``--baseline-mb`` of input.
+
+Every phase runs in a fresh child process, so its peak RSS is its own (main process, and the largest
+worker where there are workers). Rates are input MB/s (the JSON lines read) and tokens/s; the best of
+``--repeat`` runs is kept, since a shared machine is noisy. A new kind of input adds one function to
+`SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)  # this script is bench/prep.py: otherwise `import prep` would find itself
+
+
+def default_wiki() -> Path:
+    shared = SHARED / "data" / "wiki_zh"
+    return shared if shared.is_dir() else ROOT / "sample_data" / "wiki_zh"
+
+
+def default_hf_tokenizer(tmp: Path) -> Path:
+    """The real Qwen2 files where present, else our own tokenizer saved in Hugging Face format (offline)."""
+    real = SHARED / "qwen2-tokenizer"
+    if (real / "vocab.json").is_file():
+        return real
+    from prep.tokenizer import load_tokenizer
+
+    load_tokenizer("qwen2").save_pretrained(tmp / "qwen2-hf")
+    return tmp / "qwen2-hf"
+
+
+def wiki_files(wiki: Path) -> list[Path]:
+    from prep.wiki import wiki_source
+
+    return [p for p, _ in wiki_source(wiki).files]
+
+
+# ---- phases: each runs in its own process and returns seconds, input bytes and tokens ----
+
+def phase_wiki_pipeline(wiki: str, workers: int, **_) -> dict:
+    from prep.tokenizer import load_tokenizer
+    from prep.wiki import run_wiki
+
+    load_tokenizer("qwen2")  # loaded before the clock starts, as in the other phases
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        meta = run_wiki(wiki, Path(tmp) / "wiki", workers=workers, show_progress=False,
+                        console=Console(file=io.StringIO()))
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
+            "tokens": sum(s["tokens"] for s in meta["splits"].values())}
+
+
+def phase_wiki_tokenizer(wiki: str, workers: int, **_) -> dict:
+    from prep.tokenizer import load_tokenizer
+
+    enc = load_tokenizer("qwen2").encoding
+    t0 = time.perf_counter()
+    n_bytes = n_tokens = 0
+    for path in wiki_files(Path(wiki)):
+        data = path.read_bytes()
+        n_bytes += len(data)
+        texts = [unicodedata.normalize("NFC", json.loads(line)["text"]) for line in data.splitlines() if line.strip()]
+        n_tokens += sum(map(len, enc.encode_ordinary_batch(texts, num_threads=workers)))
+    return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
+
+
+def phase_wiki_autotokenizer(wiki: str, hf_tokenizer: str, baseline_mb: float, **_) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_tokenizer)
+    t0 = time.perf_counter()
+    n_bytes = n_tokens = 0
+    for path in wiki_files(Path(wiki)):
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    n_tokens += len(tok.encode(json.loads(line)["text"], add_special_tokens=False))
+                    n_bytes += len(line)
+                if n_bytes >= baseline_mb * 1e6:
+                    break
+        if n_bytes >= baseline_mb * 1e6:
+            break
+    return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
+
+
+PHASES: dict[str, Callable[..., dict]] = {
+    "wiki-pipeline": phase_wiki_pipeline,
+    "wiki-tokenizer": phase_wiki_tokenizer,
+    "wiki-autotokenizer": phase_wiki_autotokenizer,
+}
+
+
+def run_child(phase: str, **kw) -> dict:
+    """One run of `phase` in a fresh interpreter, so the peak RSS it reports is the phase's own."""
+    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--phase-args", json.dumps(kw)],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        raise click.ClickException(f"phase {phase} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(phases: dict[str, tuple[str, dict]], repeat: int) -> dict[str, dict]:
+    """Best of `repeat` runs per phase, interleaved (A B A B ...) so machine noise hits all phases alike."""
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for name, (phase, kw) in phases.items():
+            r = run_child(phase, **kw)
+            if name not in best or r["seconds"] < best[name]["seconds"]:
+                best[name] = r
+    for r in best.values():
+        r |= {"mb_s": r["bytes"] / 1e6 / r["seconds"], "tok_s": r["tokens"] / r["seconds"]}
+    return best
+
+
+def run_phase(phase: str, args: str) -> None:
+    result = PHASES[phase](**json.loads(args))
+    to_mb = 1 / 1024 if sys.platform == "linux" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * to_mb
+    result["worker_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * to_mb
+    print(json.dumps(result))
+
+
+# ---- sections: one per kind of input ----
+
+def section_wiki(opts: dict, console: Console) -> None:
+    wiki = opts["wiki"] or default_wiki()
+    files = wiki_files(wiki)
+    size = sum(p.stat().st_size for p in files)
+    console.print(f"[bold]wiki[/]: {wiki} ({len(files)} files, {size / 1e6:.1f} MB), {opts['workers']} workers, "
+                  f"best of {opts['repeat']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = opts["hf_tokenizer"] or default_hf_tokenizer(Path(tmp))
+        kw = {"wiki": str(wiki), "workers": opts["workers"]}
+        rows = measure({
+            "prep wiki (pipeline)": ("wiki-pipeline", kw),
+            "tokenizer alone": ("wiki-tokenizer", kw),
+        }, opts["repeat"])
+        rows |= measure({"AutoTokenizer loop": ("wiki-autotokenizer", {
+            "wiki": str(wiki), "hf_tokenizer": str(hf), "baseline_mb": opts["baseline_mb"]})}, 1)
+    t = Table(title="prep wiki throughput", title_justify="left")
+    for col in ("", "MB/s", "tokens/s", "peak RSS main", "peak RSS worker", "input MB"):
+        t.add_column(col, justify="right" if col else "left")
+    for name, r in rows.items():
+        worker = f"{r['worker_rss_mb']:,.0f} MB" if r["worker_rss_mb"] > 1 else "-"
+        t.add_row(name, f"{r['mb_s']:.2f}", f"{r['tok_s']:,.0f}", f"{r['rss_mb']:,.0f} MB", worker,
+                  f"{r['bytes'] / 1e6:.1f}")
+    console.print(t)
+    pipe, alone, auto = rows.values()
+    console.print(f"pipeline / tokenizer alone: [bold]{pipe['mb_s'] / alone['mb_s']:.2f}[/] (goal >= 0.9)")
+    console.print(f"pipeline / AutoTokenizer loop: [bold]{pipe['mb_s'] / auto['mb_s']:.1f}x[/] (goal >= 5x)")
+
+
+SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki}
+
+
+@click.command()
+@click.option("--wiki", type=click.Path(exists=True, path_type=Path), default=None,
+              help="wiki_zh folder (default: ../shared/data/wiki_zh, else sample_data/wiki_zh).")
+@click.option("--kind", type=click.Choice([*SECTIONS, "all"]), default="all", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Default: every core.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--baseline-mb", type=float, default=2.0, show_default=True,
+              help="Input the (slow) AutoTokenizer loop encodes.")
+@click.option("--hf-tokenizer", default=None, help="Folder for the AutoTokenizer baseline "
+              "(default: ../shared/qwen2-tokenizer, else our tokenizer saved in HF format).")
+@click.option("--phase", hidden=True)
+@click.option("--phase-args", hidden=True)
+def main(wiki, kind, workers, repeat, baseline_mb, hf_tokenizer, phase, phase_args) -> None:
+    """Benchmark prep against its tokenizer and against a per-document AutoTokenizer loop."""
+    if phase:
+        run_phase(phase, phase_args)
+        return
+    from prep.pipeline import default_workers
+
+    opts = {"wiki": wiki, "workers": workers or default_workers(), "repeat": repeat, "baseline_mb": baseline_mb,
+            "hf_tokenizer": hf_tokenizer}
+    console = Console()
+    for name, section in SECTIONS.items():
+        if kind in (name, "all"):
+            section(opts, console)
+
+
+if __name__ == "__main__":
+    main()
