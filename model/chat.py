@@ -1,0 +1,145 @@
+"""Multi-turn chat: the history as ChatML (`prep.chat_template`, the rendering SFT trained on), kept
+within the model's block.
+
+Before each reply the history is cut to fit ``block_size - reserve`` tokens, where `reserve` (half a
+block, or max-new-tokens if smaller) is room for the reply. Whole turns go, oldest first (a turn is a
+user message and the reply to it); a turn is never cut in the middle and the system prompt always
+stays. Only if the newest message alone (with the system prompt) is still too long does the engine's
+sliding window crop the prompt from the left; the user is told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from model.generate import Engine, TextStream
+from model.sampling import SamplingParams
+from prep.chat_template import render_prompt
+from prep.tokenizer import Tokenizer
+
+Message = dict[str, str]
+EXIT_COMMANDS = ("/exit", "/quit")
+RESET_COMMAND = "/reset"
+
+
+@dataclass
+class FittedPrompt:
+    ids: list[int]
+    messages: list[Message]
+    dropped_turns: int  # oldest turns left out to fit
+    overflow: bool  # even the newest message alone does not fit: the engine will crop it
+
+
+def history_messages(system: str | None, turns: list[tuple[str, str]], user: str) -> list[Message]:
+    messages = [{"role": "system", "content": system}] if system else []
+    for question, answer in turns:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": user}]
+
+
+def fit_history(system: str | None, turns: list[tuple[str, str]], user: str, tokenizer, budget: int) -> FittedPrompt:
+    """The prompt ids (ending in the assistant header) with as many of the latest turns as fit `budget`."""
+    for dropped in range(len(turns) + 1):
+        messages = history_messages(system, turns[dropped:], user)
+        ids = render_prompt(messages, tokenizer, add_generation_prompt=True)
+        if len(ids) <= budget:
+            return FittedPrompt(ids, messages, dropped, overflow=False)
+    return FittedPrompt(ids, messages, len(turns), overflow=True)
+
+
+def reply_reserve(block_size: int, max_new_tokens: int) -> int:
+    """Room kept free for the reply: max-new-tokens, but never more than half the block."""
+    return min(max_new_tokens, block_size // 2)
+
+
+@dataclass
+class ChatSession:
+    """The history of one conversation and the engine that answers it. Sampling is seeded once per
+    session, so a scripted conversation gives the same replies every run."""
+
+    engine: Engine
+    tokenizer: Tokenizer
+    params: SamplingParams
+    system: str | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.params = replace(self.params, num_samples=1)
+        self.generator = torch.Generator(self.engine.device).manual_seed(self.params.seed)
+        self.last: FittedPrompt | None = None
+
+    def reset(self) -> None:
+        self.turns.clear()
+
+    def reply(self, user: str) -> Iterator[str]:
+        """Stream the reply to `user` as text pieces; the turn joins the history when it is done."""
+        budget = self.engine.block_size - reply_reserve(self.engine.block_size, self.params.max_new_tokens)
+        self.last = fit_history(self.system, self.turns, user, self.tokenizer, budget)
+        del self.turns[: self.last.dropped_turns]  # a turn that no longer fits is gone for good
+        stream = TextStream(self.tokenizer)
+        pieces: list[str] = []
+        run = self.engine.stream(self.last.ids, self.params, generator=self.generator)
+        for step in run:
+            if step[0] is None:
+                continue
+            piece = stream.push(step[0])
+            if piece:
+                pieces.append(piece)
+                yield piece
+        tail = stream.flush()
+        if tail:
+            pieces.append(tail)
+            yield tail
+        self.turns.append((user, "".join(pieces)))
+
+
+def run_chat(session: ChatSession, inputs: Iterable[str] | None, write: Callable[[str], None],
+             note: Callable[[str], None], read: Callable[[str], str] = input) -> int:
+    """The terminal loop: `inputs` (scripted messages) or `read` (interactive) until /exit or EOF.
+
+    `write` prints conversation text, `note` status lines. Returns the number of replies given.
+    """
+    scripted = inputs is not None
+    source = iter(inputs) if scripted else None
+    replies = 0
+    while True:
+        try:
+            if scripted:
+                line = next(source, None)
+                if line is None:
+                    break
+                write(f"user: {line}\n")
+            else:
+                line = read("user: ")
+        except (EOFError, KeyboardInterrupt):
+            write("\n")
+            break
+        text = line.strip()
+        if text in EXIT_COMMANDS:
+            break
+        if text == RESET_COMMAND:
+            session.reset()
+            note("(history cleared)")
+            continue
+        if not text:
+            continue
+        write("assistant: ")
+        try:
+            for piece in session.reply(line):
+                write(piece)
+        except KeyboardInterrupt:
+            write("\n")
+            note("(reply interrupted; it is not kept in the history)")
+            continue
+        write("\n")
+        replies += 1
+        fitted = session.last
+        if fitted.overflow:
+            note(f"(the message is longer than the model's context of {session.engine.block_size} tokens; "
+                 "only its end was seen)")
+        elif fitted.dropped_turns:
+            note(f"(the {fitted.dropped_turns} oldest turn(s) no longer fit the context and were left out)")
+    return replies

@@ -1,0 +1,222 @@
+"""Export to a Hugging Face folder that `GPT2LMHeadModel` loads: ``AutoModelForCausalLM`` + ``AutoTokenizer``
++ ``generate`` work offline, and tools that read that layout (vLLM, llama.cpp's ``convert_hf_to_gguf.py``)
+take it as a plain GPT-2.
+
+Our GPT *is* GPT-2's architecture (pre-norm, learned positions, tied embeddings, tanh GELU), so the
+export only renames nothing and transposes a little:
+
+* GPT-2 keeps its projections in ``Conv1D`` modules whose weight is (in, out); ours are `nn.Linear`
+  (out, in). ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed, nothing else.
+* The output layer is the token embedding (``tie_word_embeddings``), stored once as ``wte``.
+* ``activation_function="gelu_pytorch_tanh"`` is the very kernel our MLP calls
+  (``nn.GELU(approximate="tanh")``), so logits match to float rounding; the LayerNorm epsilon is copied.
+* ``n_positions`` (and ``n_ctx``, which llama.cpp reads) is the block size; ``vocab_size`` is the
+  padded embedding size (151,680 for Qwen2). Dropout is 0. A model trained without biases gets zero
+  biases, as GPT-2 always has them.
+
+Stop ids go into ``generation_config.json``: ``<|endoftext|>`` for a base model, ``<|im_end|>`` and
+``<|endoftext|>`` for a chat model, with the padded vocabulary rows as ``suppress_tokens``; a chat
+model's tokenizer also gets the ChatML ``chat_template`` (the one
+``prep.chat_template`` trains on) and ``eos_token = <|im_end|>``. The folder is built beside `out` and
+renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from model.gpt import GPT
+from model.io import load_model, read_model_info
+from model.loader import load_tokenizer_for
+from model.sampling import SamplingParams
+from prep.tokenizer import CHATML_TEMPLATE, IM_END, Tokenizer, TokenizerError
+
+CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MARKER = "zh_mini_llm_export"  # in config.json, so a re-export may replace the folder
+
+
+class ExportError(ValueError):
+    """The output folder cannot be written (it holds something else)."""
+
+
+def gpt2_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Our weights under GPT2LMHeadModel's names and layouts (Conv1D weights transposed)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu", torch.float32)
+        if name.endswith(CONV1D_SUFFIXES):
+            t = t.t()
+        out[name] = t.to(dtype).contiguous()
+    if not model.config.bias:  # GPT-2 always has biases: add zero ones
+        for name, module in model.named_modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is None:
+                width = module.weight.shape[0]
+                out[f"{name}.bias"] = torch.zeros(width, dtype=dtype)
+    return out
+
+
+def gpt2_config(model: GPT, tokenizer_ids: dict, dtype: str) -> dict:
+    c = model.config
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": c.vocab_size,
+        "n_positions": c.block_size,
+        "n_ctx": c.block_size,
+        "n_embd": c.n_embd,
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_inner": 4 * c.n_embd,
+        "activation_function": "gelu_pytorch_tanh",
+        "layer_norm_epsilon": c.layer_norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": tokenizer_ids["eot"],
+        "eos_token_id": tokenizer_ids["eos"],
+        "pad_token_id": tokenizer_ids["eot"],
+        "torch_dtype": dtype,
+        MARKER: True,
+    }
+
+
+def generation_config(tokenizer_ids: dict, stop_ids: list[int], n_vocab: int, vocab_size: int,
+                      defaults: SamplingParams) -> dict:
+    """Stop and pad ids, the padded vocabulary rows suppressed, the defaults of ``python -m model sample``.
+
+    The embedding has ``vocab_size`` rows but only ``n_vocab`` are tokens. Training never targets the
+    others, yet nothing forbids them, so `suppress_tokens` keeps `generate` from ever producing one
+    (our engine cuts them from the logits).
+    """
+    return {
+        "suppress_tokens": list(range(n_vocab, vocab_size)),
+        "bos_token_id": tokenizer_ids["eot"],
+        "eos_token_id": stop_ids if len(stop_ids) > 1 else stop_ids[0],
+        "pad_token_id": tokenizer_ids["eot"],
+        "do_sample": True,
+        "temperature": defaults.temperature,
+        "top_k": defaults.top_k,
+        "top_p": defaults.top_p,
+        "repetition_penalty": defaults.repetition_penalty,
+    }
+
+
+def _chat_tokenizer_files(folder: Path) -> None:
+    """Make a saved tokenizer a chat tokenizer: ChatML template, generation ends at <|im_end|>."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text("utf-8"))
+    config["chat_template"] = CHATML_TEMPLATE
+    config["eos_token"] = IM_END
+    config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    (folder / "chat_template.jinja").unlink(missing_ok=True)  # transformers 5.x's own copy would win
+    special_map = folder / "special_tokens_map.json"
+    if special_map.exists():
+        sm = json.loads(special_map.read_text("utf-8"))
+        sm["eos_token"] = IM_END
+        special_map.write_text(json.dumps(sm, ensure_ascii=False, indent=2) + "\n", "utf-8")
+
+
+def _prepare_out(out: Path) -> Path:
+    """A fresh partial folder beside `out`, after checking that `out` is empty or an earlier export."""
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(f"{out}: exists and is not a folder")
+        config = out / "config.json"
+        ours = config.is_file() and json.loads(config.read_text("utf-8")).get(MARKER)
+        if any(out.iterdir()) and not ours:
+            raise ExportError(f"{out}: exists and is not an earlier export; choose an empty or new folder")
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> dict:
+    """Write the Hugging Face folder for `ckpt` into `out`; returns a summary (what was written)."""
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"dtype must be one of {list(EXPORT_DTYPES)}, not {dtype!r}")
+    out = Path(out)
+    info = read_model_info(ckpt)
+    tok = load_tokenizer_for(info, str(ckpt))
+    model, info = load_model(ckpt, "cpu")
+    chat = info.get("data_kind") == "sft"
+    stop_ids = [tok.im_end_id, tok.eot_id] if chat else [tok.eot_id]
+    ids = {"eot": tok.eot_id, "eos": stop_ids[0]}
+    partial = _prepare_out(out)
+    try:
+        save_file(gpt2_state_dict(model, EXPORT_DTYPES[dtype]), partial / "model.safetensors",
+                  metadata={"format": "pt"})
+        _write_json(partial / "config.json", gpt2_config(model, ids, dtype))
+        _write_json(partial / "generation_config.json", generation_config(ids, stop_ids, len(tok), model.config.vocab_size,
+                                                                              SamplingParams()))
+        tokenizer_written = _save_tokenizer(tok, partial, chat)
+        (partial / "README.md").write_text(model_card(out.name, info, tok, chat, tokenizer_written), "utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return {"out": str(out), "chat": chat, "stop_ids": stop_ids, "tokenizer": tokenizer_written,
+            "params": model.num_params(), "dtype": dtype}
+
+
+def _save_tokenizer(tok: Tokenizer, folder: Path, chat: bool) -> bool:
+    """The tokenizer files, or False for a tokenizer that has no Hugging Face form (``bytes``)."""
+    try:
+        tok.save_pretrained(folder)
+    except TokenizerError:
+        return False
+    if chat:
+        _chat_tokenizer_files(folder)
+    return True
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
+
+
+def model_card(name: str, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool) -> str:
+    c = info["config"]
+    kind = "chat model (SFT, ChatML)" if chat else "base model (pretrained, continues text)"
+    stops = "`<|im_end|>` and `<|endoftext|>`" if chat else "`<|endoftext|>`"
+    usage = (
+        'messages = [{"role": "user", "content": "数学是什么？"}]\n'
+        "ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")\n"
+        if chat else 'ids = tok("数学是", return_tensors="pt").input_ids\n'
+    )
+    tok_note = "" if tokenizer_written else (
+        f"\nThe `{tok.name}` tokenizer has no Hugging Face form, so no tokenizer files are included.\n")
+    return f"""# {name}
+
+A Chinese GPT-2-architecture {kind}, exported by zh-mini-llm (`python -m model export`) from
+a checkpoint at step {info.get("step")}: {c["n_layer"]} layers, {c["n_head"]} heads, {c["n_embd"]} wide,
+context {c["block_size"]} tokens, tokenizer `{tok.name}` ({len(tok)} ids, embedding padded to {c["vocab_size"]}).
+Generation stops at {stops} (`generation_config.json`).
+{tok_note}
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForCausalLM.from_pretrained("{name}")
+{usage}out = model.generate(ids, max_new_tokens=100)
+print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+```
+
+The layout is plain GPT-2 (`GPT2LMHeadModel`, `gelu_pytorch_tanh`), so vLLM serves it and
+llama.cpp's `convert_hf_to_gguf.py` converts it. Only the first {c["block_size"]} positions exist.
+"""

@@ -1,0 +1,76 @@
+"""Choosing the next token from logits: repetition penalty, temperature, top-k, top-p, seeded draws.
+
+The order is the one Hugging Face `generate` uses (penalty, then temperature, then top-k, then top-p),
+so the same options mean the same thing in ``python -m model sample`` and on an exported model.
+Temperature 0 is greedy decoding (argmax); `top_k=1` is greedy as well, whatever the temperature.
+
+Top-k runs first and top-p then sorts only the k survivors, so a step costs one `topk` over the
+151,680-wide vocabulary, not a full sort. Draws use a caller-owned `torch.Generator`, so a seed gives
+the same text every run, and several samples of one prompt are rows of one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingParams:
+    """What ``python -m model sample`` / ``chat`` take on the command line."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int = 50  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    repetition_penalty: float = 1.0  # 1 = off; >1 makes tokens already in the context less likely
+    seed: int = 1337
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
+            (self.num_samples >= 1, "num_samples must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty (as in Hugging Face): a seen token's logit is divided by `penalty` if positive,
+    multiplied if negative, so it always becomes less likely. `seen` is a (B, V) bool mask."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+                seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Next token ids (B,) from `logits` (B, V) already restricted to real (unpadded) ids."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits / params.temperature
+    if 0 < params.top_k < logits.size(-1):
+        vals, ids = torch.topk(logits, params.top_k, dim=-1)  # sorted, largest first
+    else:
+        vals, ids = torch.sort(logits, dim=-1, descending=True) if params.top_p < 1.0 else (logits, None)
+    if params.top_p < 1.0:
+        probs = torch.softmax(vals, dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first always stays)
+        drop = probs.cumsum(dim=-1) - probs >= params.top_p
+        vals = vals.masked_fill(drop, float("-inf"))
+    choice = torch.multinomial(torch.softmax(vals, dim=-1), 1, generator=generator).squeeze(-1)
+    return choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)
