@@ -14,6 +14,7 @@ from model.io import CheckpointError
 from prep.tokenfile import TokenFileError
 from prep.tokenizer import TokenizerError
 from train.config import PRESETS, apply_overrides, preset
+from train.full_eval import eval_command
 from train.loop import RunSpec, TrainError, train
 
 USER_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError)
@@ -94,3 +95,6 @@ def sft(preset: str, data: Path, out: Path, init: Path | None, assignments, stop
     The model shape comes from --init; the preset NAME means its NAME-sft variant.
     """
     run("sft", preset, data, out, init, assignments, stop_at, **plain)
+
+
+cli.add_command(eval_command)  # `train eval`: train/full_eval.py

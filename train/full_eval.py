@@ -1,0 +1,119 @@
+"""``python -m train eval``: loss, perplexity and bits per byte of a checkpoint over a WHOLE split.
+
+The split is cut into non-overlapping blocks of the model's block size (`train.data.tiling_starts`),
+so every token from the second on is predicted exactly once, in a fixed order: the figures are
+deterministic and comparable between checkpoints. The loss is the trainer's own
+(`train.evaluate.evaluate_windows`): for SFT data only the trained tokens (assistant replies and
+their ``<|im_end|>``) count, and bits per byte use the split's target tokens and bytes from
+``meta.json`` (all tokens and bytes for pretraining data). A block predicts its first tokens from
+little context, so these losses sit a little above those of a sliding-window evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from model.io import CheckpointError, load_model, read_model_info, resolve_model_dir
+from model.loader import autocast_for, pick_device
+from prep.tokenfile import TokenFileError, open_token_folder
+from train.checkpoint import check_tokenizer
+from train.data import tiling_starts
+from train.evaluate import bits_per_byte, evaluate_windows
+
+
+def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "val", batch_size: int = 16,
+                        device: str = "auto", dtype: str = "auto", console: Console | None = None) -> dict:
+    """Evaluate `ckpt` on every block of `split` of the token folder `data`; returns the figures."""
+    folder = open_token_folder(data)
+    info = read_model_info(ckpt)
+    check_tokenizer(info["tokenizer"], folder.tokenizer, "the checkpoint", str(resolve_model_dir(ckpt)))
+    try:
+        dev = pick_device(device)
+        autocast = autocast_for(dev, dtype)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    model, info = load_model(ckpt, dev)
+    sp = folder.split(split)
+    T = model.config.block_size
+    starts = tiling_starts(sp, T)
+    if not len(starts):
+        raise TokenFileError(f"{data}: split {split!r} has {sp.n_tokens} tokens; at least 2 are needed")
+    loss_sum = count = 0.0
+    columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks, {task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console or Console(stderr=True), transient=True,
+                  disable=console is None) as progress:
+        task = progress.add_task("eval", total=len(starts), rate="")
+        t0 = time.perf_counter()
+        for i in range(0, len(starts), batch_size):
+            chunk = starts[i : i + batch_size]
+            s, n = evaluate_windows(model, sp, chunk, T, batch_size, dev, autocast)
+            loss_sum, count = loss_sum + s, count + n
+            done = i + len(chunk)
+            progress.update(task, completed=done, rate=f"{done / (time.perf_counter() - t0):.1f}/s")
+    if count == 0:
+        raise TokenFileError(f"{data}: split {split!r} has no trained (masked) tokens to evaluate")
+    loss = loss_sum / count
+    return {
+        "checkpoint": str(ckpt),
+        "step": info.get("step"),
+        "data": str(data),
+        "data_kind": folder.kind,
+        "split": split,
+        "block_size": T,
+        "blocks": int(len(starts)),
+        "target_tokens": int(count),
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "bits_per_byte": bits_per_byte(loss, sp),
+    }
+
+
+def default_out(ckpt: Path, data: Path, split: str) -> Path:
+    """``RUN/eval_{data folder}_{split}.json``, beside (never inside) the swapped-in checkpoint folder."""
+    model_dir = resolve_model_dir(ckpt)
+    run = model_dir.parent if model_dir.name == "checkpoint" else model_dir
+    return run / f"eval_{Path(data).resolve().name}_{split}.json"
+
+
+def print_table(result: dict, console: Console) -> None:
+    table = Table(title=f"{result['checkpoint']} (step {result['step']}) on {result['data']} [{result['split']}]")
+    for name in ("loss (nats/token)", "perplexity", "bits per byte", "target tokens", "blocks"):
+        table.add_column(name, justify="right")
+    bpb = result["bits_per_byte"]
+    table.add_row(f"{result['loss']:.4f}", f"{result['perplexity']:.2f}", "n/a" if bpb is None else f"{bpb:.4f}",
+                  f"{result['target_tokens']:,}", f"{result['blocks']:,} x {result['block_size']}")
+    console.print(table)
+
+
+@click.command("eval")
+@click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="run folder or its checkpoint/ folder")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="token folder (prep output)")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="blocks per forward pass")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on GPUs that support it (as in training), fp32 elsewhere")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
+def eval_command(ckpt: Path, data: Path, split: str, batch_size: int, device: str, dtype: str, out: Path | None) -> None:
+    """Loss, perplexity and bits per byte of a checkpoint over a whole split (non-overlapping blocks)."""
+    err = Console(stderr=True)
+    try:
+        result = evaluate_checkpoint(ckpt, data, split, batch_size, device, dtype, console=err)
+        out = out or default_out(ckpt, data, split)
+    except (CheckpointError, TokenFileError) as e:
+        raise click.ClickException(str(e)) from None
+    print_table(result, Console())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    err.print(f"wrote {out}")
