@@ -178,3 +178,17 @@ def test_repaired_records_are_not_skips():
     data = b"\xef\xbb\xbf" + line(article("1", "好", "一篇正常的文章，足够长。"))[:-1] + b"\r\n"
     recs = parse_wiki(Chunk("w", 1, data, "jsonl"), SPECIALS)
     assert [type(r) for r in recs] == [Repaired, Repaired, Document]
+
+
+def test_chunks_cut_only_between_records_in_both_formats(tmp_path):
+    arts = [article(str(i), f"条目{i}", f"第{i}篇文章的正文内容，" * (1 + i % 7)) for i in range(60)]
+    we = "".join(f'<doc id="{a["id"]}" url="u" title="{a["title"]}">\n{a["text"]}</doc>\n' for a in arts)
+    write(tmp_path / "in/AA/wiki_00", we.encode())
+    write(tmp_path / "in/AB/wiki_00", b"".join(line({**a, "id": "j" + a["id"], "text": a["text"] + "。"})
+                                               for a in arts))
+    base = run(tmp_path / "in", tmp_path / "big", chunk_bytes=1 << 20)
+    for size in (50, 333, 4096):  # smaller than one record, about one, several
+        meta = run(tmp_path / "in", tmp_path / f"c{size}", chunk_bytes=size)
+        assert meta == base
+        assert (tmp_path / f"c{size}/train.bin").read_bytes() == (tmp_path / "big/train.bin").read_bytes()
+    assert base["records"]["kept"] == 120 and base["skipped"] == {}
