@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from prep.pipeline import Chunk
 from prep.records import Repaired, Skipped
+from prep.sources import Chunk
 
 BOM = b"\xef\xbb\xbf"
 

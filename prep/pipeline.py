@@ -10,7 +10,8 @@ How a run flows::
 
 API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
 
-* A **source** (`Source`) lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
+* A **source** (`Source`, in ``prep/sources.py`` with `Chunk` and `FileSource`; all re-exported here)
+  lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
   progress total) and yields `Chunk`s in a fixed order. A chunk is a bounded piece of ONE input: raw
   bytes cut on a record boundary (`FileSource` does this for line-based files), or a list of already
   parsed ``(line_or_row_number, row)`` pairs (for JSON arrays or hub datasets). ``chunk.name`` +
@@ -43,162 +44,39 @@ import threading
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import click
 import numpy as np
 
 from prep.records import Document, Repaired, Skipped
 from prep.report import PrepProgress, PrepStats, print_summary
+from prep.sources import (  # re-exported: readers import the whole engine API from here
+    CHUNK_BYTES,
+    Chunk,
+    FileSource,
+    PrepError,
+    Source,
+    SourceInput,
+    Specials,
+    auto_chunk_bytes,
+    discover_files,
+)
 from prep.tokenfile import TokenFileError, TokenFolderWriter
 from prep.tokenizer import TokenizerError, load_tokenizer, nfc
 
-CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
-MIN_CHUNK_BYTES = 64 << 10
-COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
-
-
-class PrepError(click.ClickException):
-    """A one-line, user-facing reason why prep cannot produce a folder (no traceback, exit code 1)."""
+__all__ = ["CHUNK_BYTES", "Chunk", "Encoded", "FileSource", "PrepError", "PrepInterrupted", "PrepJob", "Source",
+           "SourceInput", "Specials", "auto_chunk_bytes", "discover_files", "encode_chunk", "is_val", "run_prep",
+           "stable_hash", "worker_pool"]
 
 
 class PrepInterrupted(PrepError):
     """Ctrl-C: the workers are stopped and the partial folder is gone (exit code 130, as shells expect)."""
 
     exit_code = 130
-
-
-@dataclass(frozen=True)
-class Specials:
-    """The tokenizer's special ids, all a parse function may know of the tokenizer."""
-
-    eot_id: int
-    im_start_id: int
-    im_end_id: int
-
-
-@dataclass(frozen=True)
-class SourceInput:
-    """One input as meta.json and messages name it (a path relative to the input folder, or a hub name)."""
-
-    name: str
-    n_bytes: int
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A bounded piece of one input, cut on a record boundary.
-
-    ``data`` is raw bytes whose first line is line ``first_line`` of ``name``, or a list of
-    ``(line_or_row_number, row)`` pairs. ``fmt`` is whatever the source detected for this input
-    (e.g. ``jsonl`` or ``wikiextractor``). ``n_bytes`` is the input the chunk covers, for the progress
-    bar. ``file_skip`` set means the whole input is unusable (``empty_file``, ``compressed_file``): the
-    engine counts it once and never calls parse.
-    """
-
-    name: str
-    first_line: int
-    data: bytes | list[tuple[int, Any]]
-    fmt: str = ""
-    n_bytes: int = 0
-    file_skip: str | None = None
-
-
-class Source(Protocol):
-    inputs: Sequence[SourceInput]
-
-    def chunks(self) -> Iterator[Chunk]: ...
-
-
-def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) -> list[tuple[Path, str]]:
-    """Input files as (path, display name): the file itself, or every match of `patterns` at any depth.
-
-    Hidden files and folders are ignored; the order is the sorted display names, so it never depends on
-    the file system. Raises `PrepError` for a missing input or a folder without matching files.
-    """
-    root = Path(path)
-    if root.is_file():
-        return [(root, root.name)]
-    if not root.is_dir():
-        raise PrepError(f"{path}: no such file or folder")
-    found: dict[str, Path] = {}
-    for pattern in patterns:
-        for p in root.rglob(pattern):
-            rel = p.relative_to(root).as_posix()
-            if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
-                found[rel] = p
-    if not found:
-        raise PrepError(f"{path}: no {what} found (looked for {' or '.join(patterns)} at any depth)")
-    return [(found[name], name) for name in sorted(found)]
-
-
-class FileSource:
-    """Line-based files read in chunks of about `chunk_bytes`, each cut just after a record's last line.
-
-    `detect(head)` names the format of a file from its first bytes; `record_end[fmt]` is the byte
-    string whose line ends a record (``b"\\n"``: every line is a record; ``b"\\n</doc>"``: a record
-    ends on a ``</doc>`` line). A record longer than a chunk just makes that chunk longer.
-    `chunk_bytes` None picks `auto_chunk_bytes` (the same for every run on the same input).
-    """
-
-    def __init__(self, files: Sequence[tuple[Path, str]], detect: Callable[[bytes], str],
-                 record_end: dict[str, bytes], chunk_bytes: int | None = None):
-        self.files = list(files)
-        self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
-        self.detect = detect
-        self.record_end = record_end
-        self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs))
-
-    def chunks(self) -> Iterator[Chunk]:
-        for (path, name), info in zip(self.files, self.inputs, strict=True):
-            yield from self._file_chunks(path, name, info.n_bytes)
-
-    def _file_chunks(self, path: Path, name: str, size: int) -> Iterator[Chunk]:
-        with open(path, "rb") as f:
-            head = f.read(64 << 10)
-            if not head:
-                yield Chunk(name, 1, b"", file_skip="empty_file")
-                return
-            if any(head.startswith(magic) for magic in COMPRESSED_MAGIC):
-                yield Chunk(name, 1, b"", n_bytes=size, file_skip="compressed_file")
-                return
-            fmt = self.detect(head)
-            marker = self.record_end[fmt]
-            f.seek(0)
-            line, carry = 1, b""
-            while True:
-                block = f.read(self.chunk_bytes)
-                buf = carry + block if carry else block
-                cut = len(buf) if not block else _last_record_end(buf, marker)
-                if block and cut == 0:  # no complete record yet: read on
-                    carry = buf
-                    continue
-                data, carry = buf[:cut], buf[cut:]
-                if data:
-                    yield Chunk(name, line, data, fmt, len(data))
-                    line += data.count(b"\n")
-                if not block:
-                    return
-
-
-def auto_chunk_bytes(total_bytes: int) -> int:
-    """At least ~64 chunks per run, so every core stays busy to the end even on a small corpus; at most 1 MB."""
-    return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total_bytes // 64)))
-
-
-def _last_record_end(buf: bytes, marker: bytes) -> int:
-    """Offset just past the newline that ends the last line containing `marker`, or 0 if none ends in buf."""
-    p = buf.rfind(marker)
-    while p >= 0:
-        nl = buf.find(b"\n", p + len(marker) - 1 if marker.endswith(b"\n") else p + len(marker))
-        if nl >= 0:
-            return nl + 1
-        p = buf.rfind(marker, 0, p)
-    return 0
 
 
 @dataclass
@@ -235,6 +113,7 @@ def is_val(split_key: str, val_fraction: float) -> bool:
 
 
 _WORKER: dict[str, Any] = {}
+_U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
 def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, parent: int | None) -> None:
@@ -263,17 +142,18 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip, np.zeros(0, np.uint32), np.zeros(0, np.int64),
                   None, [], [], [], [], [], [], [])
     texts: list[str] = []
+    sizes: list[int] = []  # UTF-8 bytes of each text
     for r in records:
         if isinstance(r, Document):
             try:
                 doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
-                for t in doc_texts:
-                    t.encode("utf-8")
+                doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
                 out.skipped.append(Skipped("invalid_unicode", r.location))
                 continue
             docs.append(r)
             texts.extend(doc_texts)
+            sizes.extend(doc_sizes)
         elif isinstance(r, Skipped):
             out.skipped.append(r)
         elif isinstance(r, Repaired):
@@ -282,8 +162,8 @@ def encode_chunk(chunk: Chunk) -> Encoded:
             raise TypeError(f"parse returned {type(r).__name__}, expected Document, Skipped or Repaired")
     out.n_records = len(docs) + len(out.skipped)
     ids = iter(tok.encode_batch(texts))
-    text_iter = iter(texts)
-    tokens, mask, ends = array("I"), array("B"), []
+    text_iter = iter(zip(texts, sizes, strict=True))
+    tokens, mask, ends = array(_U32), array("B"), []
     for doc in docs:
         start = len(tokens)
         turn_pieces, turns = set(doc.turn_starts), []
@@ -292,8 +172,7 @@ def encode_chunk(chunk: Chunk) -> Encoded:
             if k in turn_pieces:
                 turns.append(len(tokens) - start)
             if piece.text is not None:
-                piece_ids, text = next(ids), next(text_iter)
-                b = len(text.encode("utf-8"))
+                piece_ids, (text, b) = next(ids), next(text_iter)
                 n_bytes, chars = n_bytes + b, chars + len(text)
                 target += b if piece.trained else 0
             elif piece.special_id is not None:

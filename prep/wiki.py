@@ -29,8 +29,9 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from prep.jsonl import BOM, json_objects
-from prep.pipeline import Chunk, FileSource, PrepJob, Specials, discover_files, run_prep
+from prep.pipeline import PrepJob, run_prep
 from prep.records import Document, Piece, Repaired, Skipped
+from prep.sources import Chunk, FileSource, Specials, discover_files
 from prep.tokenizer import nfc
 
 WIKI_PATTERNS = ("wiki_*",)

@@ -1,0 +1,154 @@
+"""Where prep reads from: inputs cut into bounded chunks, each carrying its file name and first line number.
+
+Part of the engine's API for readers (see `prep.pipeline`): a source lists its inputs and yields
+`Chunk`s in a fixed order; a parse function receives one chunk and the tokenizer's `Specials`.
+`FileSource` serves every line-based format (JSON lines, WikiExtractor text); a source of parsed rows
+(a JSON array, a hub dataset) builds its chunks itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
+MIN_CHUNK_BYTES = 64 << 10
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+class PrepError(click.ClickException):
+    """A one-line, user-facing reason why prep cannot produce a folder (no traceback, exit code 1)."""
+
+
+@dataclass(frozen=True)
+class Specials:
+    """The tokenizer's special ids, all a parse function may know of the tokenizer."""
+
+    eot_id: int
+    im_start_id: int
+    im_end_id: int
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    """One input as meta.json and messages name it (a path relative to the input folder, or a hub name)."""
+
+    name: str
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A bounded piece of one input, cut on a record boundary.
+
+    ``data`` is raw bytes whose first line is line ``first_line`` of ``name``, or a list of
+    ``(line_or_row_number, row)`` pairs. ``fmt`` is whatever the source detected for this input
+    (e.g. ``jsonl`` or ``wikiextractor``). ``n_bytes`` is the input the chunk covers, for the progress
+    bar. ``file_skip`` set means the whole input is unusable (``empty_file``, ``compressed_file``): the
+    engine counts it once and never calls parse.
+    """
+
+    name: str
+    first_line: int
+    data: bytes | list[tuple[int, Any]]
+    fmt: str = ""
+    n_bytes: int = 0
+    file_skip: str | None = None
+
+
+class Source(Protocol):
+    inputs: Sequence[SourceInput]
+
+    def chunks(self) -> Iterator[Chunk]: ...
+
+
+def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) -> list[tuple[Path, str]]:
+    """Input files as (path, display name): the file itself, or every match of `patterns` at any depth.
+
+    Hidden files and folders are ignored; the order is the sorted display names, so it never depends on
+    the file system. Raises `PrepError` for a missing input or a folder without matching files.
+    """
+    root = Path(path)
+    if root.is_file():
+        return [(root, root.name)]
+    if not root.is_dir():
+        raise PrepError(f"{path}: no such file or folder")
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        for p in root.rglob(pattern):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+                found[rel] = p
+    if not found:
+        raise PrepError(f"{path}: no {what} found (looked for {' or '.join(patterns)} at any depth)")
+    return [(found[name], name) for name in sorted(found)]
+
+
+class FileSource:
+    """Line-based files read in chunks of about `chunk_bytes`, each cut just after a record's last line.
+
+    `detect(head)` names the format of a file from its first bytes; `record_end[fmt]` is the byte
+    string whose line ends a record (``b"\\n"``: every line is a record; ``b"\\n</doc>"``: a record
+    ends on a ``</doc>`` line). A record longer than a chunk just makes that chunk longer.
+    `chunk_bytes` None picks `auto_chunk_bytes` (the same for every run on the same input).
+    """
+
+    def __init__(self, files: Sequence[tuple[Path, str]], detect: Callable[[bytes], str],
+                 record_end: dict[str, bytes], chunk_bytes: int | None = None):
+        self.files = list(files)
+        self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
+        self.detect = detect
+        self.record_end = record_end
+        self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs))
+
+    def chunks(self) -> Iterator[Chunk]:
+        for (path, name), info in zip(self.files, self.inputs, strict=True):
+            yield from self._file_chunks(path, name, info.n_bytes)
+
+    def _file_chunks(self, path: Path, name: str, size: int) -> Iterator[Chunk]:
+        with open(path, "rb") as f:
+            head = f.read(64 << 10)
+            if not head:
+                yield Chunk(name, 1, b"", file_skip="empty_file")
+                return
+            if any(head.startswith(magic) for magic in COMPRESSED_MAGIC):
+                yield Chunk(name, 1, b"", n_bytes=size, file_skip="compressed_file")
+                return
+            fmt = self.detect(head)
+            marker = self.record_end[fmt]
+            f.seek(0)
+            line, carry = 1, b""
+            while True:
+                block = f.read(self.chunk_bytes)
+                buf = carry + block if carry else block
+                cut = len(buf) if not block else _last_record_end(buf, marker)
+                if block and cut == 0:  # no complete record yet: read on
+                    carry = buf
+                    continue
+                data, carry = buf[:cut], buf[cut:]
+                if data:
+                    yield Chunk(name, line, data, fmt, len(data))
+                    line += data.count(b"\n")
+                if not block:
+                    return
+
+
+def auto_chunk_bytes(total_bytes: int) -> int:
+    """At least ~64 chunks per run, so every core stays busy to the end even on a small corpus; at most 1 MB."""
+    return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total_bytes // 64)))
+
+
+def _last_record_end(buf: bytes, marker: bytes) -> int:
+    """Offset just past the newline that ends the last line containing `marker`, or 0 if none ends in buf."""
+    p = buf.rfind(marker)
+    while p >= 0:
+        nl = buf.find(b"\n", p + len(marker) - 1 if marker.endswith(b"\n") else p + len(marker))
+        if nl >= 0:
+            return nl + 1
+        p = buf.rfind(marker, 0, p)
+    return 0
