@@ -29,7 +29,9 @@ API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
 Guarantees: the same inputs and options give byte-identical folders, whatever ``--workers``; Ctrl-C or
 an error leaves no folder behind (and an earlier good folder untouched); kill -9 leaves only the
 ``.NAME.partial`` folder, which readers never accept and the next run deletes; workers whose parent
-died exit on their own. A missing or empty input, or no usable document at all, raises `PrepError`
+died exit on their own. Memory stays flat: at most 2 x workers + 2 chunks are in flight, and the only
+thing that grows is the set of 64-bit dedup hashes, ~80 bytes per kept document (85 MB for the 1M
+articles of wiki_zh; the chance of one false duplicate among them is ~3e-8). A missing or empty input, or no usable document at all, raises `PrepError`
 (a one-line `click.ClickException`).
 """
 
@@ -287,7 +289,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
 def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args: tuple, workers: int,
            console=None) -> dict:
     """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder."""
-    seen: set[int] = set()  # 64-bit dedup hashes: about 60-70 bytes per kept document (int + set slot)
+    seen: set[int] = set()  # 64-bit dedup hashes: ~80 bytes per kept document (85 MB for 1M articles)
     total = sum(i.n_bytes for i in job.source.inputs)
     with worker_pool(init_args, workers) as pool, writer, \
             PrepProgress(job.title, total, job.show_progress, console) as progress:
