@@ -25,25 +25,20 @@ makes the ids those of Hugging Face's ``apply_chat_template`` over the same Chat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 from prep.records import Piece
 
 ROLES = ("system", "user", "assistant")
 
 
-@dataclass(frozen=True)
-class ChatSpecials:
-    """The three special ids a template needs: small and picklable, for readers in worker processes."""
+class SpecialIds(Protocol):
+    """The three ids a template needs. A `prep.tokenizer.Tokenizer` has them, and so has the small,
+    picklable `prep.pipeline.Specials` that readers get in worker processes."""
 
     eot_id: int
     im_start_id: int
     im_end_id: int
-
-    @classmethod
-    def of(cls, tokenizer) -> ChatSpecials:
-        """Take the ids from a `prep.tokenizer.Tokenizer` (or anything with the same three attributes)."""
-        return cls(tokenizer.eot_id, tokenizer.im_start_id, tokenizer.im_end_id)
 
 
 class ChatFormatError(ValueError):
@@ -62,7 +57,7 @@ def _role_and_content(message: Mapping[str, str] | Sequence[str]) -> tuple[str, 
     return role, content
 
 
-def message_pieces(role: str, content: str, specials: ChatSpecials) -> list[Piece]:
+def message_pieces(role: str, content: str, specials: SpecialIds) -> list[Piece]:
     """One ChatML message; only an assistant message is trained (its reply and its <|im_end|>)."""
     if role == "assistant":
         return [
@@ -80,14 +75,14 @@ def message_pieces(role: str, content: str, specials: ChatSpecials) -> list[Piec
     ]
 
 
-def generation_prompt_pieces(specials: ChatSpecials) -> list[Piece]:
+def generation_prompt_pieces(specials: SpecialIds) -> list[Piece]:
     """``<|im_start|>assistant\\n``: the same pieces an assistant message begins with in training."""
     return [Piece(special_id=specials.im_start_id), Piece(text="assistant\n")]
 
 
 def chat_pieces(
     messages: Iterable[Mapping[str, str] | Sequence[str]],
-    specials: ChatSpecials,
+    specials: SpecialIds,
     *,
     add_generation_prompt: bool = False,
     end_of_text: bool = False,
@@ -115,6 +110,11 @@ def chat_pieces(
     return pieces, turn_starts
 
 
+def chatml_text(messages: Iterable[Mapping[str, str] | Sequence[str]]) -> str:
+    """The dialog as one ChatML string, special tokens written out: for keys, logs and comparisons."""
+    return "".join(f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in map(_role_and_content, messages))
+
+
 def encode_pieces(pieces: Sequence[Piece], tokenizer) -> tuple[list[int], list[int]]:
     """Ids and mask (1 = trained) of pieces, encoding all their text in one batch call."""
     encoded = iter(tokenizer.encode_batch([p.text for p in pieces if p.text is not None]))
@@ -137,5 +137,5 @@ def render_prompt(
     With `add_generation_prompt` the ids end with ``<|im_start|>assistant\\n``: generate from there and
     stop at ``<|im_end|>``. No ``<|endoftext|>`` is added.
     """
-    pieces, _ = chat_pieces(messages, ChatSpecials.of(tokenizer), add_generation_prompt=add_generation_prompt)
+    pieces, _ = chat_pieces(messages, tokenizer, add_generation_prompt=add_generation_prompt)
     return encode_pieces(pieces, tokenizer)[0]

@@ -80,3 +80,8 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
     from prep.inspect import inspect_folder
 
     inspect_folder(folder, split=split, doc_index=doc_index, n_tokens=n_tokens)
+
+
+from prep.sft_command import sft  # noqa: E402 - imported last: it builds on common_options above
+
+cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py

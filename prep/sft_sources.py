@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-INPUT_SUFFIXES = (".json", ".jsonl")
+INPUT_PATTERNS = ("*.json", "*.jsonl")
 _READ_SIZE = 1 << 20
 _MAX_ELEMENT = 256 << 20  # an array element larger than this is taken as broken JSON, not buffered forever
 _WS = " \t\r\n"
@@ -24,22 +24,6 @@ _WS = " \t\r\n"
 
 class SourceError(ValueError):
     """An input that cannot be read at all; the message is one line naming it."""
-
-
-def find_input_files(path: Path) -> list[Path]:
-    """A file itself, or every ``*.json`` / ``*.jsonl`` under a folder (recursively, sorted, hidden ones skipped)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise SourceError(f"{path}: no such file or folder")
-    files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and p.suffix in INPUT_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )  # fmt: skip
-    if not files:
-        raise SourceError(f"{path}: no {' or '.join('*' + s for s in INPUT_SUFFIXES)} files in this folder")
-    return files
 
 
 def looks_like_hub_name(spec: str) -> bool:
@@ -64,8 +48,11 @@ def is_json_array(path: Path) -> bool:
     return first_char(path) == "["
 
 
-def iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
-    """Yield ``(line, element)`` for each element of a top-level JSON array, streaming the file."""
+def iter_json_array(path: Path) -> Iterator[tuple[int, object, int]]:
+    """Yield ``(line, element, n_bytes)`` for each element of a top-level JSON array, streaming the file.
+
+    `n_bytes` is the UTF-8 size of the element's JSON text (for progress); `line` is where it starts.
+    """
     decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig") as f:
         try:
@@ -124,7 +111,7 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, object]]:
             if end == len(buf) and not eof:  # a number may continue past the buffer; make sure
                 refill()
                 continue
-            yield line, element
+            yield line, element, len(buf[pos:end].encode("utf-8", "surrogatepass"))
             line += buf.count("\n", pos, end)
             pos = end
             expect_comma = True

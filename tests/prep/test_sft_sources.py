@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prep import sft_sources
-from prep.sft_sources import SourceError, find_input_files, hub_rows, is_json_array, iter_json_array
+from prep.sft_sources import SourceError, hub_rows, is_json_array, iter_json_array
 
 
 @pytest.fixture(params=[1 << 20, 7], ids=["big-reads", "7-char-reads"])
@@ -21,16 +21,18 @@ def test_array_elements_and_lines(tmp_path, read_size):
     path = tmp_path / "a.json"
     path.write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
     got = list(iter_json_array(path))
-    assert [r for _, r in got] == rows
+    assert [r for _, r, _ in got] == rows
     lines = path.read_text("utf-8").splitlines()
-    for line, row in got:  # each element starts on the line reported
-        assert lines[line - 1].strip().startswith(json.dumps(row, ensure_ascii=False, indent=2).splitlines()[0])
+    for line, row, n_bytes in got:  # each element starts on the line reported, and is n_bytes of JSON
+        text = json.dumps(row, ensure_ascii=False, indent=2)
+        assert lines[line - 1].strip().startswith(text.splitlines()[0])
+        assert n_bytes == len(text.replace("\n", "\n  ").encode())  # indented one level inside the array
 
 
 def test_array_compact_bom_and_empty(tmp_path, read_size):
     path = tmp_path / "a.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"k": i} for i in range(50)]).encode())
-    assert [r["k"] for _, r in iter_json_array(path)] == list(range(50))
+    assert [r["k"] for _, r, _ in iter_json_array(path)] == list(range(50))
     assert is_json_array(path)
     path.write_text(" [ ] \n")
     assert list(iter_json_array(path)) == []
@@ -58,20 +60,6 @@ def test_jsonl_is_not_an_array(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('\n\n{"a": [1]}\n')
     assert not is_json_array(path)
-
-
-def test_find_input_files(tmp_path):
-    (tmp_path / "sub").mkdir()
-    (tmp_path / ".cache").mkdir()
-    (tmp_path / "empty").mkdir()
-    for name in ["b.json", "sub/a.jsonl", "README.md", ".cache/x.json"]:
-        (tmp_path / name).write_text("{}")
-    assert find_input_files(tmp_path) == [tmp_path / "b.json", tmp_path / "sub" / "a.jsonl"]
-    assert find_input_files(tmp_path / "README.md") == [tmp_path / "README.md"]
-    with pytest.raises(SourceError, match="no such file"):
-        find_input_files(tmp_path / "missing")
-    with pytest.raises(SourceError, match="no \\*.json or \\*.jsonl files"):
-        find_input_files(tmp_path / "empty")
 
 
 def test_hub_offline_is_one_clear_line(monkeypatch):

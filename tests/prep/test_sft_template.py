@@ -6,7 +6,6 @@ import pytest
 
 from prep.chat_template import (
     ChatFormatError,
-    ChatSpecials,
     chat_pieces,
     encode_pieces,
     render_prompt,
@@ -21,7 +20,7 @@ def _trained_text(tok, ids, mask) -> str:
 def test_layout_and_mask_on_bytes(byte_tokenizer):
     tok = byte_tokenizer
     messages = [("system", "S"), ("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")]
-    pieces, turns = chat_pieces(messages, ChatSpecials.of(tok), end_of_text=True)
+    pieces, turns = chat_pieces(messages, tok, end_of_text=True)
     ids, mask = encode_pieces(pieces, tok)
     assert tok.decode(ids) == (
         "<|im_start|>system\nS<|im_end|>\n"
@@ -40,7 +39,7 @@ def test_layout_and_mask_on_bytes(byte_tokenizer):
 
 
 def test_assistant_header_is_untrained_and_separate(byte_tokenizer):
-    pieces, _ = chat_pieces([("user", "q"), ("assistant", "a")], ChatSpecials.of(byte_tokenizer))
+    pieces, _ = chat_pieces([("user", "q"), ("assistant", "a")], byte_tokenizer)
     header = [p for p in pieces if p.text == "assistant\n"]
     assert len(header) == 1 and not header[0].trained
     assert [p.text for p in pieces if p.trained and p.text is not None] == ["a"]
@@ -48,7 +47,7 @@ def test_assistant_header_is_untrained_and_separate(byte_tokenizer):
 
 def test_literal_specials_in_text_stay_text(qwen):
     tricky = "请解释 <|im_start|>assistant 和 <|endoftext|> 以及 <|im_end|> 是什么"
-    pieces, _ = chat_pieces([("user", tricky), ("assistant", tricky)], ChatSpecials.of(qwen), end_of_text=True)
+    pieces, _ = chat_pieces([("user", tricky), ("assistant", tricky)], qwen, end_of_text=True)
     ids, mask = encode_pieces(pieces, qwen)
     specials = [i for i in ids if i >= qwen.eot_id]
     # Exactly the template's: 2 x <|im_start|>, 2 x <|im_end|>, 1 x <|endoftext|>.
@@ -59,7 +58,7 @@ def test_literal_specials_in_text_stay_text(qwen):
 def test_render_prompt_matches_training_prefix(qwen):
     history = [("system", "你是助手。"), ("user", "你好"), ("assistant", "你好！有什么可以帮你？"), ("user", "讲个笑话")]
     prompt = render_prompt([{"role": r, "content": c} for r, c in history], qwen)
-    full, _ = chat_pieces(history + [("assistant", "好的。")], ChatSpecials.of(qwen))
+    full, _ = chat_pieces(history + [("assistant", "好的。")], qwen)
     train_ids, _ = encode_pieces(full, qwen)
     assert train_ids[: len(prompt)] == prompt
     assert qwen.decode(prompt).endswith("<|im_start|>user\n讲个笑话<|im_end|>\n<|im_start|>assistant\n")
@@ -86,4 +85,4 @@ def test_ids_match_hf_chat_template_string(qwen):
 )
 def test_bad_messages_raise(byte_tokenizer, messages):
     with pytest.raises(ChatFormatError):
-        chat_pieces(messages, ChatSpecials.of(byte_tokenizer))
+        chat_pieces(messages, byte_tokenizer)

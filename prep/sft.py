@@ -1,0 +1,162 @@
+"""`prep sft`: instruction data -> ChatML token files with loss masks, on the engine of `prep.pipeline`.
+
+Input: a JSON-lines or JSON-array file, a folder of ``*.json`` / ``*.jsonl`` files (any depth), or a
+dataset name for `datasets` (``BelleGroup/multiturn_chat_0.8M``). Each file's format is detected from its
+first rows (`prep.sft_formats`), so a folder may mix Belle multi-turn, single-turn and ShareGPT sets.
+
+Every usable row becomes one dialog (`prep.chat_template`): an optional system message, then the turns,
+then ``<|endoftext|>``. The mask trains each assistant reply and its ``<|im_end|>``. The split is chosen by
+a stable hash of the dialog's own messages (not of ``--system``, so changing the prompt never moves a
+dialog between train and val); exact duplicates are the same rendered dialog, system prompt included.
+The folder also gets ``{split}.turns.idx``: the offset of every user turn's ``<|im_start|>``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+
+from prep.chat_template import chat_pieces, chatml_text
+from prep.jsonl import json_objects
+from prep.pipeline import (
+    Chunk,
+    FileSource,
+    PrepError,
+    PrepJob,
+    SourceInput,
+    Specials,
+    auto_chunk_bytes,
+    discover_files,
+    run_prep,
+)
+from prep.records import Document, Repaired, Skipped
+from prep.sft_formats import DETECT_ROWS, Message, RowError, detect_format, row_messages
+from prep.sft_sources import (
+    INPUT_PATTERNS,
+    SourceError,
+    hub_rows,
+    is_json_array,
+    iter_json_array,
+    looks_like_hub_name,
+)
+from prep.tokenizer import nfc
+
+Record = Document | Skipped | Repaired
+_DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
+
+
+def dialog_document(messages: list[Message], specials: Specials, location: str, system: str = "") -> Document:
+    """One dialog as pieces, ending in <|endoftext|>; `system` is used unless the row has its own."""
+    messages = [(role, nfc(content)) for role, content in messages]
+    split_key = chatml_text(messages)
+    if system and messages[0][0] != "system":
+        messages.insert(0, ("system", nfc(system)))
+    pieces, turn_starts = chat_pieces(messages, specials, end_of_text=True)
+    return Document(pieces, split_key=split_key, dedup_key=chatml_text(messages), location=location,
+                    turn_starts=turn_starts)
+
+
+def parse_sft(chunk: Chunk, specials: Specials, system: str = "") -> list[Record]:
+    """The pipeline's parse function: rows of one chunk (format `chunk.fmt`) -> dialogs or counted skips."""
+    if isinstance(chunk.data, bytes):
+        items: Iterable = json_objects(chunk)
+    else:
+        items = ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
+    out: list[Record] = []
+    for item in items:
+        if not isinstance(item, tuple):  # a Skipped or Repaired line from json_objects
+            out.append(item)
+            continue
+        location, row = item
+        try:
+            out.append(dialog_document(row_messages(row, chunk.fmt), specials, location, system))
+        except RowError as e:
+            out.append(Skipped(e.reason, location))
+    return out
+
+
+def sft_parser(system: str = "") -> partial:
+    """`parse_sft` with the system prompt bound: picklable, for the pipeline's workers."""
+    return partial(parse_sft, system=system)
+
+
+def _jsonl_format(path: Path) -> str:
+    """Detect a JSON-lines file's format from its first decodable rows."""
+    def rows() -> Iterator[object]:
+        with open(path, "rb") as f:
+            for raw in itertools.islice(f, 10 * DETECT_ROWS):
+                if f.tell() > _DETECT_BYTES:
+                    return
+                try:
+                    yield json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                except ValueError:  # invalid JSON or UTF-8: counted later, when the row is parsed
+                    continue
+
+    return detect_format(rows()) or "unknown"
+
+
+def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int,
+                file_bytes: int = 0) -> Iterator[Chunk]:
+    """Group ``(line, row, n_bytes)`` into chunks of about `chunk_bytes`, the format detected from the first rows.
+
+    The last chunk also accounts for what lies between rows (brackets, commas), so progress ends at `file_bytes`.
+    """
+    head = list(itertools.islice(rows, DETECT_ROWS))
+    fmt = detect_format(row for _, row, _ in head) or "unknown"
+    batch: list[tuple[int, object]] = []
+    size = done = 0
+    for line, row, n_bytes in itertools.chain(head, rows):
+        batch.append((line, row))
+        size += n_bytes
+        if size >= chunk_bytes:
+            yield Chunk(name, batch[0][0], batch, fmt, size)
+            batch, done, size = [], done + size, 0
+    if batch:
+        yield Chunk(name, batch[0][0], batch, fmt, max(size, file_bytes - done))
+
+
+class SftSource:
+    """Chunks of every input in a fixed order: JSON lines as raw bytes, JSON arrays and hub rows as parsed rows."""
+
+    def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
+        self.spec = str(spec)
+        self.hub = looks_like_hub_name(self.spec)
+        if self.hub:
+            self.files: list[tuple[Path, str]] = []
+            self.inputs = [SourceInput(self.spec, 0)]  # size unknown until streamed
+        else:
+            self.files = discover_files(spec, INPUT_PATTERNS, "SFT data files")
+            self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
+        self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
+
+    def chunks(self) -> Iterator[Chunk]:
+        try:
+            if self.hub:
+                rows = ((n, row, len(json.dumps(row, ensure_ascii=False, default=str).encode()))
+                        for n, row in hub_rows(self.spec))
+                yield from _row_chunks(self.spec, rows, self.chunk_bytes)
+                return
+            for (path, name), info in zip(self.files, self.inputs, strict=True):
+                if info.n_bytes and is_json_array(path):
+                    yield from _row_chunks(name, iter_json_array(path), self.chunk_bytes, info.n_bytes)
+                else:  # JSON lines; FileSource also turns empty and compressed files into counted skips
+                    fmt = _jsonl_format(path)
+                    yield from FileSource([(path, name)], lambda _head, fmt=fmt: fmt, {fmt: b"\n"},
+                                          self.chunk_bytes).chunks()
+        except SourceError as e:
+            raise PrepError(str(e)) from None
+
+
+def run_sft(input: str | Path, out: str | Path, tokenizer: str = "qwen2", system: str = "",
+            val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
+            chunk_bytes: int | None = None, console=None) -> dict:
+    """`prep sft` as a function: returns the meta.json written to `out`."""
+    options = {"command": "sft", "input": str(input), "tokenizer": tokenizer, "system": system,
+               "val_fraction": val_fraction}
+    job = PrepJob(source=SftSource(input, chunk_bytes), parse=sft_parser(system), out=Path(out), kind="sft",
+                  options=options, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
+                  with_turns=True, title="prep sft", show_progress=show_progress)
+    return run_prep(job, console)
