@@ -280,7 +280,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
     try:
         meta = _write(job, writer, stats, init_args, workers, console)
     except KeyboardInterrupt:
-        raise PrepInterrupted(f"interrupted: nothing written to {job.out} (an earlier folder there is untouched)") \
+        raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)") \
             from None
     print_summary(meta, time.perf_counter() - started, job.out, console)
     return meta

@@ -210,7 +210,7 @@ def test_ctrl_c_stops_cleanly_and_removes_the_partial_folder(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert err.decode().strip().splitlines() == [f"Error: interrupted: nothing written to {out} "
-                                                 "(an earlier folder there is untouched)"]
+                                                 "(any earlier folder there is untouched)"]
     assert not out.exists() and not partial_path(out).exists()
 
 
