@@ -115,6 +115,7 @@ def is_val(split_key: str, val_fraction: float) -> bool:
 
 
 _WORKER: dict[str, Any] = {}
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
@@ -122,6 +123,8 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
     """Load the tokenizer once per worker; in a pool, ignore Ctrl-C (the parent stops us) and watch the parent."""
     if parent is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in _STOP_SIGNALS:  # the parent's handler (see _stop_signals_interrupt) is not for us
+            signal.signal(sig, signal.SIG_DFL)
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
     _WORKER.update(tok=tok, specials=Specials(tok.eot_id, tok.im_start_id, tok.im_end_id), parse=parse,
@@ -204,6 +207,24 @@ def _start_method() -> str:
 
 
 @contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, `docker stop`, a batch scheduler) and SIGHUP (a closed terminal) clean up like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
 def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
     """A process pool of `workers` (None for in-process work when workers == 1), stopped on any exit.
 
@@ -278,7 +299,8 @@ def run_prep(job: PrepJob, console=None) -> dict:
         raise PrepError(str(e)) from None
     init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction)
     try:
-        meta = _write(job, writer, stats, init_args, workers, console)
+        with _stop_signals_interrupt():
+            meta = _write(job, writer, stats, init_args, workers, console)
     except KeyboardInterrupt:
         raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)") \
             from None

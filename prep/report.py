@@ -16,7 +16,6 @@ from rich.progress import (
     DownloadColumn,
     Progress,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
@@ -84,12 +83,12 @@ class PrepProgress:
         self.enabled = enabled
         self.tokens = 0
         if enabled:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TextColumn("{task.fields[tokens]:,} tokens"), TimeElapsedColumn(), TextColumn("ETA"),
+            self.progress = Progress(  # fits 80 columns
+                TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[tokens]}"), TextColumn("ETA"),
                 TimeRemainingColumn(), console=console or Console(stderr=True),
             )
-            self.task = self.progress.add_task(title, total=total_bytes or None, tokens=0)
+            self.task = self.progress.add_task(title, total=total_bytes or None, tokens="0 tokens")
 
     def __enter__(self) -> PrepProgress:
         if self.enabled:
@@ -99,7 +98,7 @@ class PrepProgress:
     def advance(self, n_bytes: int, n_tokens: int) -> None:
         self.tokens += n_tokens
         if self.enabled:
-            self.progress.update(self.task, advance=n_bytes, tokens=self.tokens)
+            self.progress.update(self.task, advance=n_bytes, tokens=f"{self.tokens / 1e6:,.2f}M tokens")
 
     def __exit__(self, exc_type, *exc) -> None:
         if self.enabled:

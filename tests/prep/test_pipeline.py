@@ -202,11 +202,15 @@ def test_kill_9_mid_run_leaves_nothing_readers_accept_and_a_rerun_gives_the_same
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="signals a process group")
-def test_ctrl_c_stops_cleanly_and_removes_the_partial_folder(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_removes_the_partial_folder(tmp_path, how):
     src = write_corpus(tmp_path / "wiki", 150, shards=2)
     out = tmp_path / "out"
     proc = _start_slow_run(src, out)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    else:
+        proc.terminate()  # what `timeout` or a batch scheduler does: the main process only
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert err.decode().strip().splitlines() == [f"Error: interrupted: nothing written to {out} "
