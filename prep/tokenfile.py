@@ -55,6 +55,11 @@ def partial_path(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def retired_path(out: Path) -> Path:
+    """Where the previous folder waits during the swap in `TokenFolderWriter.finish`."""
+    return out.parent / f".{out.name}.old"
+
+
 def _is_token_file(name: str) -> bool:
     return name == META_NAME or any(name.startswith(f"{s}.") for s in SPLITS)
 
@@ -125,6 +130,9 @@ class TokenFolderWriter:
         self.out = Path(out)
         self.kind = kind
         self.tokenizer = tokenizer
+        old = retired_path(self.out)
+        if old.exists() and not self.out.exists():  # killed between finish()'s two renames: put it back
+            old.rename(self.out)
         _refuse_foreign_folder(self.out)
         self.partial = partial_path(self.out)
         if self.partial.exists():  # left by an interrupted run
@@ -158,7 +166,7 @@ class TokenFolderWriter:
             **(extra_meta or {}),
         }
         write_json_atomic(self.partial / META_NAME, meta)
-        old = self.out.parent / f".{self.out.name}.old"
+        old = retired_path(self.out)
         if old.exists():
             shutil.rmtree(old)
         if self.out.exists():

@@ -115,3 +115,13 @@ def test_refuses_to_replace_a_folder_that_is_not_a_token_folder(tmp_path):
 def test_mask_must_match_the_folder_kind(tmp_path):
     with TokenFolderWriter(tmp_path / "x", "pretrain", IDENTITY) as w, pytest.raises(ValueError, match="mask"):
         w.add("train", [1, 2], mask=[0, 1])
+
+
+def test_previous_folder_is_restored_after_a_kill_between_the_two_renames(tmp_path):
+    from prep.tokenfile import retired_path
+
+    out = tmp_path / "wiki"
+    write_sample(out)
+    out.rename(retired_path(out))  # what a kill -9 right after finish()'s first rename leaves
+    TokenFolderWriter(out, "pretrain", IDENTITY).abort()
+    assert open_token_folder(out).split("train").n_tokens == 7
