@@ -1,6 +1,6 @@
 """How fast is prep? Each figure is measured in the same run as the baseline it is compared with.
 
-    python bench/prep.py [--wiki DIR] [--kind wiki|all] [--workers N] [--repeat 3]
+    python bench/prep.py [--wiki DIR] [--sft PATH] [--kind wiki|sft|all] [--workers N] [--repeat 3]
 
 For wiki (default input: ../shared/data/wiki_zh, else the bundled sample_data/wiki_zh):
 
@@ -9,6 +9,12 @@ For wiki (default input: ../shared/data/wiki_zh, else the bundled sample_data/wi
                    the ceiling the pipeline should reach (goal: ratio >= 0.9);
 * AutoTokenizer:   ``AutoTokenizer.encode`` per document in one process, the seed project's way
                    (goal: pipeline >= 5x), on the first ``--baseline-mb`` of input.
+
+For sft (default input: ../shared/data/belle, else the bundled sample_data/belle):
+
+* pipeline:        `prep sft` end to end (parse rows, split turns, ChatML + masks, encode, write);
+* tokenizer alone: JSON decode + NFC + ``encode_ordinary_batch`` of every string in every row, on
+                   every core, nothing written (goal: ratio >= 0.9).
 
 Every phase runs in a fresh child process, so its peak RSS is its own (main process, and the largest
 worker where there are workers). Rates are input MB/s (the JSON lines read) and tokens/s; the best of
@@ -53,6 +59,17 @@ def default_hf_tokenizer(tmp: Path) -> Path:
 
     load_tokenizer("qwen2").save_pretrained(tmp / "qwen2-hf")
     return tmp / "qwen2-hf"
+
+
+def default_sft() -> Path:
+    shared = SHARED / "data" / "belle"
+    return shared if shared.is_dir() else ROOT / "sample_data" / "belle"
+
+
+def sft_files(sft: Path) -> list[Path]:
+    from prep.sft import SftSource
+
+    return [p for p, _ in SftSource(sft).files]
 
 
 def wiki_files(wiki: Path) -> list[Path]:
@@ -110,10 +127,49 @@ def phase_wiki_autotokenizer(wiki: str, hf_tokenizer: str, baseline_mb: float, *
     return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
 
 
+def phase_sft_pipeline(sft: str, workers: int, **_) -> dict:
+    from prep.sft import run_sft
+    from prep.tokenizer import load_tokenizer
+
+    load_tokenizer("qwen2")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        meta = run_sft(sft, Path(tmp) / "sft", workers=workers, show_progress=False,
+                       console=Console(file=io.StringIO()))
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
+            "tokens": sum(s["tokens"] for s in meta["splits"].values())}
+
+
+def _strings(obj) -> list[str]:
+    """Every string in a decoded JSON row (instruction/input/output, or the values of a conversation)."""
+    if isinstance(obj, str):
+        return [obj]
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
+    return [s for v in values for s in _strings(v)]
+
+
+def phase_sft_tokenizer(sft: str, workers: int, **_) -> dict:
+    from prep.tokenizer import load_tokenizer
+
+    enc = load_tokenizer("qwen2").encoding
+    t0 = time.perf_counter()
+    n_bytes = n_tokens = 0
+    for path in sft_files(Path(sft)):
+        data = path.read_bytes()
+        n_bytes += len(data)
+        rows = json.loads(data) if data.lstrip().startswith(b"[") else [json.loads(x) for x in data.splitlines() if x.strip()]
+        texts = [unicodedata.normalize("NFC", s) for row in rows for s in _strings(row)]
+        n_tokens += sum(map(len, enc.encode_ordinary_batch(texts, num_threads=workers)))
+    return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
+
+
 PHASES: dict[str, Callable[..., dict]] = {
     "wiki-pipeline": phase_wiki_pipeline,
     "wiki-tokenizer": phase_wiki_tokenizer,
     "wiki-autotokenizer": phase_wiki_autotokenizer,
+    "sft-pipeline": phase_sft_pipeline,
+    "sft-tokenizer": phase_sft_tokenizer,
 }
 
 
@@ -177,12 +233,36 @@ def section_wiki(opts: dict, console: Console) -> None:
     console.print(f"pipeline / AutoTokenizer loop: [bold]{pipe['mb_s'] / auto['mb_s']:.1f}x[/] (goal >= 5x)")
 
 
-SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki}
+def section_sft(opts: dict, console: Console) -> None:
+    sft = opts["sft"] or default_sft()
+    files = sft_files(sft)
+    size = sum(p.stat().st_size for p in files)
+    console.print(f"[bold]sft[/]: {sft} ({len(files)} files, {size / 1e6:.1f} MB), {opts['workers']} workers, "
+                  f"best of {opts['repeat']}")
+    kw = {"sft": str(sft), "workers": opts["workers"]}
+    rows = measure({"prep sft (pipeline)": ("sft-pipeline", kw), "tokenizer alone": ("sft-tokenizer", kw)},
+                   opts["repeat"])
+    t = Table(title="prep sft throughput", title_justify="left")
+    for col in ("", "MB/s", "tokens/s", "peak RSS main", "peak RSS worker", "input MB"):
+        t.add_column(col, justify="right" if col else "left")
+    for name, r in rows.items():
+        worker = f"{r['worker_rss_mb']:,.0f} MB" if r["worker_rss_mb"] > 1 else "-"
+        t.add_row(name, f"{r['mb_s']:.2f}", f"{r['tok_s']:,.0f}", f"{r['rss_mb']:,.0f} MB", worker,
+                  f"{r['bytes'] / 1e6:.1f}")
+    console.print(t)
+    pipe, alone = rows.values()
+    console.print(f"pipeline / tokenizer alone: [bold]{pipe['mb_s'] / alone['mb_s']:.2f}[/] (goal >= 0.9; "
+                  "the pipeline also writes ChatML headers and masks)")
+
+
+SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki, "sft": section_sft}
 
 
 @click.command()
 @click.option("--wiki", type=click.Path(exists=True, path_type=Path), default=None,
               help="wiki_zh folder (default: ../shared/data/wiki_zh, else sample_data/wiki_zh).")
+@click.option("--sft", type=click.Path(exists=True, path_type=Path), default=None,
+              help="SFT file or folder (default: ../shared/data/belle, else sample_data/belle).")
 @click.option("--kind", type=click.Choice([*SECTIONS, "all"]), default="all", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Default: every core.")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True)
@@ -192,14 +272,14 @@ SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki}
               "(default: ../shared/qwen2-tokenizer, else our tokenizer saved in HF format).")
 @click.option("--phase", hidden=True)
 @click.option("--phase-args", hidden=True)
-def main(wiki, kind, workers, repeat, baseline_mb, hf_tokenizer, phase, phase_args) -> None:
+def main(wiki, sft, kind, workers, repeat, baseline_mb, hf_tokenizer, phase, phase_args) -> None:
     """Benchmark prep against its tokenizer and against a per-document AutoTokenizer loop."""
     if phase:
         run_phase(phase, phase_args)
         return
     from prep.pipeline import default_workers
 
-    opts = {"wiki": wiki, "workers": workers or default_workers(), "repeat": repeat, "baseline_mb": baseline_mb,
+    opts = {"wiki": wiki, "sft": sft, "workers": workers or default_workers(), "repeat": repeat, "baseline_mb": baseline_mb,
             "hf_tokenizer": hf_tokenizer}
     console = Console()
     for name, section in SECTIONS.items():

@@ -25,6 +25,7 @@ makes the ids those of Hugging Face's ``apply_chat_template`` over the same Chat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Protocol
 
 from prep.records import Piece
@@ -46,7 +47,9 @@ class ChatFormatError(ValueError):
 
 
 def _role_and_content(message: Mapping[str, str] | Sequence[str]) -> tuple[str, str]:
-    if isinstance(message, Mapping):
+    if type(message) is tuple and len(message) == 2:  # the readers' form: skip the slower ABC check
+        role, content = message
+    elif isinstance(message, Mapping):
         role, content = message.get("role"), message.get("content")
     else:
         role, content = message
@@ -57,27 +60,36 @@ def _role_and_content(message: Mapping[str, str] | Sequence[str]) -> tuple[str, 
     return role, content
 
 
+@lru_cache(maxsize=8)
+def _fixed_pieces(eot_id: int, im_start_id: int, im_end_id: int) -> dict[str, Piece]:
+    """The pieces every dialog shares, built once (pieces are frozen, so sharing them is safe)."""
+    return {
+        "im_start": Piece(special_id=im_start_id),
+        "im_end": Piece(special_id=im_end_id),
+        "im_end_trained": Piece(special_id=im_end_id, trained=True),
+        "eot": Piece(special_id=eot_id),
+        "assistant_header": Piece(text="assistant\n"),
+        "newline": Piece(text="\n"),
+    }
+
+
+def _fixed(specials: SpecialIds) -> dict[str, Piece]:
+    return _fixed_pieces(specials.eot_id, specials.im_start_id, specials.im_end_id)
+
+
 def message_pieces(role: str, content: str, specials: SpecialIds) -> list[Piece]:
     """One ChatML message; only an assistant message is trained (its reply and its <|im_end|>)."""
+    f = _fixed(specials)
     if role == "assistant":
-        return [
-            Piece(special_id=specials.im_start_id),
-            Piece(text="assistant\n"),
-            Piece(text=content, trained=True),
-            Piece(special_id=specials.im_end_id, trained=True),
-            Piece(text="\n"),
-        ]
-    return [
-        Piece(special_id=specials.im_start_id),
-        Piece(text=f"{role}\n{content}"),
-        Piece(special_id=specials.im_end_id),
-        Piece(text="\n"),
-    ]
+        return [f["im_start"], f["assistant_header"], Piece(text=content, trained=True), f["im_end_trained"],
+                f["newline"]]
+    return [f["im_start"], Piece(text=f"{role}\n{content}"), f["im_end"], f["newline"]]
 
 
 def generation_prompt_pieces(specials: SpecialIds) -> list[Piece]:
     """``<|im_start|>assistant\\n``: the same pieces an assistant message begins with in training."""
-    return [Piece(special_id=specials.im_start_id), Piece(text="assistant\n")]
+    f = _fixed(specials)
+    return [f["im_start"], f["assistant_header"]]
 
 
 def chat_pieces(
@@ -106,7 +118,7 @@ def chat_pieces(
     if add_generation_prompt:
         pieces += generation_prompt_pieces(specials)
     if end_of_text:
-        pieces.append(Piece(special_id=specials.eot_id))
+        pieces.append(_fixed(specials)["eot"])
     return pieces, turn_starts
 
 

@@ -51,12 +51,14 @@ _DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
 def dialog_document(messages: list[Message], specials: Specials, location: str, system: str = "") -> Document:
     """One dialog as pieces, ending in <|endoftext|>; `system` is used unless the row has its own."""
     messages = [(role, nfc(content)) for role, content in messages]
-    split_key = chatml_text(messages)
+    text = chatml_text(messages)
     if system and messages[0][0] != "system":
         messages.insert(0, ("system", nfc(system)))
+        dedup_key = chatml_text(messages[:1]) + text
+    else:
+        dedup_key = text
     pieces, turn_starts = chat_pieces(messages, specials, end_of_text=True)
-    return Document(pieces, split_key=split_key, dedup_key=chatml_text(messages), location=location,
-                    turn_starts=turn_starts)
+    return Document(pieces, split_key=text, dedup_key=dedup_key, location=location, turn_starts=turn_starts)
 
 
 def parse_sft(chunk: Chunk, specials: Specials, system: str = "") -> list[Record]:
