@@ -156,3 +156,29 @@ def test_byte_identical_across_runs_and_workers(tmp_path):
     assert set(one) == {"meta.json"} | {f"{s}.{e}" for s in ("train", "val") for e in ("bin", "idx", "mask.bin", "turns.idx")}
     meta = json.loads(one["meta.json"])
     assert meta["splits"]["val"]["docs"] > 0 and meta["splits"]["train"]["docs"] + meta["splits"]["val"]["docs"] == 300
+
+
+def test_json_array_and_json_lines_give_the_same_tokens(tmp_path):
+    rows = [MULTI, {"instruction": "Human:a\nAssistant:b\nHuman:c\nAssistant:", "input": "补充", "output": "d"},
+            {"instruction": "Human:bad"}, "not a row"]
+    write_jsonl(tmp_path / "rows.jsonl", rows)
+    (tmp_path / "rows.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
+    lines_meta = prep(tmp_path / "rows.jsonl", tmp_path / "lines", val_fraction=0.5)
+    array_meta = prep(tmp_path / "rows.json", tmp_path / "array", val_fraction=0.5)
+    lines, array = folder_bytes(tmp_path / "lines"), folder_bytes(tmp_path / "array")
+    assert {k: v for k, v in lines.items() if k != "meta.json"} == {k: v for k, v in array.items() if k != "meta.json"}
+    assert lines_meta["splits"] == array_meta["splits"]
+    assert {r: e["count"] for r, e in array_meta["skipped"].items()} == {"missing_field": 1, "not_an_object": 1}
+    assert array_meta["skipped"]["not_an_object"]["examples"] == ["rows.json:15"]  # the line the element starts on
+
+
+def test_cli_with_system_prompt(tmp_path, byte_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [MULTI])
+    result = CliRunner().invoke(cli, ["sft", str(path), "--out", str(tmp_path / "out"), "--tokenizer", "bytes",
+                                      "--workers", "1", "--val-fraction", "0", "--system", "你是助手。"])
+    assert result.exit_code == 0, result.output
+    assert "sft summary" in result.output
+    (d,) = read_dialogs(tmp_path / "out")
+    assert byte_tokenizer.decode(d.ids).startswith("<|im_start|>system\n你是助手。<|im_end|>\n<|im_start|>user\n")
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text("utf-8"))
+    assert meta["options"]["system"] == "你是助手。" and meta["tokenizer"]["name"] == "bytes"
