@@ -27,8 +27,14 @@ class SourceError(ValueError):
 
 
 def looks_like_hub_name(spec: str) -> bool:
-    """``owner/name`` that is not a local path: what `datasets.load_dataset` would look up on the hub."""
-    return spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not Path(spec).exists()
+    """``owner/name`` that is not a local path: what `datasets.load_dataset` would look up on the hub.
+
+    A mistyped local path (``data/belle.json`` where ``data/`` exists, or any ``*.json``) stays a path,
+    so its error says "no such file" rather than "cannot reach the hub".
+    """
+    path = Path(spec)
+    return (spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.exists()
+            and not path.parent.exists() and path.suffix not in (".json", ".jsonl"))
 
 
 def first_char(path: Path) -> str:
@@ -123,8 +129,10 @@ def hub_rows(name: str, split: str = "train") -> Iterator[tuple[int, object]]:
     """Stream ``(row number, row)`` from a `datasets` dataset: a hub name, or a local folder `datasets` can load."""
     try:
         import datasets
+        import huggingface_hub
 
-        datasets.logging.set_verbosity_error()
+        datasets.logging.set_verbosity_error()  # our one-line error says it all; no retry chatter
+        huggingface_hub.utils.logging.set_verbosity_error()
         dataset = datasets.load_dataset(name, split=split, streaming=True)
         rows = iter(dataset)
         first = next(rows, None)

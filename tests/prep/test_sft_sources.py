@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prep import sft_sources
-from prep.sft_sources import SourceError, hub_rows, is_json_array, iter_json_array
+from prep.sft_sources import SourceError, hub_rows, is_json_array, iter_json_array, looks_like_hub_name
 
 
 @pytest.fixture(params=[1 << 20, 7], ids=["big-reads", "7-char-reads"])
@@ -60,6 +60,15 @@ def test_jsonl_is_not_an_array(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text('\n\n{"a": [1]}\n')
     assert not is_json_array(path)
+
+
+def test_hub_names_and_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert looks_like_hub_name("BelleGroup/multiturn_chat_0.8M")
+    assert not looks_like_hub_name("data/belle")  # a typo under an existing folder: a path
+    assert not looks_like_hub_name("typo/belle.json") and not looks_like_hub_name("./a/b")
+    assert not looks_like_hub_name("a/b/c") and not looks_like_hub_name("data")
 
 
 def test_hub_offline_is_one_clear_line(monkeypatch):
