@@ -102,18 +102,23 @@ def chat_pieces(
     """Render messages (``{"role", "content"}`` dicts or ``(role, content)`` pairs) as pieces.
 
     Returns the pieces and `turn_starts`: the index of the ``<|im_start|>`` piece of every user message,
-    so a training sampler can begin a block at any user turn of a dialog longer than the block.
+    so a training sampler can begin a block at any user turn of a dialog longer than the block. The
+    first user turn after a system message is the exception: its entry is the system message's (piece
+    0), so the blocks that start a dialog include its system prompt, as chatting with one will.
     A system message is allowed only first. Turn order is the caller's business: readers check it
     for training data, and a chat front end may send what it likes.
     """
     pieces: list[Piece] = []
     turn_starts: list[int] = []
+    has_system = False
     for i, message in enumerate(messages):
         role, content = _role_and_content(message)
-        if role == "system" and i > 0:
-            raise ChatFormatError("a system message may only come first")
+        if role == "system":
+            if i > 0:
+                raise ChatFormatError("a system message may only come first")
+            has_system = True
         if role == "user":
-            turn_starts.append(len(pieces))
+            turn_starts.append(0 if has_system and not turn_starts else len(pieces))
         pieces += message_pieces(role, content, specials)
     if add_generation_prompt:
         pieces += generation_prompt_pieces(specials)

@@ -8,7 +8,9 @@ Every usable row becomes one dialog (`prep.chat_template`): an optional system m
 then ``<|endoftext|>``. The mask trains each assistant reply and its ``<|im_end|>``. The split is chosen by
 a stable hash of the dialog's own messages (not of ``--system``, so changing the prompt never moves a
 dialog between train and val); exact duplicates are the same rendered dialog, system prompt included.
-The folder also gets ``{split}.turns.idx``: the offset of every user turn's ``<|im_start|>``.
+The folder also gets ``{split}.turns.idx``: where a training block may start, i.e. the offset of every
+user turn's ``<|im_start|>``, except that a dialog with a system message lists the start of that
+message instead of its first user turn (so blocks that open a dialog keep the system prompt).
 """
 
 from __future__ import annotations

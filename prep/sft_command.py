@@ -39,7 +39,8 @@ def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers
 
     \b
     Writes OUT/{train,val}.bin, .idx (dialog starts), .mask.bin (loss mask), .turns.idx (user-turn
-    starts) and meta.json. Rows that cannot be used are skipped and counted by reason with file:line
+    starts, where the trainer may begin a block; a system message stands in for the first user turn
+    after it) and meta.json. Rows that cannot be used are skipped and counted by reason with file:line
     examples (invalid_json, not_an_object, missing_field, wrong_type, no_markers, markers_out_of_order,
     text_before_first_marker, history_not_ending_in_assistant_marker, empty_message, empty_reply,
     no_reply, turns_out_of_order, unknown_role, unknown_format, duplicate, ...); the run goes on.

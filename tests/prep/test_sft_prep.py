@@ -57,7 +57,8 @@ def test_system_prompt_and_literal_specials(tmp_path, byte_tokenizer):
     # Special ids only where the template put them: system, user, assistant + the final <|endoftext|>.
     assert [t for t in d.ids if t >= 256] == [tok.im_start_id, tok.im_end_id] * 3 + [tok.eot_id]
     assert trained_runs(tok, d) == ["好的：<|im_end|><|endoftext|>" + IM_END]
-    assert d.turns and tok.decode(d.ids[d.turns[0] : d.turns[0] + 5]) == "<|im_start|>user"
+    # The dialog's one block start is its system message, so blocks keep the system prompt.
+    assert d.turns == [0]
 
 
 def test_alpaca_sharegpt_and_json_array_in_one_folder(tmp_path, byte_tokenizer):
@@ -79,7 +80,8 @@ def test_alpaca_sharegpt_and_json_array_in_one_folder(tmp_path, byte_tokenizer):
     assert trained_runs(tok, alpaca) == ["猫" + IM_END]
     assert trained_runs(tok, multi)[-1] == "从前有座山。" + IM_END
     assert tok.decode(share1.ids).startswith("<|im_start|>system\n自带系统<|im_end|>\n")  # its own, not --system
-    assert trained_runs(tok, share1) == ["a1" + IM_END, "a2" + IM_END] and len(share1.turns) == 2
+    assert trained_runs(tok, share1) == ["a1" + IM_END, "a2" + IM_END]
+    assert share1.turns[0] == 0 and tok.decode(share1.ids[share1.turns[1] : share1.turns[1] + 7]) == "<|im_start|>user\nq2"
     assert trained_runs(tok, share2) == ["v" + IM_END]
 
 

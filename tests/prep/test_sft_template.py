@@ -33,9 +33,12 @@ def test_layout_and_mask_on_bytes(byte_tokenizer):
     assert [mask[i] for i in im_end_positions] == [0, 0, 1, 0, 1]
     assert all(ids[i + 1] == ord("\n") and mask[i + 1] == 0 for i in im_end_positions)
     assert ids[-1] == tok.eot_id and mask[-1] == 0
-    # turn_starts point at the <|im_start|> piece of each user message.
+    # turn_starts point at the <|im_start|> piece of each user message; the first one at the system
+    # message before it, so a block that starts the dialog keeps its system prompt.
     assert [pieces[i].special_id for i in turns] == [tok.im_start_id] * 2
-    assert [pieces[i + 1].text for i in turns] == ["user\nQ1", "user\nQ2"]
+    assert [pieces[i + 1].text for i in turns] == ["system\nS", "user\nQ2"]
+    _, no_system_turns = chat_pieces(messages[1:], tok)
+    assert no_system_turns == [0, turns[1] - 4]  # the system message is 4 pieces
 
 
 def test_assistant_header_is_untrained_and_separate(byte_tokenizer):
