@@ -81,7 +81,7 @@ def test_alpaca_sharegpt_and_json_array_in_one_folder(tmp_path, byte_tokenizer):
     assert trained_runs(tok, multi)[-1] == "从前有座山。" + IM_END
     assert tok.decode(share1.ids).startswith("<|im_start|>system\n自带系统<|im_end|>\n")  # its own, not --system
     assert trained_runs(tok, share1) == ["a1" + IM_END, "a2" + IM_END]
-    assert share1.turns[0] == 0 and tok.decode(share1.ids[share1.turns[1] : share1.turns[1] + 7]) == "<|im_start|>user\nq2"
+    assert share1.turns[0] == 0 and tok.decode(share1.ids[share1.turns[1] : share1.turns[1] + 8]) == "<|im_start|>user\nq2"
     assert trained_runs(tok, share2) == ["v" + IM_END]
 
 
