@@ -6,6 +6,7 @@ Conversation text goes to stdout as it is generated; notes and summaries go to s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -55,11 +56,17 @@ def model_options(f):
     return f
 
 
+def checkpoint_error(e: Exception, ckpt: Path) -> click.ClickException:
+    """One line; for a folder that does not exist, say how to make one."""
+    hint = "; train one first (make pretrain, make sft) or pass --ckpt" if not ckpt.exists() else ""
+    return click.ClickException(f"{e}{hint}")
+
+
 def load(ckpt: Path, device: str, dtype: str) -> LoadedModel:
     try:
         loaded = load_for_generation(ckpt, device, dtype)
     except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+        raise checkpoint_error(e, ckpt) from None
     c = loaded.model.config
     kind = "chat model (SFT)" if loaded.chat else "base model"
     console.print(f"[dim]{ckpt}: {kind}, {c.n_layer}x{c.n_embd}, context {c.block_size}, "
@@ -145,6 +152,8 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
         console.print(f"[yellow]{ckpt} is a base model (not fine-tuned for chat): replies will be text continuations[/]")
     session = ChatSession(loaded.engine, loaded.tokenizer, params_from(1, **kw), system=system)
     if not messages:
+        with contextlib.suppress(ImportError):  # line editing and history for input(), where available
+            import readline  # noqa: F401
         console.print("[dim]/reset clears the history, /exit or Ctrl-D leaves[/]")
 
     def write(text: str) -> None:
@@ -168,7 +177,7 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
         with console.status(f"exporting {ckpt} to {out} ..."):
             summary = export_hf(ckpt, out, dtype)
     except (CheckpointError, ExportError) as e:
-        raise click.ClickException(str(e)) from None
+        raise checkpoint_error(e, ckpt) from None
     kind = "chat" if summary["chat"] else "base"
     files = sorted(p for p in out.iterdir() if p.is_file())
     listing = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files)

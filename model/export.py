@@ -160,11 +160,12 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "flo
     try:
         save_file(gpt2_state_dict(model, EXPORT_DTYPES[dtype]), partial / "model.safetensors",
                   metadata={"format": "pt"})
+        (partial / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a shared folder needs to be read
         _write_json(partial / "config.json", gpt2_config(model, ids, dtype))
         _write_json(partial / "generation_config.json", generation_config(ids, stop_ids, len(tok), model.config.vocab_size,
                                                                               SamplingParams()))
         tokenizer_written = _save_tokenizer(tok, partial, chat)
-        (partial / "README.md").write_text(model_card(out.name, info, tok, chat, tokenizer_written), "utf-8")
+        (partial / "README.md").write_text(model_card(out, info, tok, chat, tokenizer_written), "utf-8")
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)
@@ -190,7 +191,7 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
-def model_card(name: str, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool) -> str:
+def model_card(out: Path, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool) -> str:
     c = info["config"]
     kind = "chat model (SFT, ChatML)" if chat else "base model (pretrained, continues text)"
     stops = "`<|im_end|>` and `<|endoftext|>`" if chat else "`<|endoftext|>`"
@@ -199,24 +200,27 @@ def model_card(name: str, info: dict, tok: Tokenizer, chat: bool, tokenizer_writ
         "ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")\n"
         if chat else 'ids = tok("数学是", return_tensors="pt").input_ids\n'
     )
+    d = SamplingParams()
     tok_note = "" if tokenizer_written else (
         f"\nThe `{tok.name}` tokenizer has no Hugging Face form, so no tokenizer files are included.\n")
-    return f"""# {name}
+    return f"""# {out.name}
 
-A Chinese GPT-2-architecture {kind}, exported by zh-mini-llm (`python -m model export`) from
-a checkpoint at step {info.get("step")}: {c["n_layer"]} layers, {c["n_head"]} heads, {c["n_embd"]} wide,
-context {c["block_size"]} tokens, tokenizer `{tok.name}` ({len(tok)} ids, embedding padded to {c["vocab_size"]}).
-Generation stops at {stops} (`generation_config.json`).
+A Chinese {kind} with GPT-2's architecture, exported by zh-mini-llm (`python -m model export`)
+from a checkpoint at step {info.get("step")}: {c["n_layer"]} layers, {c["n_head"]} heads, {c["n_embd"]} wide,
+a context of {c["block_size"]} tokens, tokenizer `{tok.name}` ({len(tok)} ids; the embedding is padded to
+{c["vocab_size"]} rows, and `generation_config.json` suppresses the padding). Generation stops at {stops}.
 {tok_note}
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tok = AutoTokenizer.from_pretrained("{name}")
-model = AutoModelForCausalLM.from_pretrained("{name}")
+tok = AutoTokenizer.from_pretrained("{out}")
+model = AutoModelForCausalLM.from_pretrained("{out}")
 {usage}out = model.generate(ids, max_new_tokens=100)
 print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```
 
-The layout is plain GPT-2 (`GPT2LMHeadModel`, `gelu_pytorch_tanh`), so vLLM serves it and
-llama.cpp's `convert_hf_to_gguf.py` converts it. Only the first {c["block_size"]} positions exist.
+`generate` samples with the defaults of `python -m model sample` (temperature {d.temperature}, top-k {d.top_k}); pass
+`do_sample=False` for greedy output. The layout is plain GPT-2 (`GPT2LMHeadModel`, `gelu_pytorch_tanh`)
+for tools that read it, such as vLLM and llama.cpp's `convert_hf_to_gguf.py`. Only the first
+{c["block_size"]} positions exist: longer inputs must be cut.
 """

@@ -79,7 +79,8 @@ def test_bad_checkpoint_path_is_one_line(tmp_path, command):
     extra = ["--out", str(tmp_path / "o")] if command == "export" else []
     r = invoke(command, "--ckpt", tmp_path / "missing", *extra)
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == [f"Error: {tmp_path / 'missing'}: no such run or checkpoint folder"]
+    assert r.stderr.strip().splitlines() == [f"Error: {tmp_path / 'missing'}: no such run or checkpoint folder; "
+                                             "train one first (make pretrain, make sft) or pass --ckpt"]
 
 
 def test_tokenizer_mismatch_is_one_line(tmp_path):
