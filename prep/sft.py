@@ -75,10 +75,13 @@ def parse_sft(chunk: Chunk, specials: Specials, system: str = "") -> list[Record
             out.append(item)
             continue
         location, row = item
+        repairs: list[str] = []
         try:
-            out.append(dialog_document(row_messages(row, chunk.fmt), specials, location, system))
+            out.append(dialog_document(row_messages(row, chunk.fmt, repairs), specials, location, system))
         except RowError as e:
             out.append(Skipped(e.reason, location))
+            continue
+        out += [Repaired(reason, location) for reason in repairs]
     return out
 
 

@@ -98,8 +98,9 @@ def alpaca_messages(row: dict) -> list[Message]:
     return _check_texts([("user", question), ("assistant", _field(row, "output").strip())])
 
 
-def sharegpt_messages(row: dict) -> list[Message]:
-    """Turns of a ShareGPT-style row; a trailing unanswered user turn is dropped (it trains nothing)."""
+def sharegpt_messages(row: dict, repairs: list[str] | None = None) -> list[Message]:
+    """Turns of a ShareGPT-style row. A trailing unanswered user turn trains nothing: it is dropped and
+    noted in `repairs` as ``unanswered_last_turn_dropped``."""
     key = "conversations" if "conversations" in row else "messages"
     turns = row.get(key)
     if turns is None:
@@ -120,6 +121,8 @@ def sharegpt_messages(row: dict) -> list[Message]:
         messages.append((role, _field(turn, text_key).strip()))
     if messages and messages[-1][0] == "user":
         messages.pop()
+        if repairs is not None:
+            repairs.append("unanswered_last_turn_dropped")
     dialog = messages[1:] if messages and messages[0][0] == "system" else messages
     if not any(role == "assistant" for role, _ in dialog):
         raise RowError("no_reply")
@@ -135,12 +138,14 @@ PARSERS = {
 }
 
 
-def row_messages(row: object, fmt: str) -> list[Message]:
-    """Messages of one decoded JSON row in format `fmt`, or `RowError`."""
+def row_messages(row: object, fmt: str, repairs: list[str] | None = None) -> list[Message]:
+    """Messages of one decoded JSON row in format `fmt`, or `RowError`; fixes made are added to `repairs`."""
     if not isinstance(row, dict):
         raise RowError("not_an_object", type(row).__name__)
     if fmt not in PARSERS:
         raise RowError("unknown_format")
+    if fmt == "sharegpt":
+        return sharegpt_messages(row, repairs)
     return PARSERS[fmt](row)
 
 

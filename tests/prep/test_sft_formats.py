@@ -93,9 +93,11 @@ def test_sharegpt_both_styles_and_system():
             {"from": "human", "value": "unanswered, dropped"},
         ],
     }  # fmt: skip
-    assert sharegpt_messages(from_value) == [
+    repairs = []
+    assert row_messages(from_value, "sharegpt", repairs) == [
         ("system", "你是医生。"), ("user", "头疼"), ("assistant", "多休息"), ("user", "还有呢"), ("assistant", "多喝水"),
     ]  # fmt: skip
+    assert repairs == ["unanswered_last_turn_dropped"]
     role_content = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
                                  {"role": "assistant", "content": "a"}]}  # fmt: skip
     assert sharegpt_messages(role_content) == [("system", "S"), ("user", "q"), ("assistant", "a")]

@@ -69,12 +69,14 @@ def test_alpaca_sharegpt_and_json_array_in_one_folder(tmp_path, byte_tokenizer):
     share = [{"conversations": [{"from": "system", "value": "自带系统"}, {"from": "human", "value": "q1"},
                                 {"from": "gpt", "value": "a1"}, {"from": "human", "value": "q2"},
                                 {"from": "gpt", "value": "a2"}]},
-             {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"}]}]
+             {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "v"},
+                           {"role": "user", "content": "unanswered"}]}]
     (data / "sub" / "b_share.json").write_text(json.dumps(share, ensure_ascii=False, indent=1), encoding="utf-8")
     (data / "c_multi.json").write_text(json.dumps([MULTI], ensure_ascii=False), encoding="utf-8")
     meta = prep(data, tmp_path / "out", system="默认系统")
     assert [s["path"] for s in meta["sources"]] == ["a_alpaca.jsonl", "c_multi.json", "sub/b_share.json"]
     assert [s["records_kept"] for s in meta["sources"]] == [1, 1, 2]
+    assert meta["repaired"] == {"unanswered_last_turn_dropped": {"count": 1, "examples": ["sub/b_share.json:26"]}}
     alpaca, multi, share1, share2 = read_dialogs(tmp_path / "out")
     assert tok.decode(alpaca.ids).startswith("<|im_start|>system\n默认系统<|im_end|>\n<|im_start|>user\n翻译：\ncat<|im_end|>")
     assert trained_runs(tok, alpaca) == ["猫" + IM_END]
