@@ -23,7 +23,7 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 ENDOFTEXT = "<|endoftext|>"
@@ -94,7 +94,7 @@ class Tokenizer:
     def special_ids(self) -> dict[str, int]:
         return {ENDOFTEXT: self.eot_id, IM_START: self.im_start_id, IM_END: self.im_end_id}
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 over every id's bytes, so two tokenizers with the same ids match whatever their backend."""
         return _fingerprint(self)
