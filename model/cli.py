@@ -104,7 +104,11 @@ def ended(reason: str, stop: int | None, tok) -> str:
               help="samples of the same prompt, generated as one batch")
 @model_options
 def sample(ckpt: Path, prompt: str, num_samples: int, device: str, dtype: str, system: str | None, **kw) -> None:
-    """Generate from a prompt: a completion for a base model, one reply for a chat model."""
+    """Generate from a prompt: a completion for a base model, one reply for a chat model.
+
+    A base model stops at <|endoftext|>, a chat model (trained with `train sft`) at <|im_end|>. Text
+    streams to stdout as it is generated; the model line and the timing go to stderr.
+    """
     loaded = load(ckpt, device, dtype)
     params = params_from(num_samples, **kw)
     ids = prompt_ids(loaded, prompt, system)
