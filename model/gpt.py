@@ -237,8 +237,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, n_vocab: int | None = None,
-                 temperature: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue `idx` (B, T) by `max_new_tokens` with a KV cache: greedy when temperature is 0.
+                 temperature: float = 0.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue `idx` (B, T) by `max_new_tokens` with a KV cache: greedy when temperature is 0, else
+        sampled from the `top_k` most likely tokens (all if None) with `generator`.
 
         `n_vocab` (the tokenizer's length) keeps the padding rows of the vocabulary from being picked.
         A small helper for watching training; `model/` builds fuller sampling on top of it.
@@ -251,6 +253,9 @@ class GPT(nn.Module):
         for i in range(steps):
             logits = logits[:, -1, :n_vocab]
             if temperature > 0:
+                if top_k is not None and top_k < logits.size(-1):
+                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, -torch.inf)
                 nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)
             else:
                 nxt = logits.argmax(dim=-1, keepdim=True)
@@ -293,12 +298,17 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 picked = logits.gather(1, tc[:, None]).squeeze(1)
                 loss += torch.where(mc, lse - picked, 0.0).sum()
                 if need_grad:
-                    # d(loss)/d(logits) = softmax - onehot(target), zero on untrained positions
-                    g = torch.exp_(logits.sub_(lse[:, None]))
-                    g.scatter_add_(1, tc[:, None], torch.full_like(lse[:, None], -1.0))
-                    g = g.mul_(mc[:, None]).to(dtype)
+                    # d(loss)/d(logits) = softmax - onehot(target), zero on untrained positions: their
+                    # log-sum-exp is set to +inf so that exp() gives 0 in the same pass
+                    lse_or_inf = torch.where(mc, lse, torch.inf)
+                    g = torch.exp_(logits.sub_(lse_or_inf[:, None]))
+                    g.scatter_add_(1, tc[:, None], -mc[:, None].to(g.dtype))
+                    g = g.to(dtype)
                     grad_h[s : s + chunk] = (g @ w).to(h.dtype)
-                    grad_w += (g.t() @ hc).float()
+                    if dtype == torch.float32:
+                        grad_w.addmm_(g.t(), hc)  # no V x C temporary
+                    else:
+                        grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss

@@ -75,8 +75,8 @@ _MINI = {}  # the dataclass defaults are the `mini` preset: the model of record 
 # A few minutes on a 2-core CPU: the 151,680-wide output layer dominates, so the body is small and the
 # batch short; a high learning rate makes a few hundred steps visibly learn the sample corpus.
 _TINY = dict(
-    n_layer=2, n_head=4, n_embd=128, block_size=128, batch_size=8, micro_batch_size=8,
-    max_steps=300, lr=2e-3, warmup_steps=20, eval_every=50, eval_blocks=16, ckpt_every=100,
+    n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=4, micro_batch_size=4,
+    max_steps=200, lr=3e-3, warmup_steps=20, eval_every=50, eval_blocks=16, ckpt_every=100,
     sample_tokens=24, log_every=1,
 )
 

@@ -62,15 +62,22 @@ def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
 
 @torch.no_grad()
 def sample_text(model: GPT, tokenizer, prompt: str, chat: bool, max_new_tokens: int, device: torch.device,
-                autocast=contextlib.nullcontext) -> str:
-    """Greedy continuation of the prompt, decoded up to the first special token."""
+                autocast=contextlib.nullcontext, seed: int = 0) -> str:
+    """A seeded sample (temperature 0.8, top-50) continuing the prompt, cut at the first special token.
+
+    Sampled rather than greedy: greedy decoding of a young model repeats its most frequent token
+    (``，，，，``), while a sample shows which words it has picked up. The fixed seed makes it the same
+    for the same weights, so runs (and resumed runs) can be compared.
+    """
     ids = prompt_ids(tokenizer, prompt, chat)
     if not ids:
         return ""
     was_training = model.training
     model.eval()
     with autocast():
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, n_vocab=len(tokenizer))
+        generator = torch.Generator(device=device).manual_seed(seed)
+        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, n_vocab=len(tokenizer),
+                             temperature=0.8, top_k=50, generator=generator)
     model.train(was_training)
     new = out[0, min(len(ids), model.config.block_size - 1):].tolist()  # generate keeps the prompt's tail
     stops = {tokenizer.eot_id, tokenizer.im_end_id, tokenizer.im_start_id}

@@ -1,12 +1,9 @@
-"""The training loop shared by pretraining and SFT (SFT = pretraining with masks and an initial model).
+"""The training run shared by pretraining and SFT (SFT = pretraining with masks and an initial model).
 
-One optimizer step = `accumulation` micro-batches on each of `world_size` ranks. Each micro-batch's
-loss is the SUM of its per-token losses times ``world_size / N``, where N is the number of target
-tokens in the whole step (all micro-batches, all ranks, counted on the host before the step and
-all-reduced): DDP averages gradients over ranks, so the result is exactly the mean over the step's
-target tokens however the batch is split, with masks (SFT) or without. Gradients are synchronised
-only on the last micro-batch (DDP `no_sync`); the step's loss, gradient norm and stop votes come to
-the host once per step, never per micro-batch.
+`train` checks the data, any checkpoint in OUT and the --init model against each other, resumes
+where OUT's checkpoint left off, and runs steps (`train.step.Stepper`) with evals, checkpoints, the
+metrics file and the live view, until `max_steps`, `--stop-at` or Ctrl-C. A NaN/inf loss stops the
+run before the weights are touched, so the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.gpt import GPT, GPTConfig
 from model.io import load_weights_into, read_model_info, resolve_model_dir
@@ -39,8 +35,9 @@ from train.config import MODEL_FIELDS, TrainConfig
 from train.data import BlockSampler, StepLoader, eval_starts
 from train.evaluate import bits_per_byte, evaluate_windows, sample_text
 from train.metrics import LiveView, MetricsLog
-from train.optim import build_optimizer, lr_at
+from train.optim import lr_at
 from train.perf import peak_flops
+from train.step import PrecisionError, Stepper
 
 
 class TrainError(ValueError):
@@ -98,20 +95,6 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """Autocast dtype (None = fp32) and whether a GradScaler is needed (fp16 only)."""
-    choice = cfg.dtype
-    if choice == "auto":
-        if device.type != "cuda":
-            return None, False  # CPUs have no fast bf16 matmul worth the rounding
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if choice == "fp32":
-        return None, False
-    if choice == "fp16" and device.type != "cuda":
-        raise TrainError(f"dtype fp16 needs a CUDA device, not {device.type}; use bf16 or fp32")
-    return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -177,37 +160,29 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
     except ValueError as e:
         raise TrainError(str(e)) from None
     device = d.device
-    amp_dtype, use_scaler = precision(cfg, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = GPT(GPTConfig(vocab_size=identity["vocab_size"], **cfg.model_fields()))
     model.loss_chunk_tokens = cfg.loss_chunk_tokens
     if ckpt is not None or init is not None:
         load_weights_into(model, ckpt or init)
     model.to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    try:
+        stepper = Stepper(model, cfg, d)
+    except PrecisionError as e:
+        raise TrainError(str(e)) from None
+    autocast = stepper.autocast
     step = 0
     if ckpt is not None:
         state = load_trainer_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        for group, wd in zip(optimizer.param_groups, (cfg.weight_decay, 0.0), strict=True):
-            group.update(weight_decay=wd, betas=(cfg.beta1, cfg.beta2))  # today's config wins over the saved one
-        if state.get("scaler") and use_scaler:
-            scaler.load_state_dict(state["scaler"])
+        stepper.load_state(state)
         step = int(state["step"])
-    fwd = torch.compile(model) if use_compile else model
-    if d.enabled:
-        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
 
     T = cfg.block_size
     sampler = BlockSampler(train_split, T, cfg.micro_batch_size, cfg.seed, sft)
     val_starts = eval_starts(val_split, T, cfg.eval_blocks, sft) if val_split.n_tokens >= 2 else np.zeros(0, np.int64)
     tokens_per_step = cfg.batch_size * T
     flops_per_token = model.flops_per_token(T)
-    peak, peak_note = peak_flops(device, amp_dtype or torch.float32)
+    peak, peak_note = peak_flops(device, stepper.amp_dtype or torch.float32)
     peak *= d.world_size
     tokenizer = _sample_tokenizer(identity, console if main else None) if main else None
     run_info = {"stage": spec.stage, "data": str(spec.data), "init": str(init) if init else None,
@@ -216,8 +191,8 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
     if main:
         console.print(
             f"[bold]{spec.stage}[/] {model.num_params() / 1e6:.1f}M params ({cfg.n_layer}x{cfg.n_embd}, "
-            f"vocab {identity['vocab_size']}) on {d.world_size} x {device} {amp_dtype or torch.float32}"
-            f"{' compiled' if use_compile else ''}; {cfg.batch_size} x {T} tokens/step = {cfg.micro_batch_size} "
+            f"vocab {identity['vocab_size']}) on {d.world_size} x {device} {stepper.amp_dtype or torch.float32}"
+            f"{' compiled' if stepper.compiled else ''}; {cfg.batch_size} x {T} tokens/step = {cfg.micro_batch_size} "
             f"x {accumulation} accumulation x {d.world_size} rank(s); train {train_split.n_tokens:,} tokens, "
             f"val {len(val_starts)} blocks; MFU vs {peak_note}"
         )
@@ -243,21 +218,25 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
             metrics.plot()
             sample = ""
             if tokenizer is not None:
-                sample = sample_text(model, tokenizer, cfg.sample_prompt, sft, cfg.sample_tokens, device, autocast)
+                sample = sample_text(model, tokenizer, cfg.sample_prompt, sft, cfg.sample_tokens, device, autocast,
+                                     cfg.seed)
             bpb_text = f"{bpb:.3f}" if bpb is not None else "n/a"
-            live.print(f"step {step}: train loss {last_loss:.4f}  val loss {val_loss:.4f}  val bpb {bpb_text}  "
+            train_text = f"train loss {last_loss:.4f}  " if math.isfinite(last_loss) else ""
+            live.print(f"step {step}: {train_text}val loss {val_loss:.4f}  val bpb {bpb_text}  "
                        f"| {cfg.sample_prompt!r} -> {sample!r}")
         return val_loss, bpb
 
     def save() -> None:
         if main:
-            save_checkpoint(spec.out, model, optimizer, scaler, step, identity, folder.kind, run_info)
+            save_checkpoint(spec.out, model, stepper.optimizer, stepper.scaler, step, identity, folder.kind, run_info)
 
     loader = StepLoader(sampler, d.rank, accumulation, step, device)
     reason, saved_step, last_loss, val_loss, val_bpb = "done", step, math.nan, None, None
     rates: list[float] = []
     try:
         with StopFlag() as stop, LiveView(cfg.max_steps, step, main, console) as live:
+            if step == 0:  # where the curve starts: ln(vocab) for a fresh model, lower from --init
+                val_loss, val_bpb = evaluate()
             while step < cfg.max_steps:
                 if spec.stop_at is not None and step >= spec.stop_at:
                     reason = "stop_at"
@@ -265,37 +244,19 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
                 t0 = time.perf_counter()
                 torch.manual_seed(step_seed(cfg.seed, step, d.rank))
                 lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batch = loader.get(step)
-                count = d.all_reduce_sum(torch.tensor(float(batch.n_targets), device=device))
-                scale = d.world_size / count.clamp(min=1.0)
-                loss_sum = torch.zeros((), device=device)
-                for i, (x, y, mask) in enumerate(batch.micro):
-                    sync = not d.enabled or i == len(batch.micro) - 1
-                    with contextlib.nullcontext() if sync else fwd.no_sync():
-                        with autocast():
-                            micro_sum, _ = fwd(x, y, mask)
-                        scaler.scale(micro_sum * scale).backward()
-                    loss_sum += micro_sum.detach()
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                votes = d.all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(stop.requested), device=device)]))
-                total, n_stop, n_targets, gnorm = torch.cat([votes, count.view(1), grad_norm.view(1).float()]).tolist()
-                last_loss = total / max(n_targets, 1.0)
+                stats = stepper.forward_backward(loader.get(step), lr, stop.requested)
+                last_loss = stats.loss
                 if not math.isfinite(last_loss):
                     where = f"the last good checkpoint (step {saved_step}) is in {spec.out / 'checkpoint'}" if (
                         saved_step > 0) else "no checkpoint was written"
                     raise TrainError(f"step {step + 1}: the loss is {last_loss}; stopping ({where}). "
                                      "Try a lower learning rate (--set lr=...) or check the data.")
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                stepper.apply()
                 step += 1
                 dt = time.perf_counter() - t0
                 rates.append(tokens_per_step / dt)
                 rec = {"step": step, "loss": last_loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
-                       "mfu": flops_per_token * tokens_per_step / dt / peak, "grad_norm": gnorm}
+                       "mfu": flops_per_token * tokens_per_step / dt / peak, "grad_norm": stats.grad_norm}
                 if main and (step % cfg.log_every == 0 or step == cfg.max_steps):
                     metrics.write(rec)
                     live.update(rec)
@@ -304,7 +265,7 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
                 if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                     save()
                     saved_step = step
-                if n_stop > 0:
+                if stats.stop_votes > 0:
                     reason = "interrupted"
                     break
             if saved_step != step:

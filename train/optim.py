@@ -12,7 +12,8 @@ from train.config import TrainConfig
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW (betas from the config); decay only 2-D weights (matmuls, embeddings), never biases or norms.
 
-    Fused on CUDA: one kernel for the whole update instead of several per parameter.
+    Fused on CUDA and CPU: one pass over each parameter instead of about ten (on a CPU that is 13x
+    faster for the 151,680 x C embedding, a large share of a small model's step).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -20,7 +21,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
-                             fused=device.type == "cuda")
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -143,6 +143,16 @@ def test_greedy_generate_matches_step_by_step_argmax_and_skips_padding_ids():
             seq = torch.cat([seq, nxt], 1)
     assert torch.equal(out, seq)
     assert out.max() < 259
+    top1 = model.generate(prompt, 8, n_vocab=259, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(top1, seq)  # sampling from the single most likely token is greedy
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny().eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    runs = [model.generate(prompt, 10, n_vocab=259, temperature=1.0, top_k=20,
+                           generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1]) and runs[0].max() < 259
 
 
 def test_tiny_model_overfits_a_fixed_batch():

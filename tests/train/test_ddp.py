@@ -34,7 +34,7 @@ def test_two_ranks_match_one_process_with_twice_the_accumulation(pretrain_data, 
     r2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "2 rank(s)" in " ".join(r2.stderr.split()) and "x 2 accumulation" in " ".join(r2.stderr.split())
-    assert len(losses(one)) == len(losses(two)) == 6 + 2  # train lines + two evals, written once (rank 0)
+    assert len(losses(one)) == len(losses(two)) == 6 + 3  # train lines + evals at 0, 3, 6, written once (rank 0)
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
     a, b = load_file(one / "checkpoint" / "model.safetensors"), load_file(two / "checkpoint" / "model.safetensors")
     for name in a:  # fp32 sums in another order; the key bias (a zero gradient up to rounding) moves ~1e-6

@@ -50,10 +50,10 @@ def test_sft_starts_from_the_pretrained_weights_and_learns_replies(pretrained, s
     info = json.loads((out / "checkpoint" / "model.json").read_text())
     assert info["data_kind"] == "sft" and info["step"] == 12
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
-    assert [e["step"] for e in evals] == [6, 12]
-    assert evals[1]["val_loss"] < evals[0]["val_loss"]
+    assert [e["step"] for e in evals] == [0, 6, 12]  # step 0: the pretrained model on the replies
+    assert evals[2]["val_loss"] < evals[1]["val_loss"] < evals[0]["val_loss"]
     # bpb over the trained text: loss/ln2 x target tokens / target bytes (1 byte per token here)
-    assert evals[1]["val_bpb"] == pytest.approx(evals[1]["val_loss"] / 0.6931471805599453, rel=0.02)
+    assert evals[2]["val_bpb"] == pytest.approx(evals[2]["val_loss"] / 0.6931471805599453, rel=0.02)
 
 
 def test_sft_with_nothing_to_train_leaves_the_weights_untouched(pretrained, tmp_path):
@@ -135,5 +135,5 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(pretrain_data,
         train(cfg, RunSpec("pretrain", pretrain_data, out))
     assert json.loads((out / "checkpoint" / "model.json").read_text())["step"] == 4
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    assert steps == [0, 1, 2, 3, 4, 5, 6]  # the eval at step 0, then the six good steps
 

@@ -1,0 +1,106 @@
+"""One optimizer step: the model, its optimizer, precision, compilation and DDP wrapping.
+
+Shared by the training loop and ``bench/train.py``, so the benchmark times exactly the step that
+training runs. One step = `accumulation` micro-batches on each of `world_size` ranks. Each micro-
+batch's loss is the SUM of its per-token losses times ``world_size / N``, N being the number of
+target tokens in the whole step (all micro-batches, all ranks, counted on the host and all-reduced
+before the step): DDP averages gradients over ranks, so the gradient is exactly that of the mean
+over the step's target tokens however the batch is split, with masks (SFT) or without. Gradients
+are synchronised only on the last micro-batch (DDP `no_sync`), and nothing comes back to the host
+until the whole step's loss, gradient norm and stop votes do, in one transfer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model.gpt import GPT
+from train.config import TrainConfig
+from train.data import StepBatch
+from train.dist import Dist
+from train.optim import build_optimizer
+
+
+class PrecisionError(ValueError):
+    """A dtype the device cannot train in."""
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """Autocast dtype (None = plain fp32) and whether a GradScaler is needed (fp16 only)."""
+    choice = cfg.dtype
+    if choice == "auto":
+        if device.type != "cuda":
+            return None, False  # CPUs: no fast bf16 matmul worth the rounding
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on pre-Ampere GPUs
+    if choice == "fp32":
+        return None, False
+    if choice == "fp16" and device.type != "cuda":
+        raise PrecisionError(f"dtype fp16 needs a CUDA device, not {device.type}; use bf16 or fp32")
+    return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)
+
+
+@dataclass
+class StepStats:
+    loss: float  # mean loss per target token over the whole step (all ranks)
+    n_targets: float
+    grad_norm: float  # before clipping
+    stop_votes: float  # ranks that were asked to stop (Ctrl-C / SIGTERM)
+
+
+class Stepper:
+    """Runs optimizer steps of `model` on the batches of a `StepLoader`."""
+
+    def __init__(self, model: GPT, cfg: TrainConfig, d: Dist):
+        self.model, self.cfg, self.d = model, cfg, d
+        device = d.device
+        self.amp_dtype, use_scaler = precision(cfg, device)
+        self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+        self.optimizer = build_optimizer(model, cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        # compile first, then DDP (nanoGPT's order): DDP's gradient hooks stay on the real parameters
+        fwd = torch.compile(model) if self.compiled else model
+        self.fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else fwd
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.d.device.type, dtype=self.amp_dtype)
+
+    def load_state(self, state: dict) -> None:
+        """Optimizer and scaler state from a checkpoint; today's weight decay and betas win over saved ones."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, wd in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0), strict=True):
+            group.update(weight_decay=wd, betas=(self.cfg.beta1, self.cfg.beta2))
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+
+    def forward_backward(self, batch: StepBatch, lr: float, stop_requested: bool = False) -> StepStats:
+        """Accumulate the step's gradients and clip them; `apply()` then updates the weights."""
+        d, device = self.d, self.d.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        # torch.full fills on the device: unlike torch.tensor(x, device=...), no synchronising host copy
+        count = d.all_reduce_sum(torch.full((), float(batch.n_targets), device=device))
+        scale = d.world_size / count.clamp(min=1.0)
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y, mask) in enumerate(batch.micro):
+            sync = not d.enabled or i == len(batch.micro) - 1
+            with contextlib.nullcontext() if sync else self.fwd.no_sync():
+                with self.autocast():
+                    micro_sum, _ = self.fwd(x, y, mask)
+                self.scaler.scale(micro_sum * scale).backward()
+            loss_sum += micro_sum.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        votes = d.all_reduce_sum(torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)]))
+        total, stop_votes, n, gnorm = torch.cat([votes, count.view(1), grad_norm.view(1).float()]).tolist()
+        return StepStats(total / max(n, 1.0), n, gnorm, stop_votes)
+
+    def apply(self) -> None:
+        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
