@@ -39,7 +39,7 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
-    sample_prompt: str = "数学是"
+    sample_prompt: str = "数学是"  # pretraining: text to continue; SFT: a user message (ChatML-wrapped)
     sample_tokens: int = 32
     log_every: int = 1
     ckpt_every: int = 500
@@ -83,7 +83,7 @@ _TINY = dict(
 # SFT: a pretrained model, so a short warmup, a learning rate in the usual 1e-5..5e-5 band for the
 # model of record, and no weight decay pulling the pretrained weights towards zero.
 _SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_size=64, eval_every=100,
-            ckpt_every=500, sample_prompt="<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n")
+            ckpt_every=500, sample_prompt="什么是数学？")  # SFT samples wrap the prompt as a user turn
 
 PRESETS: dict[str, dict] = {
     "mini": _MINI,

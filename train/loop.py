@@ -61,6 +61,7 @@ class RunResult:
     train_loss: float | None
     val_loss: float | None
     val_bpb: float | None
+    val_step: int | None  # the step of the last eval
     tokens_per_s: float | None
     wall_s: float
 
@@ -231,12 +232,12 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
             save_checkpoint(spec.out, model, stepper.optimizer, stepper.scaler, step, identity, folder.kind, run_info)
 
     loader = StepLoader(sampler, d.rank, accumulation, step, device)
-    reason, saved_step, last_loss, val_loss, val_bpb = "done", step, math.nan, None, None
+    reason, saved_step, last_loss, val_loss, val_bpb, val_step = "done", step, math.nan, None, None, None
     rates: list[float] = []
     try:
         with StopFlag() as stop, LiveView(cfg.max_steps, step, main, console) as live:
             if step == 0:  # where the curve starts: ln(vocab) for a fresh model, lower from --init
-                val_loss, val_bpb = evaluate()
+                (val_loss, val_bpb), val_step = evaluate(), step
             while step < cfg.max_steps:
                 if spec.stop_at is not None and step >= spec.stop_at:
                     reason = "stop_at"
@@ -261,7 +262,7 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
                     metrics.write(rec)
                     live.update(rec)
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    val_loss, val_bpb = evaluate()
+                    (val_loss, val_bpb), val_step = evaluate(), step
                 if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
                     save()
                     saved_step = step
@@ -276,7 +277,7 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
             metrics.close()
     d.barrier()
     steady = rates[1:] or rates  # the first step pays for compilation and warm-up
-    result = RunResult(step, reason, None if math.isnan(last_loss) else last_loss, val_loss, val_bpb,
+    result = RunResult(step, reason, None if math.isnan(last_loss) else last_loss, val_loss, val_bpb, val_step,
                        float(np.median(steady)) if steady else None, time.perf_counter() - wall_start)
     if main:
         _summary(console, result, spec.out)
@@ -305,7 +306,8 @@ def _summary(console: Console, r: RunResult, out: Path) -> None:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     console.print(
         f"[bold green]{what}[/] at step {r.step} in {r.wall_s:.0f}s: train loss {fmt(r.train_loss, '.4f')}, "
-        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')}, {fmt(r.tokens_per_s, ',.0f')} tokens/s. "
+        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')} (eval at step {fmt(r.val_step, 'd')}), "
+        f"{fmt(r.tokens_per_s, ',.0f')} tokens/s. "
         f"Checkpoint {out / 'checkpoint'}, metrics {out / 'metrics.jsonl'}, plot {out / 'loss.png'}"
     )
     if r.reason != "done":

@@ -58,6 +58,9 @@ class Stepper:
         self.model, self.cfg, self.d = model, cfg, d
         device = d.device
         self.amp_dtype, use_scaler = precision(cfg, device)
+        if device.type == "cuda":  # any matmul left in fp32 (an fp32 run, the optimizer's norms) uses TF32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
         self.optimizer = build_optimizer(model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
