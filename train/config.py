@@ -70,7 +70,10 @@ class TrainConfig:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2, sort_keys=True)
 
 
-_MINI = {}  # the dataclass defaults are the `mini` preset: the model of record on one GPU
+# The dataclass defaults are the `mini` preset, the model of record: GPT-2 small's body (85M) with the
+# Qwen2 vocabulary (+117M tied embedding) = 202M parameters; 5000 steps x 65,536 tokens = 328M tokens,
+# about one epoch of the full wiki_zh_2019 release.
+_MINI: dict = {}
 
 # A few minutes on a 2-core CPU: the 151,680-wide output layer dominates, so the body is small and the
 # batch short; a high learning rate makes a few hundred steps visibly learn the sample corpus.
