@@ -164,7 +164,7 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
         click.echo(text, nl=False)
 
     replies = run_chat(session, messages or None, write, lambda text: console.print(f"[dim]{text}[/]"))
-    console.print(f"[dim]{replies} replies[/]")
+    console.print(f"[dim]{replies} {'reply' if replies == 1 else 'replies'}[/]")
 
 
 @cli.command()
