@@ -94,7 +94,7 @@ PRESETS: dict[str, dict] = {
     "mini": _MINI,
     "tiny": _TINY,
     "mini-sft": {**_MINI, **_SFT},
-    "tiny-sft": {**_TINY, **_SFT, "lr": 1e-3, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
+    "tiny-sft": {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
                  "eval_every": 50, "ckpt_every": 100},
 }
 
