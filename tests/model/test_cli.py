@@ -64,7 +64,7 @@ def test_chat_scripted_messages(runs):
 def test_chat_reads_the_terminal_until_eof(runs):
     r = CliRunner().invoke(cli, ["chat", "--ckpt", str(runs["chat"]), "--max-new-tokens", "4"], input="你好\n")
     assert r.exit_code == 0, r.output
-    assert "1 replies" in r.stderr
+    assert "1 reply\n" in r.stderr
 
 
 def test_export_command(runs, tmp_path):
