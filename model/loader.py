@@ -83,16 +83,21 @@ def load_tokenizer_for(info: dict, where: str) -> Tokenizer:
     return tok
 
 
-def load_for_generation(path: str | os.PathLike, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a run or checkpoint folder for sampling, chat or benchmarks; raises `CheckpointError`."""
-    info = read_model_info(path)
-    tok = load_tokenizer_for(info, str(path))
+def load_on_device(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"):
+    """``(model in eval mode, model.json, autocast factory)`` for inference or evaluation on `device`."""
     try:
         dev = pick_device(device)
         autocast = autocast_for(dev, dtype)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     model, info = load_model(path, dev)
+    return model, info, autocast
+
+
+def load_for_generation(path: str | os.PathLike, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a run or checkpoint folder for sampling, chat or benchmarks; raises `CheckpointError`."""
+    tok = load_tokenizer_for(read_model_info(path), str(path))
+    model, info, autocast = load_on_device(path, device, dtype)
     chat = info.get("data_kind") == "sft"
     engine = Engine(model, len(tok), stop_ids_for(tok, chat), autocast)
     return LoadedModel(model, tok, info, engine)

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.io import CheckpointError, load_model, read_model_info, resolve_model_dir
-from model.loader import autocast_for, pick_device
+from model.io import CheckpointError, read_model_info, resolve_model_dir
+from model.loader import load_on_device
 from prep.tokenfile import TokenFileError, open_token_folder
 from train.checkpoint import check_tokenizer
 from train.data import tiling_starts
@@ -36,12 +36,8 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     folder = open_token_folder(data)
     info = read_model_info(ckpt)
     check_tokenizer(info["tokenizer"], folder.tokenizer, "the checkpoint", str(resolve_model_dir(ckpt)))
-    try:
-        dev = pick_device(device)
-        autocast = autocast_for(dev, dtype)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
-    model, info = load_model(ckpt, dev)
+    model, info, autocast = load_on_device(ckpt, device, dtype)
+    dev = next(model.parameters()).device
     sp = folder.split(split)
     T = model.config.block_size
     starts = tiling_starts(sp, T)
