@@ -94,18 +94,26 @@ def phase_wiki_pipeline(wiki: str, workers: int, **_) -> dict:
             "tokens": sum(s["tokens"] for s in meta["splits"].values())}
 
 
-def phase_wiki_tokenizer(wiki: str, workers: int, **_) -> dict:
+def tokenizer_alone(files: list[Path], texts_of: Callable[[bytes], list[str]], workers: int) -> dict:
+    """The ceiling a pipeline is measured against: read, parse, NFC, `encode_ordinary_batch`; nothing written."""
     from prep.tokenizer import load_tokenizer
 
     enc = load_tokenizer("qwen2").encoding
     t0 = time.perf_counter()
     n_bytes = n_tokens = 0
-    for path in wiki_files(Path(wiki)):
+    for path in files:
         data = path.read_bytes()
         n_bytes += len(data)
-        texts = [unicodedata.normalize("NFC", json.loads(line)["text"]) for line in data.splitlines() if line.strip()]
+        texts = [unicodedata.normalize("NFC", t) for t in texts_of(data)]
         n_tokens += sum(map(len, enc.encode_ordinary_batch(texts, num_threads=workers)))
     return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
+
+
+def phase_wiki_tokenizer(wiki: str, workers: int, **_) -> dict:
+    def texts_of(data: bytes) -> list[str]:
+        return [json.loads(line)["text"] for line in data.splitlines() if line.strip()]
+
+    return tokenizer_alone(wiki_files(Path(wiki)), texts_of, workers)
 
 
 def phase_wiki_autotokenizer(wiki: str, hf_tokenizer: str, baseline_mb: float, **_) -> dict:
@@ -150,18 +158,11 @@ def _strings(obj) -> list[str]:
 
 
 def phase_sft_tokenizer(sft: str, workers: int, **_) -> dict:
-    from prep.tokenizer import load_tokenizer
-
-    enc = load_tokenizer("qwen2").encoding
-    t0 = time.perf_counter()
-    n_bytes = n_tokens = 0
-    for path in sft_files(Path(sft)):
-        data = path.read_bytes()
-        n_bytes += len(data)
+    def texts_of(data: bytes) -> list[str]:
         rows = json.loads(data) if data.lstrip().startswith(b"[") else [json.loads(x) for x in data.splitlines() if x.strip()]
-        texts = [unicodedata.normalize("NFC", s) for row in rows for s in _strings(row)]
-        n_tokens += sum(map(len, enc.encode_ordinary_batch(texts, num_threads=workers)))
-    return {"seconds": time.perf_counter() - t0, "bytes": n_bytes, "tokens": n_tokens}
+        return [s for row in rows for s in _strings(row)]
+
+    return tokenizer_alone(sft_files(Path(sft)), texts_of, workers)
 
 
 PHASES: dict[str, Callable[..., dict]] = {
