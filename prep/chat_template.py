@@ -18,28 +18,31 @@ prompt ends with ``<|im_start|>assistant\\n`` (`render_prompt`) and the model ge
 there, so the reply must be tokenized on its own in training as well; otherwise BPE could merge the
 header's newline into the reply's first token and training and chatting would see different ids.
 User and system headers are never generated, so they share one piece with their text, which also
-makes the ids those of Hugging Face's ``apply_chat_template`` over the same ChatML template
-(``prep.tokenizer.CHATML_TEMPLATE``) for messages that do not begin with whitespace.
+makes the ids those of Hugging Face's ``apply_chat_template`` over `CHATML_TEMPLATE` (the Jinja form
+of this module, written into exported tokenizers) for messages that do not begin with whitespace.
+
+A message is a ``(role, content)`` pair (`Message`), or a ``{"role", "content"}`` dict as chat APIs send.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Protocol
 
 from prep.records import Piece
+from prep.tokenizer import SpecialIds
 
 ROLES = ("system", "user", "assistant")
+Message = tuple[str, str]  # (role, content), role in ROLES
 
-
-class SpecialIds(Protocol):
-    """The three ids a template needs. A `prep.tokenizer.Tokenizer` has them, and so has the small,
-    picklable `prep.pipeline.Specials` that readers get in worker processes."""
-
-    eot_id: int
-    im_start_id: int
-    im_end_id: int
+# The same ChatML as Jinja, for Hugging Face tokenizers (`apply_chat_template`): exported with the
+# model so that transformers renders exactly what `chat_pieces` trains on.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 class ChatFormatError(ValueError):
@@ -74,6 +77,7 @@ def _fixed_pieces(eot_id: int, im_start_id: int, im_end_id: int) -> dict[str, Pi
 
 
 def _fixed(specials: SpecialIds) -> dict[str, Piece]:
+    """`specials` may be a `SpecialIds` or a `Tokenizer` (which has the same three attributes)."""
     return _fixed_pieces(specials.eot_id, specials.im_start_id, specials.im_end_id)
 
 

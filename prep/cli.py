@@ -1,6 +1,6 @@
 """The ``python -m prep`` command group. Commands are thin: they parse options and call a function.
 
-A new command registers itself with one line at the bottom: ``cli.add_command(command)``.
+A command defined in its own module is registered with one line at the bottom: ``cli.add_command(...)``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from prep.tokenizer import DEFAULT_TOKENIZER
+from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
+from prep.sft_command import sft
 from prep.wiki import DEFAULT_MIN_CHARS
 
 
@@ -18,27 +19,16 @@ def cli() -> None:
     """Offline prep: raw text -> token files that `python -m train` samples from."""
 
 
-def common_options(f):
-    """--tokenizer, --val-fraction and --workers: the options every prep command shares."""
-    f = click.option("--workers", type=click.IntRange(min=1), default=None,
-                     help="Worker processes (default: every core). 1 runs in-process; the output is the same.")(f)
-    f = click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.005,
-                     show_default=True, help="Share of documents in the val split, chosen by a stable hash of "
-                     "each document's id, so a document never changes split between runs.")(f)
-    f = click.option("--tokenizer", default=DEFAULT_TOKENIZER, show_default=True,
-                     help="qwen2 (offline Qwen2 tokenizer), bytes (tests), or a Hugging Face name or folder.")(f)
-    return f
-
-
 @cli.command()
 @click.argument("wiki_dir", metavar="WIKI_DIR", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/wiki"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
-@common_options
+@prep_options
 @click.option("--min-chars", type=click.IntRange(min=0), default=DEFAULT_MIN_CHARS, show_default=True,
               help="Drop articles whose body (the text after the leading title) has fewer characters: "
               "title-only stubs and empty disambiguation pages.")
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
+@one_line_errors(*PREP_ERRORS)
 def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, min_chars: int,
          to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
@@ -71,6 +61,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
               help="Document to show (negative counts from the end).")
 @click.option("--tokens", "n_tokens", type=click.IntRange(min=1), default=200, show_default=True,
               help="Show the first N tokens of that document.")
+@one_line_errors(*PREP_ERRORS)
 def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None:
     """Summarise a token folder: counts, tokens-per-document histogram, one document decoded.
 
@@ -81,7 +72,5 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
 
     inspect_folder(folder, split=split, doc_index=doc_index, n_tokens=n_tokens)
 
-
-from prep.sft_command import sft  # noqa: E402 - imported last: it builds on common_options above
 
 cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py

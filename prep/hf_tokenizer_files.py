@@ -1,9 +1,10 @@
-"""Write the offline Qwen2 tokenizer as a Hugging Face tokenizer folder.
+"""Write a tokenizer as a Hugging Face tokenizer folder (`save_hf_tokenizer`), for exports.
 
+A tokenizer loaded from Hugging Face saves itself. The offline Qwen2 tokenizer needs its files built:
 ``qwen.tiktoken`` holds only ranks; Hugging Face wants ``vocab.json`` (GPT-2's printable-character
 spelling of each token) and ``merges.txt`` (the pair merged to make each token, in rank order).
 Replaying BPE over each token with only lower-ranked merges recovers the pair, and reproduces the
-real Qwen2 files byte for byte (checked in ``tests/prep/test_tokenizer_parity.py``).
+real Qwen2 files byte for byte (tested against them).
 
 The folder also gets a ``tokenizer.json`` (fast tokenizer, built with the ``tokenizers`` library so it
 does not depend on the transformers version) and a ``tokenizer_config.json`` that names
@@ -14,19 +15,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from prep.chat_template import CHATML_TEMPLATE
 from prep.tokenizer import (
-    CHATML_TEMPLATE,
     ENDOFTEXT,
     IM_END,
     IM_START,
     QWEN2_SPLIT_PATTERN,
+    HFTokenizer,
+    QwenTiktokenTokenizer,
+    Tokenizer,
     gpt2_char_to_byte,
 )
-
-if TYPE_CHECKING:
-    from prep.tokenizer import QwenTiktokenTokenizer
 
 
 def _bpe_split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
@@ -106,7 +106,7 @@ def write_qwen2_tokenizer_folder(tok: QwenTiktokenTokenizer, folder: Path) -> No
     """vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges(tok.ranks)
-    specials = tok.special_ids
+    specials = tok.special_tokens
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), "utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), "utf-8")
     (folder / "tokenizer.json").write_text(_fast_tokenizer_json(vocab, merges, specials), "utf-8")
@@ -114,3 +114,14 @@ def write_qwen2_tokenizer_folder(tok: QwenTiktokenTokenizer, folder: Path) -> No
     (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", "utf-8")
     special_map = {"eos_token": ENDOFTEXT, "pad_token": ENDOFTEXT, "additional_special_tokens": [IM_START, IM_END]}
     (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", "utf-8")
+
+
+def save_hf_tokenizer(tok: Tokenizer, folder: Path) -> bool:
+    """Write `tok` as a Hugging Face tokenizer folder; False for a tokenizer with no such form (``bytes``)."""
+    if isinstance(tok, QwenTiktokenTokenizer):
+        write_qwen2_tokenizer_folder(tok, folder)
+    elif isinstance(tok, HFTokenizer):
+        tok.hf.save_pretrained(str(folder))
+    else:
+        return False
+    return True

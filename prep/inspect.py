@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from prep.report import summary_table
-from prep.tokenfile import Split, TokenFileError, open_token_folder
-from prep.tokenizer import Tokenizer, TokenizerError, check_identity, load_tokenizer
+from prep.records import PrepError
+from prep.summary import summary_table
+from prep.tokenfile import Split, open_token_folder
+from prep.tokenizer import Tokenizer, recorded_tokenizer
 
 TRAINED_STYLE = "bold green"
 SPECIAL_STYLE = "bold magenta"
@@ -44,7 +44,7 @@ def length_histogram(lengths: np.ndarray, width: int = 40) -> Table:
 
 def render_doc(tok: Tokenizer, ids: np.ndarray, mask: np.ndarray | None) -> Text:
     """Decoded text, specials shown as their names, trained tokens highlighted (mask may be None)."""
-    specials = set(tok.special_ids.values())
+    specials = set(tok.special_tokens.values())
     out = Text()
     run: list[int] = []
     run_trained = False
@@ -68,26 +68,14 @@ def render_doc(tok: Tokenizer, ids: np.ndarray, mask: np.ndarray | None) -> Text
     return out
 
 
-def _load_tokenizer(identity: dict, where: Path) -> Tokenizer:
-    try:
-        tok = load_tokenizer(identity["name"])
-        check_identity(identity, tok, str(where))
-    except TokenizerError as e:
-        raise click.ClickException(str(e)) from None
-    return tok
-
-
 def inspect_folder(folder: str | Path, split: str = "train", doc_index: int = 0, n_tokens: int = 200,
                    console: Console | None = None) -> None:
     """Print the summary, the length histogram of `split`, and document `doc_index` (first `n_tokens`)."""
     console = console or Console()
-    try:
-        tf = open_token_folder(folder)
-        s: Split = tf.split(split)
-    except TokenFileError as e:
-        raise click.ClickException(str(e)) from None
+    tf = open_token_folder(folder)
+    s: Split = tf.split(split)
     if s.n_docs and not -s.n_docs <= doc_index < s.n_docs:
-        raise click.ClickException(f"--doc {doc_index}: split {split!r} has {s.n_docs:,} documents (0..{s.n_docs - 1})")
+        raise PrepError(f"--doc {doc_index}: split {split!r} has {s.n_docs:,} documents (0..{s.n_docs - 1})")
     meta = tf.meta
     ident = meta["tokenizer"]
     console.print(f"[bold]{folder}[/]: kind {tf.kind}, tokenizer {ident['name']} ({ident['len']:,} ids, "
@@ -107,7 +95,7 @@ def inspect_folder(folder: str | Path, split: str = "train", doc_index: int = 0,
     k = doc_index % s.n_docs
     ids = np.asarray(s.doc(k))
     mask = np.asarray(s.doc_mask(k)) if s.mask is not None else None
-    tok = _load_tokenizer(ident, Path(folder))
+    tok = recorded_tokenizer(ident, str(folder))
     shown = ids[:n_tokens]
     head = f"{split} document {k:,} of {s.n_docs:,}: {len(ids):,} tokens"
     if mask is not None:

@@ -10,8 +10,7 @@ How a run flows::
 
 API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
 
-* A **source** (`Source`, in ``prep/sources.py`` with `Chunk` and `FileSource`; all re-exported here)
-  lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
+* A **source** (`Source`, in ``prep/sources.py`` with `Chunk` and `FileSource`) lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
   progress total) and yields `Chunk`s in a fixed order. A chunk is a bounded piece of ONE input: raw
   bytes cut on a record boundary (`FileSource` does this for line-based files), or a list of already
   parsed ``(line_or_row_number, row)`` pairs (for JSON arrays or hub datasets). ``chunk.name`` +
@@ -20,7 +19,7 @@ API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
   the bad-line handling every JSON-lines reader wants.
 * A **parse function** ``parse(chunk, specials) -> list[Document | Skipped | Repaired]``: module level
   (it is pickled to the workers); bind format options with `functools.partial`. It never tokenizes;
-  special tokens come from ``specials`` (`Specials`: eot_id, im_start_id, im_end_id). A Document must
+  special tokens come from ``specials`` (`SpecialIds`: eot_id, im_start_id, im_end_id). A Document must
   end with its own ``Piece(special_id=specials.eot_id)``: the engine appends nothing.
 * `run_prep(PrepJob(...))` does the rest and returns meta.json's content. ``PrepJob.options`` are the
   command's options as recorded in meta.json (leave out ``--out`` and ``--workers``: they do not change
@@ -31,8 +30,8 @@ an error leaves no folder behind (and an earlier good folder untouched); kill -9
 ``.NAME.partial`` folder, which readers never accept and the next run deletes; workers whose parent
 died exit on their own. Memory stays flat: at most 2 x workers + 2 chunks are in flight, and the only
 thing that grows is the set of 64-bit dedup hashes, ~80 bytes per kept document (85 MB for the 1M
-articles of wiki_zh; the chance of one false duplicate among them is ~3e-8). A missing or empty input, or no usable document at all, raises `PrepError`
-(a one-line `click.ClickException`).
+articles of wiki_zh; the chance of one false duplicate among them is ~3e-8). A missing or empty
+input, or no usable document at all, raises `PrepError` (one line; the CLI prints it).
 """
 
 from __future__ import annotations
@@ -54,31 +53,11 @@ from typing import Any
 
 import numpy as np
 
-from prep.records import Document, Repaired, Skipped
-from prep.report import PrepProgress, PrepStats, print_summary
-from prep.sources import (  # re-exported: readers import the whole engine API from here
-    CHUNK_BYTES,
-    Chunk,
-    FileSource,
-    PrepError,
-    Source,
-    SourceInput,
-    Specials,
-    auto_chunk_bytes,
-    discover_files,
-)
+from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.sources import Chunk, Source
+from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import TokenFileError, TokenFolderWriter
-from prep.tokenizer import TokenizerError, load_tokenizer, nfc
-
-__all__ = ["CHUNK_BYTES", "Chunk", "Encoded", "FileSource", "PrepError", "PrepInterrupted", "PrepJob", "Source",
-           "SourceInput", "Specials", "auto_chunk_bytes", "discover_files", "encode_chunk", "is_val", "run_prep",
-           "stable_hash", "worker_pool"]
-
-
-class PrepInterrupted(PrepError):
-    """Ctrl-C: the workers are stopped and the partial folder is gone (exit code 130, as shells expect)."""
-
-    exit_code = 130
+from prep.tokenizer import SpecialIds, Tokenizer, TokenizerError, load_tokenizer, nfc
 
 
 @dataclass
@@ -88,16 +67,16 @@ class Encoded:
     name: str
     n_bytes: int
     file_skip: str | None
-    tokens: np.ndarray  # all documents of the chunk, concatenated
-    ends: np.ndarray  # token offset where each document ends
-    mask: np.ndarray | None  # sft: 1 = trained
-    turns: list[list[int]]  # per document: token offsets of user turns
-    text_bytes: list[int]
-    target_bytes: list[int]
-    chars: list[int]
-    dedup: list[int]  # 64-bit hash of Document.dedup_key
-    val: list[bool]
-    locations: list[str]
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # the chunk's documents, concatenated
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # token offset where each document ends
+    mask: np.ndarray | None = None  # sft: 1 = trained
+    turns: list[list[int]] = field(default_factory=list)  # per document: token offsets of user turns
+    text_bytes: list[int] = field(default_factory=list)
+    target_bytes: list[int] = field(default_factory=list)
+    chars: list[int] = field(default_factory=list)
+    dedup: list[int] = field(default_factory=list)  # 64-bit hash of Document.dedup_key
+    val: list[bool] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     repaired: list[Repaired] = field(default_factory=list)
     n_records: int = 0
@@ -114,21 +93,32 @@ def is_val(split_key: str, val_fraction: float) -> bool:
     return stable_hash(split_key, b"split") < val_fraction * 2.0**64
 
 
-_WORKER: dict[str, Any] = {}
+@dataclass
+class _Worker:
+    """What each worker process holds for the whole run (set once by `_init_worker`)."""
+
+    tok: Tokenizer
+    specials: SpecialIds
+    parse: Callable
+    sft: bool
+    val_fraction: float
+
+
+_WORKER: _Worker | None = None
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
 def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, parent: int | None) -> None:
     """Load the tokenizer once per worker; in a pool, ignore Ctrl-C (the parent stops us) and watch the parent."""
+    global _WORKER
     if parent is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in _STOP_SIGNALS:  # the parent's handler (see _stop_signals_interrupt) is not for us
             signal.signal(sig, signal.SIG_DFL)
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
-    _WORKER.update(tok=tok, specials=Specials(tok.eot_id, tok.im_start_id, tok.im_end_id), parse=parse,
-                   kind=kind, val_fraction=val_fraction)
+    _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction)
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -141,15 +131,45 @@ def _exit_when_orphaned(parent: int) -> None:
 def encode_chunk(chunk: Chunk) -> Encoded:
     """Parse one chunk and encode all its text in one tokenizer call (runs in a worker)."""
     w = _WORKER
-    tok, sft = w["tok"], w["kind"] == "sft"
-    records = [] if chunk.file_skip else w["parse"](chunk, w["specials"])
+    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip)
+    records = [] if chunk.file_skip else w.parse(chunk, w.specials)
+    docs, texts, sizes = _sort_records(records, out)
+    ids = iter(w.tok.encode_batch(texts))
+    text_iter = iter(zip(texts, sizes, strict=True))
+    tokens, mask, ends = array(_U32), array("B"), []
+    for doc in docs:
+        start = len(tokens)
+        turn_pieces, turns = set(doc.turn_starts), []
+        n_bytes = target = chars = 0
+        for k, piece in enumerate(doc.pieces):
+            if k in turn_pieces:
+                turns.append(len(tokens) - start)
+            if piece.text is not None:
+                piece_ids, (text, b) = next(ids), next(text_iter)
+                n_bytes, chars, target = n_bytes + b, chars + len(text), target + (b if piece.trained else 0)
+            else:
+                piece_ids = [piece.special_id]
+            tokens.extend(piece_ids)
+            if w.sft:
+                mask.frombytes((b"\x01" if piece.trained else b"\x00") * len(piece_ids))
+        ends.append(len(tokens))
+        _add_document(out, doc, turns, n_bytes, target, chars, w.val_fraction)
+    out.tokens = np.frombuffer(tokens, np.uint32) if tokens else np.zeros(0, np.uint32)
+    out.ends = np.asarray(ends, np.int64)
+    out.mask = (np.frombuffer(mask, np.uint8) if mask else np.zeros(0, np.uint8)) if w.sft else None
+    return out
+
+
+def _sort_records(records: list, out: Encoded) -> tuple[list[Document], list[str], list[int]]:
+    """Documents to encode, all their text pieces (NFC) and each piece's UTF-8 size; skips and repairs
+    go straight into `out`."""
     docs: list[Document] = []
-    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip, np.zeros(0, np.uint32), np.zeros(0, np.int64),
-                  None, [], [], [], [], [], [], [])
     texts: list[str] = []
-    sizes: list[int] = []  # UTF-8 bytes of each text
+    sizes: list[int] = []
     for r in records:
         if isinstance(r, Document):
+            if any(p.text is None and p.special_id is None for p in r.pieces):
+                raise ValueError(f"{r.location}: a Piece needs text or special_id")
             try:
                 doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
@@ -166,39 +186,18 @@ def encode_chunk(chunk: Chunk) -> Encoded:
         else:
             raise TypeError(f"parse returned {type(r).__name__}, expected Document, Skipped or Repaired")
     out.n_records = len(docs) + len(out.skipped)
-    ids = iter(tok.encode_batch(texts))
-    text_iter = iter(zip(texts, sizes, strict=True))
-    tokens, mask, ends = array(_U32), array("B"), []
-    for doc in docs:
-        start = len(tokens)
-        turn_pieces, turns = set(doc.turn_starts), []
-        n_bytes = target = chars = 0
-        for k, piece in enumerate(doc.pieces):
-            if k in turn_pieces:
-                turns.append(len(tokens) - start)
-            if piece.text is not None:
-                piece_ids, (text, b) = next(ids), next(text_iter)
-                n_bytes, chars = n_bytes + b, chars + len(text)
-                target += b if piece.trained else 0
-            elif piece.special_id is not None:
-                piece_ids = [piece.special_id]
-            else:
-                raise ValueError(f"{doc.location}: a Piece needs text or special_id")
-            tokens.extend(piece_ids)
-            if sft:
-                mask.frombytes((b"\x01" if piece.trained else b"\x00") * len(piece_ids))
-        ends.append(len(tokens))
-        out.turns.append(turns)
-        out.text_bytes.append(n_bytes)
-        out.target_bytes.append(target)
-        out.chars.append(chars)
-        out.dedup.append(stable_hash(doc.dedup_key, b"dedup"))
-        out.val.append(is_val(doc.split_key, w["val_fraction"]))
-        out.locations.append(doc.location)
-    out.tokens = np.frombuffer(tokens, np.uint32) if tokens else np.zeros(0, np.uint32)
-    out.ends = np.asarray(ends, np.int64)
-    out.mask = (np.frombuffer(mask, np.uint8) if mask else np.zeros(0, np.uint8)) if sft else None
-    return out
+    return docs, texts, sizes
+
+
+def _add_document(out: Encoded, doc: Document, turns: list[int], n_bytes: int, target: int, chars: int,
+                  val_fraction: float) -> None:
+    out.turns.append(turns)
+    out.text_bytes.append(n_bytes)
+    out.target_bytes.append(target)
+    out.chars.append(chars)
+    out.dedup.append(stable_hash(doc.dedup_key, b"dedup"))
+    out.val.append(is_val(doc.split_key, val_fraction))
+    out.locations.append(doc.location)
 
 
 def _start_method() -> str:
@@ -262,7 +261,7 @@ class PrepJob:
     """Everything one prep run needs. `options` go into meta.json as given."""
 
     source: Source
-    parse: Callable[[Chunk, Specials], list[Document | Skipped | Repaired]]
+    parse: Callable[[Chunk, SpecialIds], list[Document | Skipped | Repaired]]
     out: Path
     kind: str  # "pretrain" or "sft"
     options: dict

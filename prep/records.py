@@ -1,4 +1,5 @@
-"""What format readers hand to the prep pipeline: documents to tokenize, or records skipped and why.
+"""The prep engine's vocabulary: what format readers hand to it (documents to tokenize, or records
+skipped or repaired and why), and the errors prep raises.
 
 A reader (``prep/wiki.py`` for articles, ``prep/sft.py`` for dialogs) never tokenizes. It turns raw
 records into a `Document`: a list of pieces, each either text (encoded with the tokenizer's ordinary
@@ -11,6 +12,14 @@ in worker processes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+class PrepError(Exception):
+    """A one-line, user-facing reason why prep cannot produce a folder (the CLI prints it, exit code 1)."""
+
+
+class PrepInterrupted(PrepError):
+    """Ctrl-C or SIGTERM: the workers are stopped and the partial folder is gone (exit code 130)."""
 
 
 @dataclass(frozen=True)

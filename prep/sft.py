@@ -21,36 +21,20 @@ from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
-from prep.chat_template import chat_pieces, chatml_text
+from prep.chat_template import Message, chat_pieces, chatml_text
 from prep.jsonl import json_objects
-from prep.pipeline import (
-    Chunk,
-    FileSource,
-    PrepError,
-    PrepJob,
-    SourceInput,
-    Specials,
-    auto_chunk_bytes,
-    discover_files,
-    run_prep,
-)
+from prep.pipeline import PrepJob, run_prep
 from prep.records import Document, Repaired, Skipped
-from prep.sft_formats import DETECT_ROWS, Message, RowError, detect_format, row_messages
-from prep.sft_sources import (
-    INPUT_PATTERNS,
-    SourceError,
-    hub_rows,
-    is_json_array,
-    iter_json_array,
-    looks_like_hub_name,
-)
-from prep.tokenizer import nfc
+from prep.sft_formats import DETECT_ROWS, RowError, detect_row_format, row_messages
+from prep.sft_sources import INPUT_PATTERNS, hub_rows, is_json_array, iter_json_array, looks_like_hub_name
+from prep.sources import Chunk, FileSource, SourceInput, auto_chunk_bytes, discover_files
+from prep.tokenizer import SpecialIds, nfc
 
 Record = Document | Skipped | Repaired
 _DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
 
 
-def dialog_document(messages: list[Message], specials: Specials, location: str, system: str = "") -> Document:
+def dialog_document(messages: list[Message], specials: SpecialIds, location: str, system: str = "") -> Document:
     """One dialog as pieces, ending in <|endoftext|>; `system` is used unless the row has its own."""
     messages = [(role, nfc(content)) for role, content in messages]
     text = chatml_text(messages)
@@ -63,7 +47,7 @@ def dialog_document(messages: list[Message], specials: Specials, location: str, 
     return Document(pieces, split_key=text, dedup_key=dedup_key, location=location, turn_starts=turn_starts)
 
 
-def parse_sft(chunk: Chunk, specials: Specials, system: str = "") -> list[Record]:
+def parse_sft(chunk: Chunk, specials: SpecialIds, system: str = "") -> list[Record]:
     """The pipeline's parse function: rows of one chunk (format `chunk.fmt`) -> dialogs or counted skips."""
     if isinstance(chunk.data, bytes):
         items: Iterable = json_objects(chunk)
@@ -102,7 +86,7 @@ def _jsonl_format(path: Path) -> str:
                 except ValueError:  # invalid JSON or UTF-8: counted later, when the row is parsed
                     continue
 
-    return detect_format(rows()) or "unknown"
+    return detect_row_format(rows()) or "unknown"
 
 
 def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int,
@@ -112,7 +96,7 @@ def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes:
     The last chunk also accounts for what lies between rows (brackets, commas), so progress ends at `file_bytes`.
     """
     head = list(itertools.islice(rows, DETECT_ROWS))
-    fmt = detect_format(row for _, row, _ in head) or "unknown"
+    fmt = detect_row_format(row for _, row, _ in head) or "unknown"
     batch: list[tuple[int, object]] = []
     size = done = 0
     for line, row, n_bytes in itertools.chain(head, rows):
@@ -140,21 +124,18 @@ class SftSource:
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
 
     def chunks(self) -> Iterator[Chunk]:
-        try:
-            if self.hub:
-                rows = ((n, row, len(json.dumps(row, ensure_ascii=False, default=str).encode()))
-                        for n, row in hub_rows(self.spec))
-                yield from _row_chunks(self.spec, rows, self.chunk_bytes)
-                return
-            for (path, name), info in zip(self.files, self.inputs, strict=True):
-                if info.n_bytes and is_json_array(path):
-                    yield from _row_chunks(name, iter_json_array(path), self.chunk_bytes, info.n_bytes)
-                else:  # JSON lines; FileSource also turns empty and compressed files into counted skips
-                    fmt = _jsonl_format(path)
-                    yield from FileSource([(path, name)], lambda _head, fmt=fmt: fmt, {fmt: b"\n"},
-                                          self.chunk_bytes).chunks()
-        except SourceError as e:
-            raise PrepError(str(e)) from None
+        if self.hub:
+            rows = ((n, row, len(json.dumps(row, ensure_ascii=False, default=str).encode()))
+                    for n, row in hub_rows(self.spec))
+            yield from _row_chunks(self.spec, rows, self.chunk_bytes)
+            return
+        for (path, name), info in zip(self.files, self.inputs, strict=True):
+            if info.n_bytes and is_json_array(path):
+                yield from _row_chunks(name, iter_json_array(path), self.chunk_bytes, info.n_bytes)
+            else:  # JSON lines; FileSource also turns empty and compressed files into counted skips
+                fmt = _jsonl_format(path)
+                yield from FileSource([(path, name)], lambda _head, fmt=fmt: fmt, {fmt: b"\n"},
+                                      self.chunk_bytes).chunks()
 
 
 def run_sft(input: str | Path, out: str | Path, tokenizer: str = "qwen2", system: str = "",

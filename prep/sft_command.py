@@ -1,4 +1,4 @@
-"""The ``python -m prep sft`` command (registered in `prep.cli`; import it through there)."""
+"""The ``python -m prep sft`` command (registered in `prep.cli`)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from pathlib import Path
 
 import click
 
-from prep.cli import common_options
+from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
 
 
 @click.command()
 @click.argument("input_spec", metavar="INPUT")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/sft"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
-@common_options
+@prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
+@one_line_errors(*PREP_ERRORS)
 def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 

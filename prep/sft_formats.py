@@ -13,7 +13,7 @@ A row that cannot be used raises `RowError` with a short reason (``empty_reply``
 whitespace (Belle writes ``\\nAssistant:`` with no space; the newline before a marker belongs to the
 marker). A non-empty ``input`` is appended to the last user message after a newline.
 
-The format is chosen once per file from its first rows (`detect_format`), not per row, so a
+The format is chosen once per file from its first rows (`detect_row_format`), not per row, so a
 single-turn instruction that happens to begin with "Human:" is not mistaken for a history.
 """
 
@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-Message = tuple[str, str]  # (role, content), role in prep.chat_template.ROLES
+from prep.chat_template import Message
 
 FORMATS = ("belle_multiturn", "alpaca", "sharegpt")
 DETECT_ROWS = 100  # rows looked at to choose a file's format
@@ -160,7 +160,7 @@ def row_format(row: object) -> str | None:
     return None
 
 
-def detect_format(rows: Iterable[object]) -> str | None:
+def detect_row_format(rows: Iterable[object]) -> str | None:
     """The most common format among the first `DETECT_ROWS` recognisable rows (None if there are none)."""
     votes: Counter[str] = Counter()
     for row in rows:

@@ -16,14 +16,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from prep.records import PrepError
+
 INPUT_PATTERNS = ("*.json", "*.jsonl")
 _READ_SIZE = 1 << 20
 _MAX_ELEMENT = 256 << 20  # an array element larger than this is taken as broken JSON, not buffered forever
 _WS = " \t\r\n"
-
-
-class SourceError(ValueError):
-    """An input that cannot be read at all; the message is one line naming it."""
 
 
 def looks_like_hub_name(spec: str) -> bool:
@@ -59,70 +57,83 @@ def iter_json_array(path: Path) -> Iterator[tuple[int, object, int]]:
 
     `n_bytes` is the UTF-8 size of the element's JSON text (for progress); `line` is where it starts.
     """
-    decoder = json.JSONDecoder()
     with open(path, encoding="utf-8-sig") as f:
+        yield from _ArrayReader(f, path).elements()
+
+
+class _ArrayReader:
+    """A top-level JSON array read element by element through a buffer of about one read."""
+
+    def __init__(self, f, path: Path):
+        self.f, self.path, self.decoder = f, path, json.JSONDecoder()
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.refill()
+
+    def fail(self, message: str, line: int | None = None) -> PrepError:
+        return PrepError(f"{self.path}:{self.line if line is None else line}: {message}")
+
+    def refill(self) -> bool:
+        """Append the next read to what is left of the buffer; False at the end of the file."""
         try:
-            buf, pos, line, eof = f.read(_READ_SIZE), 0, 1, False
+            more = self.f.read(_READ_SIZE)
         except UnicodeDecodeError as e:
-            raise SourceError(f"{path}: not UTF-8 text ({e.reason})") from e
+            raise self.fail(f"not UTF-8 text ({e.reason})") from e
+        self.eof = not more
+        self.buf, self.pos = self.buf[self.pos :] + more, 0
+        return not self.eof
 
-        def skip(chars: str) -> None:
-            nonlocal pos, line
-            while pos < len(buf) and buf[pos] in chars:
-                line += buf[pos] == "\n"
-                pos += 1
+    def next_char(self) -> str:
+        """The next non-whitespace character, reading on as needed ("" at the end of the file)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _WS:
+                self.line += self.buf[self.pos] == "\n"
+                self.pos += 1
+            if self.pos < len(self.buf) or not self.refill():
+                return self.buf[self.pos : self.pos + 1]
 
-        def refill() -> bool:
-            nonlocal buf, pos, eof
-            try:
-                more = f.read(_READ_SIZE)
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{path}:{line}: not UTF-8 text ({e.reason})") from e
-            eof = not more
-            buf, pos = buf[pos:] + more, 0
-            return not eof
-
-        skip(_WS)
-        if buf[pos : pos + 1] != "[":
-            raise SourceError(f"{path}:{line}: expected a JSON array starting with '['")
-        pos += 1
+    def elements(self) -> Iterator[tuple[int, object, int]]:
+        if self.next_char() != "[":
+            raise self.fail("expected a JSON array starting with '['")
+        self.pos += 1
         expect_comma = False
         while True:
-            skip(_WS)
-            if pos >= len(buf):
-                if refill():
-                    continue
-                raise SourceError(f"{path}:{line}: the JSON array is not closed with ']' (a truncated file?)")
-            if buf[pos] == "]":
-                pos += 1
-                skip(_WS)
-                while pos >= len(buf) and refill():
-                    skip(_WS)
-                if pos < len(buf):
-                    raise SourceError(f"{path}:{line}: unexpected text after the JSON array")
+            c = self.next_char()
+            if c == "":
+                raise self.fail("the JSON array is not closed with ']' (a truncated file?)")
+            if c == "]":
+                self.pos += 1
+                if self.next_char():
+                    raise self.fail("unexpected text after the JSON array")
                 return
             if expect_comma:
-                if buf[pos] != ",":
-                    raise SourceError(f"{path}:{line}: expected ',' or ']' between array elements")
-                pos += 1
+                if c != ",":
+                    raise self.fail("expected ',' or ']' between array elements")
+                self.pos += 1
                 expect_comma = False
                 continue
+            yield self.element()
+            expect_comma = True
+
+    def element(self) -> tuple[int, object, int]:
+        while True:
             try:
-                element, end = decoder.raw_decode(buf, pos)
+                element, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
                 # Maybe only cut off by the buffer: read more and retry, up to a sane element size.
-                if not eof and len(buf) - pos < _MAX_ELEMENT and refill():
+                if not self.eof and len(self.buf) - self.pos < _MAX_ELEMENT and self.refill():
                     continue
-                raise SourceError(f"{path}:{line + buf.count(chr(10), pos, e.pos)}: invalid JSON in the array ({e.msg})") from e
-            if end == len(buf) and not eof:  # a number may continue past the buffer; make sure
-                refill()
+                line = self.line + self.buf.count("\n", self.pos, e.pos)
+                raise self.fail(f"invalid JSON in the array ({e.msg})", line) from e
+            if end == len(self.buf) and not self.eof:  # a number may continue past the buffer; make sure
+                self.refill()
                 continue
-            yield line, element, len(buf[pos:end].encode("utf-8", "surrogatepass"))
-            line += buf.count("\n", pos, end)
-            pos = end
-            expect_comma = True
-            if pos > _READ_SIZE:  # drop what is consumed so the buffer stays about one read long
-                buf, pos = buf[pos:], 0
+            n_bytes = len(self.buf[self.pos : end].encode("utf-8", "surrogatepass"))
+            line = self.line
+            self.line += self.buf.count("\n", self.pos, end)
+            self.pos = end
+            if self.pos > _READ_SIZE:  # drop what is consumed so the buffer stays about one read long
+                self.buf, self.pos = self.buf[self.pos :], 0
+            return line, element, n_bytes
 
 
 def hub_rows(name: str, split: str = "train") -> Iterator[tuple[int, object]]:
@@ -139,7 +150,7 @@ def hub_rows(name: str, split: str = "train") -> Iterator[tuple[int, object]]:
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-        raise SourceError(f"{name}: cannot load this dataset through `datasets`{hint}: {text}") from e
+        raise PrepError(f"{name}: cannot load this dataset through `datasets`{hint}: {text}") from e
     if first is None:
         return
     yield from enumerate(itertools.chain([first], rows), 1)

@@ -1,7 +1,7 @@
 """Where prep reads from: inputs cut into bounded chunks, each carrying its file name and first line number.
 
 Part of the engine's API for readers (see `prep.pipeline`): a source lists its inputs and yields
-`Chunk`s in a fixed order; a parse function receives one chunk and the tokenizer's `Specials`.
+`Chunk`s in a fixed order; a parse function receives one chunk and the tokenizer's `SpecialIds`.
 `FileSource` serves every line-based format (JSON lines, WikiExtractor text); a source of parsed rows
 (a JSON array, a hub dataset) builds its chunks itself.
 """
@@ -14,24 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import click
+from prep.records import PrepError
 
 CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
 MIN_CHUNK_BYTES = 64 << 10
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
-
-
-class PrepError(click.ClickException):
-    """A one-line, user-facing reason why prep cannot produce a folder (no traceback, exit code 1)."""
-
-
-@dataclass(frozen=True)
-class Specials:
-    """The tokenizer's special ids, all a parse function may know of the tokenizer."""
-
-    eot_id: int
-    im_start_id: int
-    im_end_id: int
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,10 @@ A dataset is a folder holding, for each split (``train``, ``val``):
   inside a dialog longer than the block;
 
 and ``meta.json``, written last. A folder without ``meta.json`` is unfinished and every reader
-refuses it. The writer builds the whole folder beside the target as ``.{name}.partial`` and renames it
-into place only when complete, so an interrupted run (Ctrl-C, kill -9, a full disk) never touches a
-previous good folder and never leaves one that looks finished.
+refuses it. The writer builds the folder with `prep.outputs.OutputFolder` (beside the target, swapped
+in when complete, locked, typed ``tokens/pretrain`` or ``tokens/sft``), so an interrupted run (Ctrl-C,
+kill -9, a full disk) never touches a previous good folder and never leaves one that looks finished,
+and a typo in ``--out`` never replaces anything but a token folder of the same kind.
 
 This module is the only code that opens these files; the trainer reads through `open_token_folder`.
 """
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from prep.outputs import OutputError, OutputFolder, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -40,34 +42,28 @@ class TokenFileError(ValueError):
     """A token folder is missing, unfinished or inconsistent."""
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON through a temp file + fsync + rename, so readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def token_file_names() -> set[str]:
+    """Every file name a token folder may hold."""
+    suffixes = (".bin", ".idx", ".mask.bin", ".turns.idx")
+    return {META_NAME} | {f"{split}{suffix}" for split in SPLITS for suffix in suffixes}
 
 
-def partial_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
+def _legacy_token_files(kind: str) -> Callable[[Path], set[str] | None]:
+    """Recognise a token folder written before manifests existed: a meta.json of this format and kind."""
 
+    def files(folder: Path) -> set[str] | None:
+        try:
+            meta = json.loads((folder / META_NAME).read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            return None
+        if meta.get("kind") != kind:
+            raise OutputError(f"{folder}: holds a {meta.get('kind')!r} token folder, not a {kind!r} one; "
+                              "choose another output (nothing was changed)")
+        return token_file_names()
 
-def retired_path(out: Path) -> Path:
-    """Where the previous folder waits during the swap in `TokenFolderWriter.finish`."""
-    return out.parent / f".{out.name}.old"
-
-
-def _is_token_file(name: str) -> bool:
-    return name == META_NAME or any(name.startswith(f"{s}.") for s in SPLITS)
-
-
-def _refuse_foreign_folder(out: Path) -> None:
-    """The writer replaces `out` whole, so it must be a token folder (or empty), never e.g. `data_bin/`."""
-    if out.exists() and (not out.is_dir() or not all(_is_token_file(p.name) for p in out.iterdir())):
-        raise TokenFileError(f"{out}: exists and is not a token folder; choose another output folder")
+    return files
 
 
 class _SplitWriter:
@@ -120,7 +116,8 @@ class TokenFolderWriter:
     ...     w.add("train", ids)
     ...     w.finish({"sources": [...]})
 
-    Leaving the block without `finish()` (an exception, Ctrl-C) deletes the partial folder.
+    Leaving the block without `finish()` (an exception, Ctrl-C) deletes the partial folder. Entering it
+    raises `OutputError` if `out` is in use or is anything but a token folder of the same kind.
     """
 
     def __init__(self, out: str | os.PathLike, kind: str, tokenizer: dict, with_mask: bool = False,
@@ -130,17 +127,23 @@ class TokenFolderWriter:
         self.out = Path(out)
         self.kind = kind
         self.tokenizer = tokenizer
-        old = retired_path(self.out)
-        if old.exists() and not self.out.exists():  # killed between finish()'s two renames: put it back
-            old.rename(self.out)
-        _refuse_foreign_folder(self.out)
-        self.partial = partial_path(self.out)
-        if self.partial.exists():  # left by an interrupted run
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
-        self.splits = {s: _SplitWriter(self.partial, s, with_mask, with_turns) for s in SPLITS}
-        self.with_mask = with_mask
-        self.finished = False
+        self.with_mask, self.with_turns = with_mask, with_turns
+        self.folder = OutputFolder(self.out, f"tokens/{kind}", "token folder", _legacy_token_files(kind))
+        self.splits: dict[str, _SplitWriter] = {}
+
+    def __enter__(self) -> TokenFolderWriter:
+        self.folder.__enter__()
+        try:
+            self.splits = {s: _SplitWriter(self.folder.partial, s, self.with_mask, self.with_turns) for s in SPLITS}
+        except BaseException as e:
+            self.folder.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for w in self.splits.values():
+            w.abandon()
+        self.folder.__exit__(exc_type, exc, tb)
 
     def add(self, split: str, tokens: Sequence[int] | np.ndarray, mask: Sequence[int] | np.ndarray | None = None,
             turn_starts: Sequence[int] = (), n_bytes: int = 0, target_bytes: int = 0) -> None:
@@ -165,29 +168,9 @@ class TokenFolderWriter:
             "splits": split_stats,
             **(extra_meta or {}),
         }
-        write_json_atomic(self.partial / META_NAME, meta)
-        old = retired_path(self.out)
-        if old.exists():
-            shutil.rmtree(old)
-        if self.out.exists():
-            self.out.rename(old)
-        self.partial.rename(self.out)
-        if old.exists():
-            shutil.rmtree(old)
-        self.finished = True
+        write_json_atomic(self.folder.path(META_NAME), meta)
+        self.folder.commit()
         return meta
-
-    def abort(self) -> None:
-        for w in self.splits.values():
-            w.abandon()
-        shutil.rmtree(self.partial, ignore_errors=True)
-
-    def __enter__(self) -> TokenFolderWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if not self.finished:
-            self.abort()
 
 
 @dataclass

@@ -6,14 +6,17 @@ Three backends share one small interface (:class:`Tokenizer`):
   package ships. Text is NFC-normalised and encoded with ``encode_ordinary``, so special strings
   typed inside text (``<|im_start|>``, Qwen-1's ``<|extra_5|>``) stay plain text. The special ids
   (151643-151645) are only ever produced by our own templates. This gives exactly the ids of the
-  real Qwen2 tokenizer (see ``tests/prep/test_tokenizer_parity.py``) at several times its speed.
+  real Qwen2 tokenizer (tested against the real files) at several times its speed.
 * a Hugging Face name or local folder (``Qwen/Qwen2-0.5B``, ``./my-tokenizer``): loaded with
-  ``AutoTokenizer``; special strings in text are split, never treated as special.
+  ``AutoTokenizer``, never running custom code; special strings in text are split, never treated as
+  special. A name read from a token folder or checkpoint (rather than typed by the user) is only
+  looked up in local files: loading a model never reaches the network.
 * ``bytes``: 256 byte tokens plus the three specials. Not for real models; it keeps tests and
   experiments tiny where the tokenizer is not the point.
 
 A tokenizer's identity (name, a fingerprint of its vocabulary, its special ids and length) goes
-into every token folder and checkpoint, so a model is never paired with the wrong ids.
+into every token folder and checkpoint, and `check_identity` is the one comparison of two of them,
+so a model is never paired with the wrong ids.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -38,20 +42,23 @@ QWEN2_SPLIT_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# ChatML, as Qwen uses it, with an optional system turn. Exported with HF tokenizers so that
-# `apply_chat_template` renders exactly what `prep.chat_template` trains on.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 DEFAULT_TOKENIZER = "qwen2"
 
 
 class TokenizerError(ValueError):
     """A tokenizer could not be loaded or does not fit this pipeline."""
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The three special ids: all that readers and the chat template need of a tokenizer.
+
+    Small and picklable, so prep's worker processes get this instead of the tokenizer.
+    """
+
+    eot_id: int
+    im_start_id: int
+    im_end_id: int
 
 
 def pad_vocab_size(n: int, multiple: int = 128) -> int:
@@ -91,7 +98,12 @@ class Tokenizer:
         return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
 
     @property
-    def special_ids(self) -> dict[str, int]:
+    def specials(self) -> SpecialIds:
+        return SpecialIds(self.eot_id, self.im_start_id, self.im_end_id)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """Each special token's text and id (stored as ``special_ids`` in the identity record)."""
         return {ENDOFTEXT: self.eot_id, IM_START: self.im_start_id, IM_END: self.im_end_id}
 
     @cached_property
@@ -105,13 +117,9 @@ class Tokenizer:
             "name": self.name,
             "fingerprint": self.fingerprint,
             "len": len(self),
-            "special_ids": self.special_ids,
+            "special_ids": self.special_tokens,
             "vocab_size": pad_vocab_size(len(self)),
         }
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write a Hugging Face tokenizer folder that `AutoTokenizer.from_pretrained` loads (4.x and 5.x)."""
-        raise TokenizerError(f"the {self.name!r} tokenizer cannot be saved in Hugging Face format")
 
 
 def _fingerprint(tok: Tokenizer) -> str:
@@ -175,7 +183,7 @@ class QwenTiktokenTokenizer(Tokenizer):
         self._bytes = [b""] * len(self)
         for token, rank in self.ranks.items():
             self._bytes[rank] = token
-        for text, i in self.special_ids.items():
+        for text, i in self.special_tokens.items():
             self._bytes[i] = text.encode()
 
     def __len__(self) -> int:
@@ -195,11 +203,6 @@ class QwenTiktokenTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        from prep.hf_tokenizer_files import write_qwen2_tokenizer_folder
-
-        write_qwen2_tokenizer_folder(self, Path(folder))
 
 
 class ByteTokenizer(Tokenizer):
@@ -240,11 +243,12 @@ def gpt2_char_to_byte() -> dict[str, int]:
 class HFTokenizer(Tokenizer):
     """A tokenizer loaded with transformers' `AutoTokenizer` from a hub name or a local folder."""
 
-    def __init__(self, name_or_path: str):
+    def __init__(self, name_or_path: str, local_only: bool = False):
         from transformers import AutoTokenizer
 
         try:
-            self.hf = AutoTokenizer.from_pretrained(name_or_path)
+            self.hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False,
+                                                    local_files_only=local_only)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "not loadable"
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TokenizerError(f"cannot load tokenizer {name_or_path!r}: {first_line}") from e
@@ -282,28 +286,44 @@ class HFTokenizer(Tokenizer):
     def token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        self.hf.save_pretrained(str(folder))
-
 
 @lru_cache(maxsize=4)
-def load_tokenizer(spec: str = DEFAULT_TOKENIZER) -> Tokenizer:
-    """``qwen2`` (offline, default), ``bytes`` (tests), or a Hugging Face hub name / local folder."""
+def load_tokenizer(spec: str = DEFAULT_TOKENIZER, local_only: bool = False) -> Tokenizer:
+    """``qwen2`` (offline, default), ``bytes`` (tests), or a Hugging Face hub name / local folder.
+
+    `local_only` never goes to the network: for names read from files, which the user did not type.
+    """
     if spec == DEFAULT_TOKENIZER:
         return QwenTiktokenTokenizer()
     if spec == ByteTokenizer.name:
         return ByteTokenizer()
     if Path(spec).is_dir() or "/" in spec:
-        return HFTokenizer(spec)
+        return HFTokenizer(spec, local_only)
     raise TokenizerError(f"unknown tokenizer {spec!r}: use 'qwen2', 'bytes', a Hugging Face name or a folder")
 
 
-def check_identity(expected: dict, tok: Tokenizer, where: str) -> None:
-    """Refuse a tokenizer whose ids differ from those a token folder or checkpoint was made with."""
-    got = tok.identity()
+def check_identity(expected: dict, got: dict | Tokenizer, where: str, other: str = "the tokenizer") -> None:
+    """Refuse ids that differ from those `where` was made with: vocabulary fingerprint, length, special ids.
+
+    `got` is another identity record (a token folder's, a checkpoint's) or a loaded tokenizer.
+    """
+    got = got.identity() if isinstance(got, Tokenizer) else got
     for key in ("fingerprint", "len", "special_ids"):
-        if expected.get(key) != got[key]:
+        if expected.get(key) != got.get(key):
             raise TokenizerError(
-                f"{where}: made with tokenizer {expected.get('name')!r} ({key}={expected.get(key)}), "
-                f"but {tok.name!r} has {key}={got[key]}"
+                f"{where}: made with tokenizer {expected.get('name')!r} ({key} {expected.get(key)}), "
+                f"but {other} {got.get('name')!r} has {key} {got.get(key)}"
             )
+
+
+def recorded_tokenizer(identity: object, where: str) -> Tokenizer:
+    """The tokenizer an identity record (from meta.json or model.json) names, checked against it.
+
+    Loaded from local files only and never with custom code: a file can name a tokenizer, not make us
+    fetch or run one.
+    """
+    if not isinstance(identity, dict) or not isinstance(identity.get("name"), str):
+        raise TokenizerError(f"{where}: records no tokenizer (expected a 'tokenizer' object with a 'name')")
+    tok = load_tokenizer(identity["name"], local_only=True)
+    check_identity(identity, tok, where)
+    return tok

@@ -31,8 +31,8 @@ from pathlib import Path
 from prep.jsonl import BOM, json_objects
 from prep.pipeline import PrepJob, run_prep
 from prep.records import Document, Piece, Repaired, Skipped
-from prep.sources import Chunk, FileSource, Specials, discover_files
-from prep.tokenizer import nfc
+from prep.sources import Chunk, FileSource, discover_files
+from prep.tokenizer import SpecialIds, nfc
 
 WIKI_PATTERNS = ("wiki_*",)
 RECORD_END = {"jsonl": b"\n", "wikiextractor": b"\n</doc>"}
@@ -42,7 +42,7 @@ _ATTR = re.compile(r'(\w+)="([^"]*)"')
 Record = Document | Skipped | Repaired
 
 
-def detect_format(head: bytes) -> str:
+def detect_wiki_format(head: bytes) -> str:
     """``wikiextractor`` if a ``<doc`` line comes before any ``{`` line in the file's first bytes, else ``jsonl``."""
     for raw in head.removeprefix(BOM).split(b"\n"):
         if raw.startswith(b"<doc"):
@@ -55,7 +55,7 @@ def detect_format(head: bytes) -> str:
 def wiki_source(path: str | Path, chunk_bytes: int | None = None) -> FileSource:
     """Every ``wiki_*`` file under `path` at any depth (or `path` itself if it is a file), in name order."""
     files = discover_files(path, WIKI_PATTERNS, "wiki shards (files named wiki_00, wiki_01, …)")
-    return FileSource(files, detect_format, RECORD_END, chunk_bytes)
+    return FileSource(files, detect_wiki_format, RECORD_END, chunk_bytes)
 
 
 @lru_cache(maxsize=1)
@@ -65,7 +65,7 @@ def _t2s():
     return opencc.OpenCC("t2s")
 
 
-def article(doc_id: str, title: str, text: str, location: str, specials: Specials, min_chars: int,
+def article(doc_id: str, title: str, text: str, location: str, specials: SpecialIds, min_chars: int,
             to_simplified: bool) -> Record:
     """One article as a Document (text, <|endoftext|>), or Skipped("stub") if its body is too short."""
     body = text[len(title):] if title and text.startswith(title) else text
@@ -78,7 +78,7 @@ def article(doc_id: str, title: str, text: str, location: str, specials: Special
                     location=location)
 
 
-def parse_wiki(chunk: Chunk, specials: Specials, min_chars: int = DEFAULT_MIN_CHARS,
+def parse_wiki(chunk: Chunk, specials: SpecialIds, min_chars: int = DEFAULT_MIN_CHARS,
                to_simplified: bool = False) -> list[Record]:
     """The pipeline's parse function for wiki chunks (bind the options with `wiki_parser`)."""
     make = partial(article, specials=specials, min_chars=min_chars, to_simplified=to_simplified)

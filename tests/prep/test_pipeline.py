@@ -15,9 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from prep.cli import cli
-from prep.pipeline import Chunk, PrepJob, SourceInput, is_val, run_prep
+from prep.outputs import partial_path
+from prep.pipeline import PrepJob, is_val, run_prep
 from prep.records import Document, Piece, Skipped
-from prep.tokenfile import TokenFileError, open_token_folder, partial_path
+from prep.sources import Chunk, SourceInput
+from prep.tokenfile import TokenFileError, open_token_folder
 from prep.wiki import run_wiki
 from tests.conftest import ROOT
 from tests.prep.wiki_data import (
@@ -44,7 +46,7 @@ def test_same_input_gives_byte_identical_folders_whatever_workers_and_chunking(t
     run(src, tmp_path / "b", workers=2, chunk_bytes=1024)
     run(src, tmp_path / "c", chunk_bytes=777)
     a = folder_bytes(tmp_path / "a")
-    assert set(a) == {"meta.json", "train.bin", "train.idx", "val.bin", "val.idx"}
+    assert set(a) == {".zh-mini-llm.json", "meta.json", "train.bin", "train.idx", "val.bin", "val.idx"}
     assert a == folder_bytes(tmp_path / "b") == folder_bytes(tmp_path / "c")
     meta = open_token_folder(tmp_path / "a").meta
     assert meta["splits"]["val"]["docs"] > 0 and meta["records"]["kept"] == 300

@@ -10,7 +10,7 @@ from prep.sft_formats import (
     RowError,
     alpaca_messages,
     belle_multiturn_messages,
-    detect_format,
+    detect_row_format,
     row_messages,
     sharegpt_messages,
 )
@@ -133,12 +133,12 @@ def test_detect_format():
     multi = belle("Human:a\nAssistant:")
     single = {"instruction": "写一首诗", "input": "", "output": "..."}
     share = {"conversations": []}
-    assert detect_format([multi] * 3) == "belle_multiturn"
-    assert detect_format([single] * 3) == "alpaca"
-    assert detect_format([share, "junk", None]) == "sharegpt"
+    assert detect_row_format([multi] * 3) == "belle_multiturn"
+    assert detect_row_format([single] * 3) == "alpaca"
+    assert detect_row_format([share, "junk", None]) == "sharegpt"
     # The majority of the first rows decides for the whole file, so a stray "Human:" does not.
-    assert detect_format([single, single, belle("Human: 你好")]) == "alpaca"
-    assert detect_format([{"text": "x"}, 3]) is None
+    assert detect_row_format([single, single, belle("Human: 你好")]) == "alpaca"
+    assert detect_row_format([{"text": "x"}, 3]) is None
 
 
 def test_detect_real_files():
@@ -147,4 +147,4 @@ def test_detect_real_files():
     folder = shared_path("data", "belle")
     for name, fmt in [("multiturn_chat_sample.json", "belle_multiturn"), ("Belle_open_source_1k.json", "alpaca")]:
         with open(folder / name, encoding="utf-8") as f:
-            assert detect_format(json.loads(line) for line in f) == fmt
+            assert detect_row_format(json.loads(line) for line in f) == fmt

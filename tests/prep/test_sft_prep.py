@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from prep.cli import cli
-from prep.pipeline import PrepError
+from prep.records import PrepError
 from prep.sft import run_sft
 from tests.prep.sft_checks import folder_bytes, read_dialogs, trained_runs, untrained_text
 
@@ -129,7 +129,7 @@ def test_missing_input_and_hub_offline_are_one_line_errors(tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PrepError, match=r"^BelleGroup/multiturn_chat_0\.8M: cannot load this dataset") as e:
         prep("BelleGroup/multiturn_chat_0.8M", tmp_path / "out")
-    assert "\n" not in e.value.message and not (tmp_path / "out").exists()
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 def test_hub_route_on_a_local_datasets_folder(tmp_path, monkeypatch, byte_tokenizer):
@@ -157,7 +157,7 @@ def test_byte_identical_across_runs_and_workers(tmp_path):
     prep(path, tmp_path / "one_again", **options)
     one = folder_bytes(tmp_path / "one")
     assert one == folder_bytes(tmp_path / "two") == folder_bytes(tmp_path / "one_again")
-    assert set(one) == {"meta.json"} | {f"{s}.{e}" for s in ("train", "val") for e in ("bin", "idx", "mask.bin", "turns.idx")}
+    assert set(one) == {".zh-mini-llm.json", "meta.json"} | {f"{s}.{e}" for s in ("train", "val") for e in ("bin", "idx", "mask.bin", "turns.idx")}
     meta = json.loads(one["meta.json"])
     assert meta["splits"]["val"]["docs"] > 0 and meta["splits"]["train"]["docs"] + meta["splits"]["val"]["docs"] == 300
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from prep import sft_sources
-from prep.sft_sources import SourceError, hub_rows, is_json_array, iter_json_array, looks_like_hub_name
+from prep.records import PrepError
+from prep.sft_sources import hub_rows, is_json_array, iter_json_array, looks_like_hub_name
 
 
 @pytest.fixture(params=[1 << 20, 7], ids=["big-reads", "7-char-reads"])
@@ -51,7 +52,7 @@ def test_array_compact_bom_and_empty(tmp_path, read_size):
 def test_array_errors_name_file_and_line(tmp_path, read_size, text, message):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    with pytest.raises(SourceError, match=message) as e:
+    with pytest.raises(PrepError, match=message) as e:
         list(iter_json_array(path))
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
@@ -73,7 +74,7 @@ def test_hub_names_and_local_paths(tmp_path, monkeypatch):
 
 def test_hub_offline_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SourceError) as e:
+    with pytest.raises(PrepError) as e:
         list(hub_rows("BelleGroup/multiturn_chat_0.8M"))
     message = str(e.value)
     assert message.startswith("BelleGroup/multiturn_chat_0.8M: cannot load") and "HF_HUB_OFFLINE" in message

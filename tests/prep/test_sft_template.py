@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from prep.chat_template import (
+    CHATML_TEMPLATE,
     ChatFormatError,
     chat_pieces,
     encode_pieces,
     render_prompt,
 )
-from prep.tokenizer import CHATML_TEMPLATE
 
 
 def _trained_text(tok, ids, mask) -> str:

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from prep.outputs import OutputError, partial_path
 from prep.tokenfile import (
     META_NAME,
     TokenFileError,
     TokenFolderWriter,
     open_token_folder,
-    partial_path,
 )
 
 IDENTITY = {"name": "bytes", "fingerprint": "x", "len": 259, "special_ids": {}, "vocab_size": 384}
@@ -30,7 +30,8 @@ def write_sample(out, kind="pretrain", docs=(([1, 2, 256], "train"), ([7, 256], 
 def test_layout_and_roundtrip(tmp_path):
     out = tmp_path / "wiki"
     meta = write_sample(out)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "train.idx", "val.bin", "val.idx"]
+    assert sorted(p.name for p in out.iterdir()) == [".zh-mini-llm.json", "meta.json", "train.bin", "train.idx",
+                                                     "val.bin", "val.idx"]
     assert (out / "train.bin").read_bytes() == np.array([1, 2, 256, 3, 4, 5, 256], "<u4").tobytes()
     assert (out / "train.idx").read_bytes() == np.array([0, 3, 7], "<u8").tobytes()
     assert meta["splits"]["train"] == {"tokens": 7, "docs": 2, "bytes": 5}
@@ -107,9 +108,28 @@ def test_leftover_partial_folder_is_replaced(tmp_path):
 
 def test_refuses_to_replace_a_folder_that_is_not_a_token_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(TokenFileError, match="not a token folder"):
-        TokenFolderWriter(tmp_path, "pretrain", IDENTITY)
-    assert (tmp_path / "notes.txt").exists()
+    with pytest.raises(OutputError, match="not a token folder made by this project"):
+        write_sample(tmp_path)
+    assert (tmp_path / "notes.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_refuses_a_token_folder_with_files_it_did_not_write(tmp_path):
+    """`prep sft X/train.jsonl --out X` must not delete X/train.jsonl (nor a train.py beside it)."""
+    out = tmp_path / "wiki"
+    write_sample(out)
+    (out / "train.jsonl").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(OutputError, match=r"did not write \(train\.jsonl\)"):
+        write_sample(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_refuses_a_token_folder_of_the_other_kind(tmp_path):
+    out = tmp_path / "wiki"
+    write_sample(out)
+    with pytest.raises(OutputError, match="holds a tokens/pretrain folder, not a tokens/sft one"):
+        write_sample(out, kind="sft")
+    assert open_token_folder(out).kind == "pretrain"
 
 
 def test_mask_must_match_the_folder_kind(tmp_path):
@@ -118,10 +138,11 @@ def test_mask_must_match_the_folder_kind(tmp_path):
 
 
 def test_previous_folder_is_restored_after_a_kill_between_the_two_renames(tmp_path):
-    from prep.tokenfile import retired_path
+    from prep.outputs import retired_path
 
     out = tmp_path / "wiki"
     write_sample(out)
     out.rename(retired_path(out))  # what a kill -9 right after finish()'s first rename leaves
-    TokenFolderWriter(out, "pretrain", IDENTITY).abort()
+    with TokenFolderWriter(out, "pretrain", IDENTITY):
+        pass  # opened and abandoned: the previous folder is back, untouched
     assert open_token_folder(out).split("train").n_tokens == 7

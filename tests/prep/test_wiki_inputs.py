@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from prep.pipeline import Chunk, Specials
 from prep.records import Document, Repaired, Skipped
-from prep.wiki import detect_format, parse_wiki, run_wiki
+from prep.sources import Chunk
+from prep.tokenizer import SpecialIds
+from prep.wiki import detect_wiki_format, parse_wiki, run_wiki
 from tests.prep.wiki_data import article, decoded_docs, line, write
 
 EOT = "<|endoftext|>"
-SPECIALS = Specials(256, 257, 258)
+SPECIALS = SpecialIds(256, 257, 258)
 
 
 def run(src, out, **kw):
@@ -113,10 +114,10 @@ def test_wikiextractor_tag_errors_are_skipped_by_reason(tmp_path, byte_tokenizer
 
 
 def test_format_is_detected_per_file_by_content():
-    assert detect_format(b'{"id": "1"}\n') == "jsonl"
-    assert detect_format(b'\xef\xbb\xbf\n<doc id="1" url="u" title="t">\n') == "wikiextractor"
-    assert detect_format(b"garbage") == "jsonl"  # then every line is counted as invalid_json
-    assert detect_format(b"junk\n<doc id=\"1\">\n") == "wikiextractor"
+    assert detect_wiki_format(b'{"id": "1"}\n') == "jsonl"
+    assert detect_wiki_format(b'\xef\xbb\xbf\n<doc id="1" url="u" title="t">\n') == "wikiextractor"
+    assert detect_wiki_format(b"garbage") == "jsonl"  # then every line is counted as invalid_json
+    assert detect_wiki_format(b"junk\n<doc id=\"1\">\n") == "wikiextractor"
 
 
 def test_stub_threshold_counts_the_body_after_the_title():

@@ -76,6 +76,7 @@ SLOW_RUN = """
 import functools, sys
 from pathlib import Path
 import click
+from prep.cli_common import PREP_ERRORS, one_line_errors
 from prep.pipeline import PrepJob, run_prep
 from prep.wiki import wiki_source
 from tests.prep.wiki_data import slow_parse
@@ -83,9 +84,11 @@ from tests.prep.wiki_data import slow_parse
 job = PrepJob(source=wiki_source(sys.argv[1], chunk_bytes=2048), parse=functools.partial(slow_parse, delay=0.25),
               out=Path(sys.argv[2]), kind="pretrain", options={"command": "wiki"}, tokenizer="bytes",
               workers=2, show_progress=False)
-try:
+
+@click.command()
+@one_line_errors(*PREP_ERRORS)
+def main():
     run_prep(job)
-except click.ClickException as e:
-    e.show()
-    sys.exit(e.exit_code)
+
+main(args=[])
 """
