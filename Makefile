@@ -13,10 +13,17 @@ ARGS   ?=
 NPROC  ?= 1
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
-LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
+LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $$MK_TORCHRUN_ARGS --nproc_per_node "$$MK_NPROC")
 
-.DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+# Values reach the programs byte for byte: a recipe never pastes a user's value into shell code (where
+# quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
+# taken verbatim from the command line (make itself would expand a `$` in it), and the recipe quotes
+# it as "$$MK_NAME". ARGS is split into arguments by the program (shell-like quoting, nothing run or
+# expanded): prep/cli_common.py, make_args(). TORCHRUN_ARGS is split on spaces only.
+verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),$($(1)))
+export MK_ARGS = $(call verbatim,ARGS)
+export MK_NPROC = $(call verbatim,NPROC)
+export MK_TORCHRUN_ARGS = $(call verbatim,TORCHRUN_ARGS)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,44 +44,62 @@ $(TF4)/.installed: $(STAMP)
 setup: $(STAMP) ## create .venv and install the dependencies (the other targets do this themselves)
 
 prep-wiki: OUT ?= data_bin/wiki
+prep-wiki: export MK_OUT = $(call verbatim,OUT)
+prep-wiki: export MK_WIKI = $(call verbatim,WIKI)
 prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki]
-	@test -n "$(WIKI)" || { echo "usage: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [ARGS=...]"; exit 2; }
-	$(PY) -m prep wiki "$(WIKI)" --out "$(OUT)" $(ARGS)
+	@test -n "$$MK_WIKI" || { echo "usage: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [ARGS=...]"; exit 2; }
+	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT"
 
 prep-sft: OUT ?= data_bin/sft
+prep-sft: export MK_OUT = $(call verbatim,OUT)
+prep-sft: export MK_BELLE = $(call verbatim,BELLE)
 prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
-	@test -n "$(BELLE)" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
-	$(PY) -m prep sft "$(BELLE)" --out "$(OUT)" $(ARGS)
+	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
+	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT"
 
 pretrain: DATA ?= data_bin/wiki
 pretrain: OUT ?= runs/pretrain
+pretrain: export MK_DATA = $(call verbatim,DATA)
+pretrain: export MK_OUT = $(call verbatim,OUT)
+pretrain: export MK_PRESET = $(call verbatim,PRESET)
 pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
-	$(LAUNCH) -m train pretrain --preset $(PRESET) --data "$(DATA)" --out "$(OUT)" $(ARGS)
+	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
 
 sft: DATA ?= data_bin/sft
 sft: INIT ?= runs/pretrain
 sft: OUT ?= runs/sft
+sft: export MK_DATA = $(call verbatim,DATA)
+sft: export MK_INIT = $(call verbatim,INIT)
+sft: export MK_OUT = $(call verbatim,OUT)
+sft: export MK_PRESET = $(call verbatim,PRESET)
 sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
-	$(LAUNCH) -m train sft --preset $(PRESET) --data "$(DATA)" --init "$(INIT)" --out "$(OUT)" $(ARGS)
+	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
 sample: CKPT ?= runs/sft
 sample: PROMPT ?= 数学是
+sample: export MK_CKPT = $(call verbatim,CKPT)
+sample: export MK_PROMPT = $(call verbatim,PROMPT)
 sample: $(STAMP) ## generate: [CKPT=runs/sft] [PROMPT=数学是] [ARGS=...]
-	$(PY) -m model sample --ckpt "$(CKPT)" --prompt "$(PROMPT)" $(ARGS)
+	$(PY) -m model sample --ckpt "$$MK_CKPT" --prompt "$$MK_PROMPT"
 
 chat: CKPT ?= runs/sft
+chat: export MK_CKPT = $(call verbatim,CKPT)
 chat: $(STAMP) ## multi-turn chat in the terminal: [CKPT=runs/sft] [ARGS=--system ...]
-	$(PY) -m model chat --ckpt "$(CKPT)" $(ARGS)
+	$(PY) -m model chat --ckpt "$$MK_CKPT"
 
 export: CKPT ?= runs/sft
 export: OUT ?= $(CKPT)/hf
+export: export MK_CKPT = $(call verbatim,CKPT)
+export: export MK_OUT = $(call verbatim,OUT)
 export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
-	$(PY) -m model export --ckpt "$(CKPT)" --out "$(OUT)" $(ARGS)
+	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT"
 
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki
+eval: export MK_CKPT = $(call verbatim,CKPT)
+eval: export MK_DATA = $(call verbatim,DATA)
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
-	$(PY) -m train eval --ckpt "$(CKPT)" --data "$(DATA)" $(ARGS)
+	$(PY) -m train eval --ckpt "$$MK_CKPT" --data "$$MK_DATA"
 
 # The demo is the real pipeline, run with the same targets a user runs, on sample_data/.
 DEMO_DATA := data_bin/demo
@@ -107,15 +132,15 @@ demo: $(STAMP) ## the whole pipeline on the bundled sample_data/: ~6-9 minutes o
 
 test: $(STAMP) $(TF4)/.installed ## lint and run the test suite (offline, CPU, a few minutes)
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+	HF_HUB_OFFLINE=1 PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 
 bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
-	$(PY) bench/prep.py $(ARGS)
-	$(PY) bench/train.py $(ARGS)
-	$(PY) bench/generate.py $(ARGS)
+	$(PY) -m bench.prep
+	$(PY) -m bench.train
+	$(PY) -m bench.generate
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,9 +1,9 @@
 """Generation speed: our KV cache vs recomputing the whole context vs transformers, same prompts, greedy.
 
-    python bench/generate.py                         # random weights, the mini shape (12x768), Qwen2 vocabulary
-    python bench/generate.py --n-layer 6 --n-embd 384 --n-head 6      # a smaller model, quicker on a CPU
-    python bench/generate.py --device cuda --prompts 4 --new-tokens 64 --prompt-tokens 192
-    python bench/generate.py --ckpt runs/sft         # a real checkpoint (its tokenizer, its shape)
+    python -m bench.generate                         # random weights, the mini shape (12x768), Qwen2 vocabulary
+    python -m bench.generate --n-layer 6 --n-embd 384 --n-head 6      # a smaller model, quicker on a CPU
+    python -m bench.generate --device cuda --prompts 4 --new-tokens 64 --prompt-tokens 192
+    python -m bench.generate --ckpt runs/sft         # a real checkpoint (its tokenizer, its shape)
 
 Three paths generate `--new-tokens` greedy tokens after each of `--prompts` prompts of
 `--prompt-tokens` tokens (default 240 + 16: the context grows to the 256-token block):
@@ -22,7 +22,6 @@ number of tokens, and the tokens of the three paths are compared. Runs are inter
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,16 +32,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from model.export import export_hf
+from model.generate import Engine
+from model.gpt import GPT, GPTConfig
+from model.io import load_model, save_model
+from model.loader import load_tokenizer_for
+from model.runtime import pick_device
+from model.sampling import SamplingParams
+from prep.tokenizer import load_tokenizer, pad_vocab_size
 
-from model.export import export_hf  # noqa: E402
-from model.generate import Engine  # noqa: E402
-from model.gpt import GPT, GPTConfig  # noqa: E402
-from model.io import load_model, save_model  # noqa: E402
-from model.loader import load_tokenizer_for, pick_device  # noqa: E402
-from model.sampling import SamplingParams  # noqa: E402
-from prep.tokenizer import load_tokenizer, pad_vocab_size  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FALLBACK_TEXT = ("数学是研究数量、结构、变化以及空间等概念的一门学科。它从计数、计算、度量以及对物体形状和运动的观察中"
                  "发展而来，使用抽象化和逻辑推理得出结论。")
@@ -143,16 +142,22 @@ def main(ckpt, n_layer, n_head, n_embd, block_size, prompts, prompt_tokens, new_
 
     paths = {"kv cache": lambda p, n: ours(p, n, True), "recompute": lambda p, n: ours(p, n, False),
              "transformers": theirs}
-    best = {(name, i, n): float("inf") for name in paths for i in range(prompts) for n in (1, new_tokens)}
-    outputs: dict[tuple[str, int], list[int]] = {}
     console.print(f"{model.num_params() / 1e6:.1f}M params ({c.n_layer}x{c.n_embd}, vocab {c.vocab_size}) on {dev}, "
                   f"{torch.get_num_threads()} threads; {prompts} prompts x {prompt_tokens} tokens + {new_tokens} new, "
                   f"greedy, best of {repeat}")
+    best, outputs = time_paths(paths, ids, new_tokens, repeat, dev, console)
+    report(console, paths, best, outputs, prompts, prompt_tokens, new_tokens)
+
+
+def time_paths(paths: dict, ids: list[list[int]], new_tokens: int, repeat: int, dev: torch.device, console: Console):
+    """Best seconds per (path, prompt, 1 or all new tokens), interleaved; and each path's tokens."""
+    best = {(name, i, n): float("inf") for name in paths for i in range(len(ids)) for n in (1, new_tokens)}
+    outputs: dict[tuple[str, int], list[int]] = {}
     for make in paths.values():  # warm-up (allocations, kernels), not timed
         make(ids[0][:16], 2)()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("timing", total=repeat * len(paths) * prompts * 2)
+        task = progress.add_task("timing", total=repeat * len(paths) * len(ids) * 2)
         for _ in range(repeat):
             for name, make in paths.items():
                 for i, prompt in enumerate(ids):
@@ -163,7 +168,7 @@ def main(ckpt, n_layer, n_head, n_embd, block_size, prompts, prompt_tokens, new_
                         if n == new_tokens:
                             outputs[name, i] = out
                         progress.advance(task)
-    report(console, paths, best, outputs, prompts, prompt_tokens, new_tokens)
+    return best, outputs
 
 
 def report(console, paths, best, outputs, prompts, prompt_tokens, new_tokens) -> None:

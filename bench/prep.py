@@ -1,6 +1,6 @@
 """How fast is prep? Each figure is measured in the same run as the baseline it is compared with.
 
-    python bench/prep.py [--wiki DIR] [--sft PATH] [--kind wiki|sft|all] [--workers N] [--repeat 3]
+    python -m bench.prep [--wiki DIR] [--sft PATH] [--kind wiki|sft|all] [--workers N] [--repeat 3]
 
 For wiki (default input: ../shared/data/wiki_zh, else the bundled sample_data/wiki_zh):
 
@@ -41,8 +41,6 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-if sys.path and Path(sys.path[0]).resolve() == ROOT / "bench":
-    sys.path[0] = str(ROOT)  # this script is bench/prep.py: otherwise `import prep` would find itself
 
 
 def default_wiki() -> Path:
@@ -55,9 +53,10 @@ def default_hf_tokenizer(tmp: Path) -> Path:
     real = SHARED / "qwen2-tokenizer"
     if (real / "vocab.json").is_file():
         return real
+    from prep.hf_tokenizer_files import save_hf_tokenizer
     from prep.tokenizer import load_tokenizer
 
-    load_tokenizer("qwen2").save_pretrained(tmp / "qwen2-hf")
+    save_hf_tokenizer(load_tokenizer("qwen2"), tmp / "qwen2-hf")
     return tmp / "qwen2-hf"
 
 
@@ -176,7 +175,7 @@ PHASES: dict[str, Callable[..., dict]] = {
 
 def run_child(phase: str, **kw) -> dict:
     """One run of `phase` in a fresh interpreter, so the peak RSS it reports is the phase's own."""
-    out = subprocess.run([sys.executable, __file__, "--phase", phase, "--phase-args", json.dumps(kw)],
+    out = subprocess.run([sys.executable, "-m", "bench.prep", "--phase", phase, "--phase-args", json.dumps(kw)],
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise click.ClickException(f"phase {phase} failed: {out.stderr.strip().splitlines()[-1:]}")

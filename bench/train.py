@@ -1,9 +1,9 @@
 """Training throughput of a preset on this machine: tokens/s, MFU, and the sampler's share of a step.
 
-    python bench/train.py                                  # tiny preset, synthetic Qwen2-sized data
-    python bench/train.py --preset mini --steps 20         # the model of record (meant for a GPU)
-    python bench/train.py --preset mini --steps 2 --warmup 1 --micro-steps 1 --set micro_batch_size=4   # CPU
-    python bench/train.py --data data_bin/wiki             # real token files
+    python -m bench.train                                  # tiny preset, synthetic Qwen2-sized data
+    python -m bench.train --preset mini --steps 20         # the model of record (meant for a GPU)
+    python -m bench.train --preset mini --steps 2 --warmup 1 --micro-steps 1 --set micro_batch_size=4   # CPU
+    python -m bench.train --data data_bin/wiki             # real token files
 
 It times exactly the optimizer step that training runs (`train.step.Stepper`: compile, autocast, fused
 AdamW, DDP-free single process) after a few warm-up steps (compilation happens there). MFU is
@@ -14,7 +14,7 @@ thread during training; here it is also timed alone, as a share of the step it m
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -26,15 +26,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from model.gpt import GPT, GPTConfig  # noqa: E402
-from prep.tokenfile import TokenFolderWriter, open_token_folder  # noqa: E402
-from train.config import apply_overrides, preset  # noqa: E402
-from train.data import BlockSampler, StepLoader  # noqa: E402
-from train.dist import Dist, pick_device  # noqa: E402
-from train.perf import peak_flops  # noqa: E402
-from train.step import Stepper  # noqa: E402
+from model.gpt import GPT
+from model.runtime import pick_device
+from prep.tokenfile import TokenFolderWriter, open_token_folder
+from prep.tokenizer import pad_vocab_size
+from train.config import TrainConfig, apply_overrides, preset
+from train.data import BlockSampler, StepLoader
+from train.dist import Dist
+from train.perf import peak_flops
+from train.step import Stepper
 
 QWEN2_LEN = 151646
 
@@ -72,54 +72,66 @@ def main(preset_name, data, steps, warmup, micro_steps, device, compile_, assign
     micro_steps = micro_steps or cfg.accumulation(1)
     dev = pick_device(cfg.device)
     with tempfile.TemporaryDirectory() as tmp:
-        n_tokens = max(200_000, 4 * cfg.micro_batch_size * (cfg.block_size + 1))
+        T = cfg.model.block_size
+        n_tokens = max(200_000, 4 * cfg.micro_batch_size * (T + 1))
         folder = open_token_folder(data or synthetic_folder(Path(tmp) / "synthetic", n_tokens, QWEN2_LEN))
-        split = folder.split("train")
-        vocab = folder.tokenizer.get("vocab_size") or (folder.tokenizer["len"] + 127) // 128 * 128
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                                 vocab_size=pad_vocab_size(folder.tokenizer["len"])))
         torch.manual_seed(cfg.seed)
-        model = GPT(GPTConfig(vocab_size=vocab, **cfg.model_fields())).to(dev)
-        model.loss_chunk_tokens = cfg.loss_chunk_tokens
+        model = GPT(cfg.model).to(dev)
         stepper = Stepper(model, cfg, Dist(0, 0, 1, dev))
-        sampler = BlockSampler(split, cfg.block_size, cfg.micro_batch_size, cfg.seed, folder.kind == "sft")
+        sampler = BlockSampler(folder.split("train"), T, cfg.micro_batch_size, cfg.seed, folder.kind == "sft")
         loader = StepLoader(sampler, 0, micro_steps, 0, dev)
-        peak, peak_note = peak_flops(dev, stepper.amp_dtype or torch.float32)
-        times = []
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         try:
-            with Progress(*columns, console=console) as progress:
-                task = progress.add_task("warm-up + timed steps", total=warmup + steps)
-                for step in range(warmup + steps):
-                    t = time.perf_counter()
-                    stepper.forward_backward(loader.get(step), cfg.lr)  # returns after the step's one host sync
-                    stepper.apply()
-                    if dev.type == "cuda":
-                        torch.cuda.synchronize(dev)
-                    if step >= warmup:
-                        times.append(time.perf_counter() - t)
-                    progress.advance(task)
+            times = time_steps(stepper, loader, cfg.lr, warmup, steps, dev, console)
         finally:
             loader.close()
-        sampler_times = []
-        for step in range(5):
-            t = time.perf_counter()
-            loader.host_batch(10_000 + step)
-            sampler_times.append(time.perf_counter() - t)
+        sampler_s = float(np.median([time_call(lambda s=s: loader.host_batch(10_000 + s)) for s in range(5)]))
+    report(console, preset_name, cfg, model, stepper, micro_steps, float(np.median(times)), sampler_s, steps)
 
-    step_s = float(np.median(times))
-    tokens = micro_steps * cfg.micro_batch_size * cfg.block_size
+
+def time_call(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def time_steps(stepper: Stepper, loader: StepLoader, lr: float, warmup: int, steps: int, dev: torch.device,
+               console: Console) -> list[float]:
+    """Seconds of each timed step (after `warmup` untimed ones)."""
+    times = []
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("warm-up + timed steps", total=warmup + steps)
+        for step in range(warmup + steps):
+            t = time.perf_counter()
+            stepper.forward_backward(loader.get(step), lr)  # returns after the step's one host sync
+            stepper.apply()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            if step >= warmup:
+                times.append(time.perf_counter() - t)
+            progress.advance(task)
+    return times
+
+
+def report(console: Console, preset_name: str, cfg: TrainConfig, model: GPT, stepper: Stepper, micro_steps: int,
+           step_s: float, sampler_s: float, steps: int) -> None:
+    m, dev = cfg.model, stepper.d.device
+    peak, peak_note = peak_flops(dev, stepper.precision.amp_dtype or torch.float32)
+    tokens = micro_steps * cfg.micro_batch_size * m.block_size
     tps = tokens / step_s
-    mfu = model.flops_per_token(cfg.block_size) * tps / peak
-    sampler_s = float(np.median(sampler_times))
+    mfu = model.flops_per_token(m.block_size) * tps / peak
     table = Table(title=f"train bench: preset {preset_name} on {dev}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [
-        ("model", f"{model.num_params() / 1e6:.1f}M params, {cfg.n_layer}x{cfg.n_embd}, vocab {vocab}"),
-        ("precision / compile", f"{stepper.amp_dtype or torch.float32} / {'on' if stepper.compiled else 'off'}"),
-        ("tokens per step", f"{micro_steps} x {cfg.micro_batch_size} x {cfg.block_size} = {tokens:,}"),
+        ("model", f"{model.num_params() / 1e6:.1f}M params, {m.n_layer}x{m.n_embd}, vocab {m.vocab_size}"),
+        ("precision / compile", f"{stepper.precision.name} / {'on' if stepper.compiled else 'off'}"),
+        ("tokens per step", f"{micro_steps} x {cfg.micro_batch_size} x {m.block_size} = {tokens:,}"),
         ("step time (median)", f"{1000 * step_s:,.1f} ms over {steps} steps"),
         ("tokens/s", f"{tps:,.0f}"),
-        ("FLOPs/token (6N + 12LCT)", f"{model.flops_per_token(cfg.block_size) / 1e6:,.1f} M"),
+        ("FLOPs/token (6N + 12LCT)", f"{model.flops_per_token(m.block_size) / 1e6:,.1f} M"),
         ("peak", peak_note),
         ("MFU", f"{100 * mfu:.1f}%"),
         ("sampler per step (background thread)", f"{1000 * sampler_s:.2f} ms = {100 * sampler_s / step_s:.2f}% of a step"),

@@ -1,6 +1,7 @@
-"""``python -m model``: see `model.cli`."""
+"""``python -m model``: see `model.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
 
 from model.cli import cli
+from prep.cli_common import main
 
 if __name__ == "__main__":
-    cli(prog_name="python -m model")
+    main(cli, "python -m model")

@@ -17,10 +17,9 @@ import torch
 
 from model.generate import Engine, TextStream
 from model.sampling import SamplingParams
-from prep.chat_template import render_prompt
+from prep.chat_template import Message, render_prompt
 from prep.tokenizer import Tokenizer
 
-Message = dict[str, str]
 EXIT_COMMANDS = ("/exit", "/quit")
 RESET_COMMAND = "/reset"
 
@@ -34,10 +33,10 @@ class FittedPrompt:
 
 
 def history_messages(system: str | None, turns: list[tuple[str, str]], user: str) -> list[Message]:
-    messages = [{"role": "system", "content": system}] if system else []
+    messages: list[Message] = [("system", system)] if system else []
     for question, answer in turns:
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return messages + [{"role": "user", "content": user}]
+        messages += [("user", question), ("assistant", answer)]
+    return messages + [("user", user)]
 
 
 def fit_history(system: str | None, turns: list[tuple[str, str]], user: str, tokenizer, budget: int) -> FittedPrompt:

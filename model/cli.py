@@ -14,14 +14,20 @@ import click
 from rich.console import Console
 
 from model.chat import ChatSession, run_chat
-from model.export import ExportError, export_hf
+from model.export import export_hf
 from model.generate import row_tokens, stream_text
 from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
+from model.options import device_option, dtype_option
+from model.runtime import RuntimeChoiceError
 from model.sampling import SamplingParams
 from prep.chat_template import ChatFormatError, render_prompt
+from prep.cli_common import one_line_errors
+from prep.outputs import OutputError
+from prep.tokenizer import TokenizerError
 
 DEFAULTS = SamplingParams()
+MODEL_ERRORS = (CheckpointError, TokenizerError, OutputError, RuntimeChoiceError)  # printed as one line
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -45,28 +51,29 @@ def model_options(f):
         click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
                      default=DEFAULTS.repetition_penalty, show_default=True,
                      help=">1 makes tokens already in the context less likely (1 = off)"),
-        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="same seed, same text"),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps"),
-        click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-                     help="auto: bf16 autocast on GPUs that support it, fp32 elsewhere"),
+        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+                     help="same seed, same text"),
         click.option("--system", default=None, help="system prompt (chat models)"),
+        device_option,
+        dtype_option(),
+        one_line_errors(*MODEL_ERRORS),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def checkpoint_error(e: Exception, ckpt: Path) -> click.ClickException:
-    """One line; for a folder that does not exist, say how to make one."""
+def with_hint(e: CheckpointError, ckpt: Path) -> CheckpointError:
+    """For a folder that does not exist, say how to make one."""
     hint = "; train one first (make pretrain, make sft) or pass --ckpt" if not ckpt.exists() else ""
-    return click.ClickException(f"{e}{hint}")
+    return CheckpointError(f"{e}{hint}")
 
 
 def load(ckpt: Path, device: str, dtype: str) -> LoadedModel:
     try:
         loaded = load_for_generation(ckpt, device, dtype)
     except CheckpointError as e:
-        raise checkpoint_error(e, ckpt) from None
+        raise with_hint(e, ckpt) from None
     c = loaded.model.config
     kind = "chat model (SFT)" if loaded.chat else "base model"
     console.print(f"[dim]{ckpt}: {kind}, {c.n_layer}x{c.n_embd}, context {c.block_size}, "
@@ -88,7 +95,7 @@ def prompt_ids(loaded: LoadedModel, prompt: str, system: str | None) -> list[int
         try:
             return render_prompt(messages, tok)
         except ChatFormatError as e:
-            raise click.UsageError(str(e)) from None
+            raise click.UsageError(str(e)) from None  # e.g. a --system that ChatML cannot express
     if system:
         console.print("[yellow]--system is ignored: a base model continues text[/]")
     return tok.encode(prompt) or [tok.eot_id]  # an empty prompt starts a new document
@@ -171,21 +178,21 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 @click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="folder to write (replaced if it is an earlier export)")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
-              help="weight precision in model.safetensors")
+              help="folder to write (replaced only if it is an earlier export holding nothing else)")
+@dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
+@one_line_errors(*MODEL_ERRORS)
 def export(ckpt: Path, out: Path, dtype: str) -> None:
     """Write a Hugging Face GPT2LMHeadModel folder: config, weights, tokenizer, generation config."""
     t0 = time.perf_counter()
     try:
         with console.status(f"exporting {ckpt} to {out} ..."):
             summary = export_hf(ckpt, out, dtype)
-    except (CheckpointError, ExportError) as e:
-        raise checkpoint_error(e, ckpt) from None
+    except CheckpointError as e:
+        raise with_hint(e, ckpt) from None
     kind = "chat" if summary["chat"] else "base"
-    files = sorted(p for p in out.iterdir() if p.is_file())
+    files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
     listing = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files)
-    console.print(f"exported a {kind} model ({summary['params'] / 1e6:.1f}M params, {dtype}) to {out} in "
-                  f"{time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
+    console.print(f"exported a {kind} model ({summary['params'] / 1e6:.1f}M params, {summary['dtype']}) to {out} "
+                  f"in {time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
     if not summary["tokenizer"]:
         console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")

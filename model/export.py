@@ -18,32 +18,35 @@ Stop ids go into ``generation_config.json``: ``<|endoftext|>`` for a base model,
 ``<|endoftext|>`` for a chat model, with the padded vocabulary rows as ``suppress_tokens``; a chat
 model's tokenizer also gets the ChatML ``chat_template`` (the one
 ``prep.chat_template`` trains on) and ``eos_token = <|im_end|>``. The folder is built beside `out` and
-renamed into place when complete.
+swapped in when complete (`prep.outputs.OutputFolder`, kind ``hf-export``): an existing `out` is
+replaced only if it is an earlier export holding nothing but the export's own files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from model.gpt import GPT
-from model.io import load_model, read_model_info
+from model.io import is_chat, load_model, read_model_info, stop_ids
 from model.loader import load_tokenizer_for
+from model.runtime import TORCH_DTYPES, dtype_name
 from model.sampling import SamplingParams
-from prep.tokenizer import CHATML_TEMPLATE, IM_END, Tokenizer, TokenizerError
+from prep.chat_template import CHATML_TEMPLATE
+from prep.hf_tokenizer_files import save_hf_tokenizer
+from prep.outputs import OutputFolder
+from prep.tokenizer import IM_END, Tokenizer
 
 CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
-EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MARKER = "zh_mini_llm_export"  # in config.json, so a re-export may replace the folder
-
-
-class ExportError(ValueError):
-    """The output folder cannot be written (it holds something else)."""
+MARKER = "zh_mini_llm_export"  # in config.json: recognises exports written before folders had a manifest
+# What an export of the offline Qwen2 tokenizer holds (the legacy recogniser's list).
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "README.md", "vocab.json",
+                "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                "chat_template.jinja"}
 
 
 def gpt2_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -62,7 +65,7 @@ def gpt2_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str,
     return out
 
 
-def gpt2_config(model: GPT, tokenizer_ids: dict, dtype: str) -> dict:
+def gpt2_config(model: GPT, tokenizer_ids: dict, dtype: torch.dtype) -> dict:
     c = model.config
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -88,7 +91,7 @@ def gpt2_config(model: GPT, tokenizer_ids: dict, dtype: str) -> dict:
         "bos_token_id": tokenizer_ids["eot"],
         "eos_token_id": tokenizer_ids["eos"],
         "pad_token_id": tokenizer_ids["eot"],
-        "torch_dtype": dtype,
+        "torch_dtype": str(dtype).removeprefix("torch."),
         MARKER: True,
     }
 
@@ -129,62 +132,42 @@ def _chat_tokenizer_files(folder: Path) -> None:
         special_map.write_text(json.dumps(sm, ensure_ascii=False, indent=2) + "\n", "utf-8")
 
 
-def _prepare_out(out: Path) -> Path:
-    """A fresh partial folder beside `out`, after checking that `out` is empty or an earlier export."""
-    if out.exists():
-        if not out.is_dir():
-            raise ExportError(f"{out}: exists and is not a folder")
-        config = out / "config.json"
-        ours = config.is_file() and json.loads(config.read_text("utf-8")).get(MARKER)
-        if any(out.iterdir()) and not ours:
-            raise ExportError(f"{out}: exists and is not an earlier export; choose an empty or new folder")
-    partial = out.parent / f".{out.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return partial
+def _legacy_export_files(folder: Path) -> set[str] | None:
+    """An export written before folders had a manifest: config.json carries our marker."""
+    try:
+        ours = json.loads((folder / "config.json").read_text("utf-8")).get(MARKER)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return EXPORT_FILES if ours else None
 
 
-def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "float32") -> dict:
-    """Write the Hugging Face folder for `ckpt` into `out`; returns a summary (what was written)."""
-    if dtype not in EXPORT_DTYPES:
-        raise ExportError(f"dtype must be one of {list(EXPORT_DTYPES)}, not {dtype!r}")
+def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32") -> dict:
+    """Write the Hugging Face folder for `ckpt` into `out`; returns a summary (what was written).
+
+    `dtype` (fp32, bf16, fp16; auto = fp32) is the precision of the stored weights.
+    """
+    name = dtype_name(dtype)
+    torch_dtype = TORCH_DTYPES["fp32" if name == "auto" else name]
     out = Path(out)
     info = read_model_info(ckpt)
     tok = load_tokenizer_for(info, str(ckpt))
     model, info = load_model(ckpt, "cpu")
-    chat = info.get("data_kind") == "sft"
-    stop_ids = [tok.im_end_id, tok.eot_id] if chat else [tok.eot_id]
-    ids = {"eot": tok.eot_id, "eos": stop_ids[0]}
-    partial = _prepare_out(out)
-    try:
-        save_file(gpt2_state_dict(model, EXPORT_DTYPES[dtype]), partial / "model.safetensors",
-                  metadata={"format": "pt"})
-        (partial / "model.safetensors").chmod(0o644)  # safetensors writes 0600; a shared folder needs to be read
-        _write_json(partial / "config.json", gpt2_config(model, ids, dtype))
-        _write_json(partial / "generation_config.json", generation_config(ids, stop_ids, len(tok), model.config.vocab_size,
-                                                                              SamplingParams()))
-        tokenizer_written = _save_tokenizer(tok, partial, chat)
-        (partial / "README.md").write_text(model_card(out, info, tok, chat, tokenizer_written), "utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return {"out": str(out), "chat": chat, "stop_ids": stop_ids, "tokenizer": tokenizer_written,
-            "params": model.num_params(), "dtype": dtype}
-
-
-def _save_tokenizer(tok: Tokenizer, folder: Path, chat: bool) -> bool:
-    """The tokenizer files, or False for a tokenizer that has no Hugging Face form (``bytes``)."""
-    try:
-        tok.save_pretrained(folder)
-    except TokenizerError:
-        return False
-    if chat:
-        _chat_tokenizer_files(folder)
-    return True
+    chat = is_chat(info)
+    stops = stop_ids(tok, chat)
+    ids = {"eot": tok.eot_id, "eos": stops[0]}
+    with OutputFolder(out, "hf-export", "Hugging Face export", _legacy_export_files) as folder:
+        save_file(gpt2_state_dict(model, torch_dtype), folder.path("model.safetensors"), metadata={"format": "pt"})
+        folder.path("model.safetensors").chmod(0o644)  # safetensors writes 0600; a shared folder needs to be read
+        _write_json(folder.path("config.json"), gpt2_config(model, ids, torch_dtype))
+        _write_json(folder.path("generation_config.json"),
+                    generation_config(ids, stops, len(tok), model.config.vocab_size, SamplingParams()))
+        tokenizer_written = save_hf_tokenizer(tok, folder.partial)
+        if tokenizer_written and chat:
+            _chat_tokenizer_files(folder.partial)
+        folder.path("README.md").write_text(model_card(out, info, tok, chat, tokenizer_written), "utf-8")
+        folder.commit()
+    return {"out": str(out), "chat": chat, "stop_ids": stops, "tokenizer": tokenizer_written,
+            "params": model.num_params(), "dtype": str(torch_dtype).removeprefix("torch.")}
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -212,13 +212,17 @@ class TextStream:
         return self.decoder.decode(b"", final=True)
 
 
-def stream_text(tokens: Iterable[int], tokenizer) -> Iterator[str]:
-    """Text pieces of a token stream, each made only of whole characters."""
+def stream_text(tokens: Iterable[int], tokenizer, final: bool = True) -> Iterator[str]:
+    """Text pieces of a token stream, each made only of whole characters.
+
+    At the end, bytes of a character the stream stopped inside come out as U+FFFD (`final`), or are
+    dropped (``final=False``: a sample cut by a token limit, whose next token would have completed it).
+    """
     stream = TextStream(tokenizer)
     for t in tokens:
         piece = stream.push(t)
         if piece:
             yield piece
-    tail = stream.flush()
+    tail = stream.flush() if final else ""
     if tail:
         yield tail

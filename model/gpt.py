@@ -13,10 +13,10 @@ Two things differ from a textbook GPT, both for the 151,680-wide Qwen2 vocabular
   return the SUM of per-token losses and the number of trained tokens: the trainer divides by the
   number of trained tokens in the whole effective batch (all micro-steps, all ranks), which makes
   masked SFT and DDP exact.
-* Attention takes an optional `KVCache`, so generation processes a prompt once and then one token
-  at a time.
+* Attention takes an optional `KVCache`, so generation (`model.generate`) processes a prompt once and
+  then one token at a time.
 
-No training code lives here.
+No training or sampling code lives here.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-LOSS_CHUNK_TOKENS = 1024  # tokens per output-layer chunk: 1024 x 151,680 fp32 logits = 620 MB
 
 
 @dataclass
@@ -41,6 +39,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     layer_norm_eps: float = 1e-5
+    # Tokens per chunk of the output layer + loss: 1024 x 151,680 fp32 logits = 620 MB at a time.
+    # It changes memory, not results; checkpoints written before it existed get this default.
+    loss_chunk_tokens: int = 1024
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -157,7 +158,6 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
         ))
-        self.loss_chunk_tokens = LOSS_CHUNK_TOKENS
         self.apply(self._init_weights)
         # GPT-2: each residual branch's output projection is scaled so the residual stream's variance
         # does not grow with depth (two branches per layer).
@@ -231,38 +231,9 @@ class GPT(nn.Module):
         mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
         mask = mask.reshape(-1)
         loss_sum = ChunkedLinearCrossEntropy.apply(
-            h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), mask, self.loss_chunk_tokens, _matmul_dtype(h)
+            h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), mask, self.config.loss_chunk_tokens, _matmul_dtype(h)
         )
         return loss_sum, mask.sum(dtype=torch.float32)
-
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, n_vocab: int | None = None,
-                 temperature: float = 0.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue `idx` (B, T) by `max_new_tokens` with a KV cache: greedy when temperature is 0, else
-        sampled from the `top_k` most likely tokens (all if None) with `generator`.
-
-        `n_vocab` (the tokenizer's length) keeps the padding rows of the vocabulary from being picked.
-        A small helper for watching training; `model/` builds fuller sampling on top of it.
-        """
-        idx = idx[:, -(self.config.block_size - 1):]
-        steps = min(max_new_tokens, self.config.block_size - idx.size(1))
-        cache = self.new_cache(idx.size(1) + steps)
-        logits = self(idx, cache=cache, last_only=True)
-        out = [idx]
-        for i in range(steps):
-            logits = logits[:, -1, :n_vocab]
-            if temperature > 0:
-                if top_k is not None and top_k < logits.size(-1):
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, -torch.inf)
-                nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)
-            else:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            out.append(nxt)
-            if i + 1 < steps:
-                logits = self(nxt, cache=cache, last_only=True)
-        return torch.cat(out, dim=1)
 
 
 def _matmul_dtype(h: torch.Tensor) -> torch.dtype:

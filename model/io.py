@@ -1,22 +1,25 @@
-"""Model weights on disk: ``model.safetensors`` + ``model.json``, the pair every consumer reads.
+"""Model weights on disk, and the layout of a run folder: the names every consumer reads.
 
-Checkpoints, sampling, chat and export all go through `save_model` / `load_model`. Weights are
+Checkpoints, sampling, chat, export and serving all go through `save_model` / `load_model`. Weights are
 safetensors (never pickle, so loading a downloaded checkpoint cannot run code); ``model.json`` holds
 the `GPTConfig`, the identity of the tokenizer the model was trained with (see
-`prep.tokenizer.Tokenizer.identity`), the kind of data it last trained on and the step.
+`prep.tokenizer.Tokenizer.identity`), the kind of data it last trained on and the step. Before any
+memory is allocated, the config is checked for sane sizes and against the shapes stored in the
+weights file, so a damaged or hostile ``model.json`` is one line, not a 512 GB allocation.
 
-A *run folder* (``runs/pretrain``) keeps its latest weights in ``checkpoint/``; every function here
-accepts either the run folder or the checkpoint folder itself.
+A *run folder* (``runs/pretrain``, see `RunFolder`) keeps its latest weights in ``checkpoint/``; every
+function here accepts either the run folder or the checkpoint folder itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model.gpt import GPT, GPTConfig
@@ -26,10 +29,57 @@ INFO_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "zh-mini-llm-gpt"
 FORMAT_VERSION = 1
+DATA_KINDS = ("pretrain", "sft")
+# Generous bounds a real config never reaches; beyond them model.json is damaged, not ambitious.
+SIZE_LIMITS = {"n_layer": 1024, "n_head": 1024, "n_embd": 65536, "block_size": 1 << 20, "vocab_size": 1 << 24,
+               "loss_chunk_tokens": 1 << 24}
 
 
 class CheckpointError(ValueError):
     """A model folder is missing, incomplete or does not fit what it is used with."""
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A training run's folder and the name of everything in it (the one place for these names)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> RunFolder:
+        """The run folder of `path`: a run folder, or the ``checkpoint/`` folder inside one."""
+        path = Path(path)
+        return cls(path.parent if path.name == CHECKPOINT_DIR else path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def export(self) -> Path:
+        """The default Hugging Face export folder."""
+        return self.path / "hf"
+
+    def eval_result(self, data: str | os.PathLike, split: str) -> Path:
+        return self.path / f"eval_{Path(data).resolve().name}_{split}.json"
+
+
+def is_chat(info: dict) -> bool:
+    """A model whose last training data was SFT is a chat model (ChatML prompts, stops at <|im_end|>)."""
+    return info.get("data_kind") == "sft"
+
+
+def stop_ids(tokenizer, chat: bool) -> list[int]:
+    """Ids that end a generation: <|im_end|> (then <|endoftext|>) for a chat model, <|endoftext|> for a base one."""
+    return [tokenizer.im_end_id, tokenizer.eot_id] if chat else [tokenizer.eot_id]
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -63,23 +113,51 @@ def save_model(folder: str | os.PathLike, model: GPT, tokenizer: dict, data_kind
 
 
 def read_model_info(path: str | os.PathLike) -> dict:
-    """``model.json`` of a run or checkpoint folder, checked for format and a valid config."""
+    """``model.json`` of a run or checkpoint folder, checked for format, kind and a sane config."""
     folder = resolve_model_dir(path)
     info_path = folder / INFO_NAME
     try:
         info = json.loads(info_path.read_text("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{info_path}: not valid JSON ({e})") from e
-    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{info_path}: format {info.get('format')!r} v{info.get('format_version')}, "
-            f"expected {FORMAT!r} v{FORMAT_VERSION}"
-        )
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+        got = f"{info.get('format')!r} v{info.get('format_version')}" if isinstance(info, dict) else "not an object"
+        raise CheckpointError(f"{info_path}: format {got}, expected {FORMAT!r} v{FORMAT_VERSION}")
+    if info.get("data_kind") not in DATA_KINDS:
+        raise CheckpointError(f"{info_path}: data_kind {info.get('data_kind')!r}, expected one of {DATA_KINDS}")
     try:
-        GPTConfig.from_dict(info["config"])
+        config = GPTConfig.from_dict(info["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info_path}: bad model config ({e})") from e
+    _check_sizes(config, info_path)
     return info
+
+
+def _check_sizes(config: GPTConfig, where: Path) -> None:
+    for name, limit in SIZE_LIMITS.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise CheckpointError(f"{where}: {name} = {value!r}, expected an integer from 1 to {limit:,}")
+
+
+def _check_stored_shapes(model_dir: Path, config: GPTConfig) -> None:
+    """Compare the weights file's tensor shapes with the config before building (allocating) the model."""
+    expected = {"transformer.wte.weight": [config.vocab_size, config.n_embd],
+                "transformer.wpe.weight": [config.block_size, config.n_embd],
+                "transformer.h.0.attn.c_attn.weight": [3 * config.n_embd, config.n_embd]}
+    path = model_dir / WEIGHTS_NAME
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            stored = {name: f.get_slice(name).get_shape() for name in expected if name in keys}
+            n_blocks = len({k.split(".")[2] for k in keys if k.startswith("transformer.h.")})
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e})") from e
+    for name, shape in expected.items():
+        if stored.get(name) != shape:
+            raise CheckpointError(f"{path}: {name} has shape {stored.get(name)}, model.json implies {shape}")
+    if n_blocks != config.n_layer:
+        raise CheckpointError(f"{path}: {n_blocks} layers stored, model.json says n_layer = {config.n_layer}")
 
 
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -91,7 +169,7 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def load_weights_into(model: GPT, path: str | os.PathLike) -> None:
-    """Copy a checkpoint's weights into `model`, refusing any missing, extra or differently shaped tensor."""
+    """Copy a checkpoint's weights into `model`, refusing any missing, extra, misshapen or non-finite tensor."""
     state = load_state_dict(path)
     own = model.state_dict()
     where = resolve_model_dir(path) / WEIGHTS_NAME
@@ -103,12 +181,16 @@ def load_weights_into(model: GPT, path: str | os.PathLike) -> None:
             raise CheckpointError(
                 f"{where}: {name} has shape {tuple(t.shape)}, the model expects {tuple(own[name].shape)}"
             )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{where}: {name} holds NaN or infinite values (a diverged run?)")
     model.load_state_dict(state)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
     """Build the GPT a checkpoint describes and load its weights: ``(model in eval mode, model.json)``."""
     info = read_model_info(path)
-    model = GPT(GPTConfig.from_dict(info["config"]))
+    config = GPTConfig.from_dict(info["config"])
+    _check_stored_shapes(resolve_model_dir(path), config)
+    model = GPT(config)
     load_weights_into(model, path)
     return model.to(device).eval(), info

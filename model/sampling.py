@@ -2,7 +2,8 @@
 
 The order is the one Hugging Face `generate` uses (penalty, then temperature, then top-k, then top-p),
 so the same options mean the same thing in ``python -m model sample`` and on an exported model.
-Temperature 0 is greedy decoding (argmax); `top_k=1` is greedy as well, whatever the temperature.
+Temperature 0 is greedy decoding (argmax), and so is any temperature below `GREEDY_BELOW` (its limit,
+and dividing logits by 1e-45 would overflow); `top_k=1` is greedy as well, whatever the temperature.
 
 Top-k runs first and top-p then sorts only the k survivors, so a step costs one `topk` over the
 151,680-wide vocabulary, not a full sort. Draws use a caller-owned `torch.Generator`, so a seed gives
@@ -14,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+GREEDY_BELOW = 1e-5
 
 
 @dataclass
@@ -43,7 +46,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

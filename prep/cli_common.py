@@ -1,4 +1,5 @@
-"""What the project's command lines share: library errors become one line, and prep's common options.
+"""What the project's command lines share: library errors become one line, ``make``'s ARGS, and prep's
+common options.
 
 Library code raises its own exceptions (`PrepError`, `TokenFileError`, `CheckpointError`, ...); a CLI
 command wrapped in `one_line_errors(...)` prints them as ``Error: <message>`` and exits 1 (130 for an
@@ -9,6 +10,9 @@ is one line too: the file and the system's reason.
 from __future__ import annotations
 
 import functools
+import os
+import shlex
+import sys
 from collections.abc import Callable
 
 import click
@@ -54,6 +58,25 @@ def one_line_errors(*error_types: type[BaseException]) -> Callable:
         return wrapper
 
     return decorate
+
+
+MAKE_ARGS = "MK_ARGS"  # set by the Makefile's recipes to the ARGS the user gave `make`
+
+
+def make_args() -> list[str]:
+    """The ARGS of ``make TARGET ARGS="..."``, split as a shell would split them, quotes included, but with
+    nothing expanded or run: ``ARGS='--system "你是助手" --seed 7'`` is four arguments, and a `backquote`
+    or ``$HOME`` in them is plain text."""
+    text = os.environ.get(MAKE_ARGS, "")
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise SystemExit(f"Error: ARGS={text!r}: {e} (unbalanced quotes?)") from None
+
+
+def main(group: click.Group, prog_name: str) -> None:
+    """Run a command group on the command line's arguments plus `make_args()`."""
+    group(args=sys.argv[1:] + make_args(), prog_name=prog_name)
 
 
 def prep_options(f: Callable) -> Callable:

@@ -56,11 +56,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def remove(path: Path) -> None:
-    """Delete a file or folder of ours if it exists."""
+    """Delete a file or folder of ours if it exists (best effort: it runs while handling another error)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
 
 
@@ -187,7 +187,7 @@ class OutputFolder:
     def __enter__(self) -> OutputFolder:
         self._lock.__enter__()
         try:
-            self._restore_retired()
+            self.restore_interrupted_swap()
             self.check_replaceable()
             remove(self.partial)  # left by a killed run
             self.partial.mkdir(parents=True)
@@ -211,7 +211,7 @@ class OutputFolder:
         """Where to write file `name` (may contain '/') inside the folder being built."""
         return self.partial / name
 
-    def _restore_retired(self) -> None:
+    def restore_interrupted_swap(self) -> None:
         """Killed between the two renames of a swap: the previous folder waits in `.NAME.old`."""
         if self.retired.exists() and not self.out.exists():
             self.retired.rename(self.out)

@@ -214,8 +214,26 @@ def _memmap(path: Path, dtype: np.dtype, expected: int | None) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def _count(stats: object, key: str, where: str) -> int:
+    value = stats.get(key) if isinstance(stats, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TokenFileError(f"{where}: expected a count {key!r} >= 0, got {value!r}; rerun prep")
+    return value
+
+
+def _check_offsets(offsets: np.ndarray, n_tokens: int, path: Path, last_is_end: bool) -> None:
+    """Offsets into a split must rise and stay within it (a damaged index would read other documents)."""
+    if not len(offsets):
+        return
+    bad_order = bool(np.any(np.diff(offsets.astype(np.int64)) < 0))
+    top = int(offsets[-1]) if last_is_end else int(offsets.max())
+    if bad_order or (last_is_end and (int(offsets[0]) != 0 or top != n_tokens)) or top > n_tokens:
+        raise TokenFileError(f"{path}: offsets out of order or outside the {n_tokens:,} tokens of the split; "
+                             "the folder is damaged, rerun prep")
+
+
 class TokenFolder:
-    """An opened, complete token folder: its meta and its splits."""
+    """An opened, complete token folder: its meta and its splits, checked before anything reads them."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -231,12 +249,24 @@ class TokenFolder:
             self.meta = json.loads(meta_path.read_text("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TokenFileError(f"{meta_path}: not valid JSON ({e}); rerun prep") from e
-        version = self.meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise TokenFileError(f"{meta_path}: format_version {version}, this code reads {FORMAT_VERSION}; rerun prep")
-        if self.meta.get("kind") not in KINDS:
-            raise TokenFileError(f"{meta_path}: kind {self.meta.get('kind')!r}, expected one of {KINDS}")
+        self._check_meta(meta_path)
         self._splits: dict[str, Split] = {}
+
+    def _check_meta(self, meta_path: Path) -> None:
+        meta = self.meta
+        if not isinstance(meta, dict):
+            raise TokenFileError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; rerun prep")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise TokenFileError(f"{meta_path}: format_version {meta.get('format_version')}, this code reads "
+                                 f"{FORMAT_VERSION}; rerun prep")
+        if meta.get("kind") not in KINDS:
+            raise TokenFileError(f"{meta_path}: kind {meta.get('kind')!r}, expected one of {KINDS}")
+        tok = meta.get("tokenizer")
+        if not isinstance(tok, dict) or not isinstance(tok.get("name"), str):
+            raise TokenFileError(f"{meta_path}: expected a 'tokenizer' object with a 'name'; rerun prep")
+        _count(tok, "len", f"{meta_path}: tokenizer")
+        if not isinstance(meta.get("splits"), dict):
+            raise TokenFileError(f"{meta_path}: expected a 'splits' object; rerun prep")
 
     @property
     def kind(self) -> str:
@@ -247,20 +277,33 @@ class TokenFolder:
         return self.meta["tokenizer"]
 
     def split(self, name: str) -> Split:
-        """Memmap `name` (``train`` or ``val``), checking file sizes against meta.json."""
+        """Memmap `name` (``train`` or ``val``), checked against meta.json: file sizes, offsets, and token
+        ids below the tokenizer's length (a numpy max over the memmap, about a second per GB)."""
         if name not in self._splits:
-            stats = self.meta.get("splits", {}).get(name)
-            if stats is None:
-                raise TokenFileError(f"{self.path / META_NAME}: no split {name!r}")
-            n = stats["tokens"]
-            has_mask = self.kind == "sft"
-            tokens = _memmap(self.path / f"{name}.bin", TOKEN_DTYPE, n)
-            starts = _memmap(self.path / f"{name}.idx", INDEX_DTYPE, stats["docs"] + 1)
-            mask = _memmap(self.path / f"{name}.mask.bin", MASK_DTYPE, n) if has_mask else None
-            turns_path = self.path / f"{name}.turns.idx"
-            turns = _memmap(turns_path, INDEX_DTYPE, None) if turns_path.exists() else None
-            self._splits[name] = Split(name, tokens, starts, mask, turns, stats)
+            self._splits[name] = self._open_split(name)
         return self._splits[name]
+
+    def _open_split(self, name: str) -> Split:
+        meta_path = self.path / META_NAME
+        stats = self.meta["splits"].get(name)
+        if stats is None:
+            raise TokenFileError(f"{meta_path}: no split {name!r}")
+        n = _count(stats, "tokens", f"{meta_path}: split {name}")
+        n_docs = _count(stats, "docs", f"{meta_path}: split {name}")
+        tokens = _memmap(self.path / f"{name}.bin", TOKEN_DTYPE, n)
+        starts = _memmap(self.path / f"{name}.idx", INDEX_DTYPE, n_docs + 1)
+        mask = _memmap(self.path / f"{name}.mask.bin", MASK_DTYPE, n) if self.kind == "sft" else None
+        turns_path = self.path / f"{name}.turns.idx"
+        turns = _memmap(turns_path, INDEX_DTYPE, None) if turns_path.exists() else None
+        _check_offsets(starts, n, self.path / f"{name}.idx", last_is_end=True)
+        if turns is not None:
+            _check_offsets(turns, n, turns_path, last_is_end=False)
+        n_ids = self.tokenizer["len"]
+        top = int(tokens.max()) if n else -1
+        if top >= n_ids:
+            raise TokenFileError(f"{self.path / f'{name}.bin'}: token id {top} is outside the tokenizer's {n_ids:,} "
+                                 "ids (a damaged file, or a wrong tokenizer in meta.json); rerun prep")
+        return Split(name, tokens, starts, mask, turns, stats)
 
 
 def open_token_folder(path: str | os.PathLike) -> TokenFolder:

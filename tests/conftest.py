@@ -36,3 +36,26 @@ def byte_tokenizer():
     from prep.tokenizer import load_tokenizer
 
     return load_tokenizer("bytes")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own tiny tmpfs (`small_disk(size)` mounts it): the way to test a full or read-only
+    disk for real. Needs root (CI runs as root); skipped cleanly elsewhere."""
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str = "1m", read_only: bool = False) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)

@@ -1,6 +1,7 @@
-"""``python -m train``: see `train.cli`."""
+"""``python -m train``: see `train.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
 
+from prep.cli_common import main
 from train.cli import cli
 
 if __name__ == "__main__":
-    cli(prog_name="python -m train")
+    main(cli, "python -m train")

@@ -7,68 +7,115 @@
       train_config.json   the full TrainConfig and how the run was started (stage, data, init)
 
 The sampler and the dropout RNG are pure functions of (seed, step, rank), so the step *is* their
-state. A new checkpoint is built in ``OUT/.checkpoint.tmp`` and swapped in by renames, so a crash at
-any moment leaves the previous checkpoint or the new one, never a mix (a crash between the two
-renames leaves ``.checkpoint.old``, which `find_checkpoint` puts back).
+state. A checkpoint is built beside the old one and swapped in (`prep.outputs.OutputFolder`, kind
+``checkpoint``), so a crash at any moment leaves the previous checkpoint or the new one, never a mix,
+and a full disk leaves the previous one intact.
+
+A run folder is typed by its checkpoint: `check_resumable` refuses to continue a checkpoint of the
+other stage, or of another tokenizer or model shape, so a typo in ``--out`` never overwrites another
+run's work. Everything loaded from a checkpoint is checked against the model before use.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from model.gpt import GPT
-from model.io import CHECKPOINT_DIR, CheckpointError, save_model
+from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, read_model_info, save_model
+from prep.outputs import OutputFolder, write_json_atomic
+from prep.tokenizer import TokenizerError, check_identity
 
 TRAINER_STATE = "trainer.pt"
 TRAIN_CONFIG = "train_config.json"
+CHECKPOINT_FILES = {WEIGHTS_NAME, INFO_NAME, TRAINER_STATE, TRAIN_CONFIG}
+BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two fp32 moments: what a checkpoint holds per parameter
+CHECKPOINT_SLACK = 64 << 10  # model.json, train_config.json, file headers
 
 
-def find_checkpoint(out: Path) -> Path | None:
-    """The run's finished checkpoint folder, or None for a fresh run."""
-    ckpt, old = out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.old"
-    if not ckpt.exists() and old.exists():  # interrupted between the two renames of a save
-        old.rename(ckpt)
-    return ckpt if ckpt.exists() else None
+def _legacy_checkpoint_files(folder: Path) -> set[str] | None:
+    """A checkpoint written before folders had a manifest: it has a model.json."""
+    return CHECKPOINT_FILES if (folder / INFO_NAME).is_file() else None
 
 
-def save_checkpoint(out: Path, model: GPT, optimizer: torch.optim.Optimizer, scaler, step: int,
+def checkpoint_folder(run: RunFolder) -> OutputFolder:
+    """The swap-in builder of ``run/checkpoint`` (the run itself holds the folder's lock)."""
+    return OutputFolder(run.checkpoint, "checkpoint", "checkpoint", _legacy_checkpoint_files, lock=False)
+
+
+def find_checkpoint(run: RunFolder) -> Path | None:
+    """The run's finished checkpoint folder, or None for a fresh run (repairs an interrupted swap)."""
+    checkpoint_folder(run).restore_interrupted_swap()
+    return run.checkpoint if (run.checkpoint / INFO_NAME).is_file() else None
+
+
+def checkpoint_bytes(model: GPT) -> int:
+    """About what one checkpoint of `model` takes on disk (checked free before training starts)."""
+    return int(BYTES_PER_PARAM * model.num_params() * 1.02) + CHECKPOINT_SLACK
+
+
+def save_checkpoint(run: RunFolder, model: GPT, optimizer: torch.optim.Optimizer, scaler, step: int,
                     tokenizer: dict, data_kind: str, run_info: dict) -> Path:
     """Write the checkpoint for `step` (rank 0 only) and swap it in atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp, final, old = out / f".{CHECKPOINT_DIR}.tmp", out / CHECKPOINT_DIR, out / f".{CHECKPOINT_DIR}.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(tmp, model, tokenizer, data_kind, step)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
-    torch.save(state, tmp / TRAINER_STATE)
-    (tmp / TRAIN_CONFIG).write_text(json.dumps(run_info, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    with checkpoint_folder(run) as folder:
+        save_model(folder.partial, model, tokenizer, data_kind, step)
+        _save_torch(state, folder.path(TRAINER_STATE))
+        write_json_atomic(folder.path(TRAIN_CONFIG), run_info)
+        return folder.commit()
+
+
+def _save_torch(state: dict, path: Path) -> None:
+    """torch.save that reports a full disk as the OSError it is (torch wraps it in a RuntimeError), so
+    the checkpoint builder can turn it into one line and keep the previous checkpoint."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(state, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
 
 
 def load_trainer_state(ckpt: Path) -> dict:
     """Optimizer/scaler state and step, without unpickling arbitrary objects."""
     path = ckpt / TRAINER_STATE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "optimizer" not in state:
+        raise CheckpointError(f"{path}: not a trainer state (expected step and optimizer)")
+    return state
+
+
+def check_optimizer_state(state: dict, model: GPT, info_step: int, where: Path) -> None:
+    """Refuse optimizer state that does not belong to `model` (e.g. a trainer.pt copied from another run)."""
+    if state["step"] != info_step:
+        raise CheckpointError(f"{where}: trainer.pt is at step {state['step']} but model.json at step {info_step}; "
+                              "the checkpoint mixes two runs")
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = state["optimizer"].get("param_groups", [])
+    n_saved = sum(len(g.get("params", [])) for g in groups)
+    if n_saved != len(params):
+        raise CheckpointError(f"{where}: trainer.pt holds optimizer state for {n_saved} tensors, the model has "
+                              f"{len(params)}")
+    order = [p for p in params if p.dim() >= 2] + [p for p in params if p.dim() < 2]  # train.optim's groups
+    saved = state["optimizer"].get("state", {})
+    for index, p in enumerate(order):
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = saved.get(index, {}).get(key)
+            if t is not None and tuple(t.shape) != tuple(p.shape):
+                raise CheckpointError(f"{where}: optimizer state {key} of tensor {index} has shape {tuple(t.shape)}, "
+                                      f"the model's has {tuple(p.shape)} (another model's trainer.pt?)")
 
 
 def read_run_info(ckpt: Path) -> dict:
@@ -77,18 +124,23 @@ def read_run_info(ckpt: Path) -> dict:
         return json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def check_tokenizer(expected: dict, got: dict, what: str, where: str) -> None:
-    """Refuse to pair a model with data tokenized differently (compares vocabulary fingerprints)."""
-    if expected.get("fingerprint") != got.get("fingerprint") or expected.get("len") != got.get("len"):
-        raise CheckpointError(
-            f"{where}: {what} was made with tokenizer {expected.get('name')!r} (fingerprint "
-            f"{expected.get('fingerprint')}, {expected.get('len')} ids), but the data uses {got.get('name')!r} "
-            f"(fingerprint {got.get('fingerprint')}, {got.get('len')} ids)"
-        )
+def check_resumable(ckpt: Path, stage: str, identity: dict, shape: dict) -> dict:
+    """The checkpoint's model.json, once it is known to be this stage's, tokenizer's and shape's."""
+    info = read_model_info(ckpt)
+    run_stage = read_run_info(ckpt).get("stage", info["data_kind"])
+    if run_stage != stage:
+        raise CheckpointError(f"{ckpt}: holds a {run_stage} run; `train {stage}` would overwrite it. Use another "
+                              f"--out for {stage} (nothing was changed)")
+    try:
+        check_identity(info["tokenizer"], identity, str(ckpt), "the data's tokenizer")
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from None
+    check_shape(info["config"], shape, str(ckpt / INFO_NAME))
+    return info
 
 
 def check_shape(model_config: dict, wanted: dict, where: str) -> None:
@@ -96,4 +148,3 @@ def check_shape(model_config: dict, wanted: dict, where: str) -> None:
     diffs = [f"{k}={model_config.get(k)} (run wants {v})" for k, v in wanted.items() if model_config.get(k) != v]
     if diffs:
         raise CheckpointError(f"{where}: checkpoint model has {', '.join(diffs)}")
-

@@ -1,7 +1,9 @@
-"""``python -m train pretrain|sft``: thin Click commands over `train.loop.train`.
+"""``python -m train pretrain|sft|eval|report``: thin Click commands over `train.trainer.train` and friends.
 
 A preset gives every field; plain options and ``--set key=value`` (repeatable, typed from
-`train.config.TrainConfig`) override it. Errors a user can fix are one line and exit non-zero.
+`train.config.TrainConfig`) override it. Errors a user can fix are one line and exit non-zero; an
+interrupted run exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP) after
+saving its checkpoint, so scripts can tell it from a finished one.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from pathlib import Path
 import click
 
 from model.io import CheckpointError
+from model.options import device_option
+from model.runtime import RuntimeChoiceError
+from prep.cli_common import CommandError, one_line_errors
+from prep.outputs import OutputError
 from prep.tokenfile import TokenFileError
 from prep.tokenizer import TokenizerError
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
-from train.loop import RunSpec, TrainError, train
 from train.report import report_command
+from train.trainer import RunSpec, TrainError, train
 
-USER_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError)
+TRAIN_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError, OutputError, RuntimeChoiceError)
 
 
 @click.group()
@@ -43,10 +49,10 @@ def run_options(f):
         click.option("--eval-every", type=int, help="steps between evals (val loss, bpb, a sample)"),
         click.option("--ckpt-every", type=int, help="steps between checkpoints"),
         click.option("--seed", type=int, help="seed of the initial weights and the batch order"),
-        click.option("--device", help="auto, cpu, cuda, cuda:N or mps"),
+        device_option,
         click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the model (default: on for CUDA, off elsewhere)"),
-        click.option("--stop-at", type=int,
+        click.option("--stop-at", type=click.IntRange(min=1),
                      help="checkpoint and exit after this step without changing the schedule (for time-limited jobs)"),
     ]
     for option in reversed(options):
@@ -55,28 +61,27 @@ def run_options(f):
 
 
 def build_config(stage: str, preset_name: str, assignments, **plain):
-    """The preset, then plain options, then --set; returns the config and the names set explicitly."""
+    """The preset, then plain options, then --set (the names given travel in `set_fields`)."""
     items = [f"{k}={v}" for k, v in plain.items() if v is not None] + list(assignments)
     try:
-        cfg = apply_overrides(preset(preset_name, stage), items)
+        return apply_overrides(preset(preset_name, stage), items)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    explicit = frozenset(item.partition("=")[0].strip().replace("-", "_") for item in items)
-    return cfg, explicit
 
 
+@one_line_errors(*TRAIN_ERRORS)
 def run(stage: str, preset_name: str, data: Path, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
     compile_ = plain.pop("compile_")
     if compile_ is not None:
         plain["compile"] = "on" if compile_ else "off"
-    cfg, explicit = build_config(stage, preset_name, assignments, **plain)
-    spec = RunSpec(stage, data, out, init, stop_at, explicit)
+    plain["device"] = None if plain.get("device") == "auto" else plain.get("device")
+    cfg = build_config(stage, preset_name, assignments, **plain)
     try:
-        train(cfg, spec)
-    except USER_ERRORS as e:
-        raise click.ClickException(str(e)) from None
+        result = train(cfg, RunSpec(stage, data, out, init, stop_at))
     except KeyboardInterrupt:
-        raise click.ClickException("aborted by a second Ctrl-C; the last checkpoint in OUT is kept") from None
+        raise CommandError("aborted by a second Ctrl-C; the last checkpoint in OUT is kept", 130) from None
+    if result.signal is not None:
+        raise SystemExit(128 + result.signal)
 
 
 @cli.command()

@@ -1,8 +1,12 @@
 """Every training knob in one dataclass, the presets, and ``--set key=value`` overrides.
 
-A preset is a named set of field values; the command line can change any field. Pretraining and
-SFT share the dataclass: ``train sft --preset mini`` uses the SFT variant ``mini-sft`` (same model
-shape, a learning rate for fine-tuning).
+`TrainConfig` holds the model's own `GPTConfig` (``cfg.model``) and the training fields. A preset is
+a named set of field values; the command line can change any field, model fields included
+(``--set n_layer=6``), except the vocabulary size, which always comes from the data's tokenizer.
+Which fields the command line set travels with the config (`TrainConfig.set_fields`): SFT takes the
+model shape from its --init model unless the user set it, and a resumed run says what changed.
+Pretraining and SFT share the dataclass: ``train sft --preset mini`` uses the SFT variant
+``mini-sft`` (same model shape, a learning rate for fine-tuning).
 """
 
 from __future__ import annotations
@@ -10,20 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+from model.gpt import GPTConfig
+from model.runtime import DTYPES
 
 
 @dataclass
 class TrainConfig:
-    # model (the vocabulary size comes from the data's tokenizer)
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 256
-    dropout: float = 0.0
-    bias: bool = True
+    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is replaced by the data's at run time
     # batch: sequences per optimizer step over all ranks, and per forward pass on one rank
     batch_size: int = 256
     micro_batch_size: int = 32
@@ -43,12 +42,13 @@ class TrainConfig:
     sample_tokens: int = 32
     log_every: int = 1
     ckpt_every: int = 500
-    # runtime
+    # runtime (names: model.runtime)
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    dtype: str = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
-    loss_chunk_tokens: int = 1024  # tokens per chunk of the output layer + cross-entropy
+    # the fields given on the command line (plain options or --set), in the order given
+    set_fields: tuple[str, ...] = ()
 
     def accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank: batch_size = micro_batch_size x accumulation x ranks."""
@@ -60,14 +60,39 @@ class TrainConfig:
             )
         return self.batch_size // per_step
 
-    def model_fields(self) -> dict:
-        return {k: getattr(self, k) for k in MODEL_FIELDS}
+    def fit_to_ranks(self, world_size: int) -> tuple[TrainConfig, str | None]:
+        """This config with a micro-batch that splits the batch over `world_size` ranks, and a note if it
+        changed. The effective batch (and so the results) stays the same; only a micro-batch the user
+        set explicitly is never changed (a wrong one is an error naming it)."""
+        if self.batch_size % (self.micro_batch_size * world_size) == 0 or "micro_batch_size" in self.set_fields:
+            self.accumulation(world_size)  # raises with the fields to change
+            return self, None
+        fits = [m for m in range(self.micro_batch_size, 0, -1) if self.batch_size % (m * world_size) == 0]
+        if not fits:
+            raise ValueError(f"batch_size {self.batch_size} cannot be split over {world_size} processes; "
+                             "use a batch_size that is a multiple of the process count")
+        fitted = dataclasses.replace(self, micro_batch_size=fits[0])
+        note = (f"micro_batch_size {self.micro_batch_size} -> {fits[0]} so that batch_size {self.batch_size} splits "
+                f"over {world_size} processes (accumulation {fitted.accumulation(world_size)})")
+        return fitted, note
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["set_fields"] = list(self.set_fields)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The inverse of `to_dict`; also reads the flat layout of checkpoints written before `model` nested."""
+        d = dict(d)
+        model_names = {f.name for f in fields(GPTConfig)}
+        model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_names}
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} and k not in model_names}
+        d["set_fields"] = tuple(d.get("set_fields", ()))
+        return cls(model=GPTConfig.from_dict({k: v for k, v in model.items() if k in model_names}), **d)
 
 
 # The dataclass defaults are the `mini` preset, the model of record: GPT-2 small's body (85M) with the
@@ -105,7 +130,20 @@ def preset(name: str, stage: str = "pretrain") -> TrainConfig:
         name = f"{name}-sft"
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return TrainConfig(**PRESETS[name])
+    return _set(TrainConfig(), PRESETS[name])
+
+
+def _set(config: TrainConfig, values: dict) -> TrainConfig:
+    """`config` with `values` applied, model fields going to ``config.model``."""
+    model_names = {f.name for f in fields(GPTConfig)}
+    model = dataclasses.replace(config.model, **{k: v for k, v in values.items() if k in model_names})
+    rest = {k: v for k, v in values.items() if k not in model_names}
+    return dataclasses.replace(config, model=model, **rest)
+
+
+def _settable_fields() -> dict[str, dataclasses.Field]:
+    own = {f.name: f for f in fields(TrainConfig) if f.name not in ("model", "set_fields")}
+    return own | {f.name: f for f in fields(GPTConfig) if f.name != "vocab_size"}
 
 
 def _parse(field: dataclasses.Field, text: str):
@@ -132,38 +170,49 @@ def _parse(field: dataclasses.Field, text: str):
 
 
 def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Apply ``key=value`` strings, each value typed from the dataclass field. Unknown keys are errors."""
-    by_name = {f.name: f for f in fields(TrainConfig)}
+    """Apply ``key=value`` strings, each value typed from its dataclass field. Unknown keys are errors.
+
+    The keys join `set_fields`, so the run knows what the user chose.
+    """
+    settable = _settable_fields()
     changes = {}
     for item in assignments:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"--set {item!r}: expected key=value")
-        if key not in by_name:
-            raise ValueError(f"--set {item!r}: unknown field {key!r}; fields are {', '.join(by_name)}")
+        if key == "vocab_size":
+            raise ValueError(f"--set {item!r}: vocab_size comes from the data's tokenizer and cannot be set")
+        if key not in settable:
+            raise ValueError(f"--set {item!r}: unknown field {key!r}; fields are {', '.join(settable)}")
         try:
-            changes[key] = _parse(by_name[key], text)
+            changes[key] = _parse(settable[key], text)
         except ValueError as e:
             raise ValueError(f"--set {item!r}: {e}") from None
-    return validate(dataclasses.replace(config, **changes))
+    set_fields = tuple(dict.fromkeys([*config.set_fields, *changes]))
+    return validate(dataclasses.replace(_set(config, changes), set_fields=set_fields))
 
 
 def validate(config: TrainConfig) -> TrainConfig:
     """Refuse values that can only fail later, with the field's name."""
-    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "micro_batch_size", "max_steps",
-                "eval_every", "eval_blocks", "log_every", "ckpt_every", "loss_chunk_tokens")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
-    if config.n_embd % config.n_head:
-        raise ValueError(f"n_embd ({config.n_embd}) must be a multiple of n_head ({config.n_head})")
-    if not 0 <= config.dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+    m = config.model
+    positive = {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "block_size": m.block_size,
+                "loss_chunk_tokens": m.loss_chunk_tokens}
+    positive |= {name: getattr(config, name) for name in ("batch_size", "micro_batch_size", "max_steps",
+                                                          "eval_every", "eval_blocks", "log_every", "ckpt_every")}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if m.n_embd % m.n_head:
+        raise ValueError(f"n_embd ({m.n_embd}) must be a multiple of n_head ({m.n_head})")
+    if not 0 <= m.dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {m.dropout}")
     if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or config.warmup_steps < 0:
         raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
-    if config.dtype not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"dtype must be auto, bf16, fp16 or fp32, got {config.dtype!r}")
+    if config.seed < 0:
+        raise ValueError(f"seed must be >= 0, got {config.seed}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {config.compile!r}")
     return config

@@ -14,6 +14,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from model.runtime import pick_device
+
 
 @dataclass
 class Dist:
@@ -41,24 +43,8 @@ class Dist:
             dist.barrier()
 
 
-def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """``auto``: this rank's GPU where CUDA is available, else the CPU. Explicit choices are checked."""
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(choice)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device cuda requested, but this PyTorch has no usable CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device mps requested, but it is not available")
-    return device
-
-
 def setup(device_choice: str) -> Dist:
-    """Join the process group if launched by torchrun; pick this rank's device."""
+    """Join the process group if launched by torchrun; pick this rank's device (`model.runtime.pick_device`)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

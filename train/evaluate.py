@@ -14,7 +14,11 @@ import math
 import numpy as np
 import torch
 
+from model.generate import Engine, stream_text
 from model.gpt import GPT
+from model.io import stop_ids
+from model.sampling import SamplingParams
+from prep.chat_template import render_prompt
 from prep.tokenfile import Split
 from train.data import read_windows
 
@@ -54,35 +58,26 @@ def bits_per_byte(mean_loss: float, split: Split) -> float | None:
 def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     """The sample prompt's ids: raw text for pretraining, a ChatML user turn + assistant header for SFT."""
     if chat:
-        from prep.chat_template import render_prompt
-
-        return render_prompt([{"role": "user", "content": prompt}], tokenizer)
+        return render_prompt([("user", prompt)], tokenizer)
     return tokenizer.encode(prompt)
 
 
-@torch.no_grad()
-def sample_text(model: GPT, tokenizer, prompt: str, chat: bool, max_new_tokens: int, device: torch.device,
+def sample_text(model: GPT, tokenizer, prompt: str, chat: bool, max_new_tokens: int,
                 autocast=contextlib.nullcontext, seed: int = 0) -> str:
-    """A seeded sample (temperature 0.8, top-50) continuing the prompt, cut at the first special token.
+    """A seeded sample (temperature 0.8, top-50) continuing the prompt, up to the model's stop token.
 
     Sampled rather than greedy: greedy decoding of a young model repeats its most frequent token
     (``，，，，``), while a sample shows which words it has picked up. The fixed seed makes it the same
-    for the same weights, so runs (and resumed runs) can be compared.
+    for the same weights, so runs (and resumed runs) can be compared. Decoded as ``make sample`` does
+    (`model.generate.stream_text`), minus a character left incomplete by the token limit.
     """
     ids = prompt_ids(tokenizer, prompt, chat)
     if not ids:
         return ""
     was_training = model.training
     model.eval()
-    with autocast():
-        generator = torch.Generator(device=device).manual_seed(seed)
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, n_vocab=len(tokenizer),
-                             temperature=0.8, top_k=50, generator=generator)
+    engine = Engine(model, len(tokenizer), stop_ids(tokenizer, chat), autocast)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed)
+    tokens = engine.generate(ids, params)[0].tokens
     model.train(was_training)
-    new = out[0, min(len(ids), model.config.block_size - 1):].tolist()  # generate keeps the prompt's tail
-    stops = {tokenizer.eot_id, tokenizer.im_end_id, tokenizer.im_start_id}
-    for k, t in enumerate(new):
-        if t in stops:
-            new = new[:k]
-            break
-    return tokenizer.decode(new)
+    return "".join(stream_text(tokens, tokenizer, final=False))

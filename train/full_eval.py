@@ -11,7 +11,6 @@ little context, so these losses sit a little above those of a sliding-window eva
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,10 +21,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.io import CheckpointError, read_model_info, resolve_model_dir
+from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_dir
 from model.loader import load_on_device
+from model.options import device_option, dtype_option
+from model.runtime import RuntimeChoiceError
+from prep.cli_common import one_line_errors
+from prep.outputs import OutputError, write_json_atomic
 from prep.tokenfile import TokenFileError, open_token_folder
-from train.checkpoint import check_tokenizer
+from prep.tokenizer import TokenizerError, check_identity
 from train.data import tiling_starts
 from train.evaluate import bits_per_byte, evaluate_windows
 
@@ -35,8 +38,9 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
     """Evaluate `ckpt` on every block of `split` of the token folder `data`; returns the figures."""
     folder = open_token_folder(data)
     info = read_model_info(ckpt)
-    check_tokenizer(info["tokenizer"], folder.tokenizer, "the checkpoint", str(resolve_model_dir(ckpt)))
-    model, info, autocast = load_on_device(ckpt, device, dtype)
+    check_identity(info["tokenizer"], folder.tokenizer, str(resolve_model_dir(ckpt)), f"the data ({data})")
+    model, info, prec = load_on_device(ckpt, device, dtype)
+    autocast = prec.autocast
     dev = next(model.parameters()).device
     sp = folder.split(split)
     T = model.config.block_size
@@ -69,16 +73,9 @@ def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split:
         "blocks": int(len(starts)),
         "target_tokens": int(count),
         "loss": loss,
-        "perplexity": math.exp(loss) if loss < 700 else math.inf,
+        "perplexity": math.exp(loss) if loss < 700 else None,  # None: too large for a float
         "bits_per_byte": bits_per_byte(loss, sp),
     }
-
-
-def default_out(ckpt: Path, data: Path, split: str) -> Path:
-    """``RUN/eval_{data folder}_{split}.json``, beside (never inside) the swapped-in checkpoint folder."""
-    model_dir = resolve_model_dir(ckpt)
-    run = model_dir.parent if model_dir.name == "checkpoint" else model_dir
-    return run / f"eval_{Path(data).resolve().name}_{split}.json"
 
 
 def print_table(result: dict, console: Console) -> None:
@@ -86,7 +83,8 @@ def print_table(result: dict, console: Console) -> None:
     for name in ("loss (nats/token)", "perplexity", "bits per byte", "target tokens", "blocks"):
         table.add_column(name, justify="right")
     bpb = result["bits_per_byte"]
-    table.add_row(f"{result['loss']:.4f}", f"{result['perplexity']:.2f}", "n/a" if bpb is None else f"{bpb:.4f}",
+    ppl = result["perplexity"]
+    table.add_row(f"{result['loss']:.4f}", "inf" if ppl is None else f"{ppl:.2f}", "n/a" if bpb is None else f"{bpb:.4f}",
                   f"{result['target_tokens']:,}", f"{result['blocks']:,} x {result['block_size']}")
     console.print(table)
 
@@ -96,20 +94,19 @@ def print_table(result: dict, console: Console) -> None:
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="token folder (prep output)")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="blocks per forward pass")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
-@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPUs that support it (as in training), fp32 elsewhere")
+@device_option
+@dtype_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
+@one_line_errors(CheckpointError, TokenFileError, TokenizerError, OutputError, RuntimeChoiceError)
 def eval_command(ckpt: Path, data: Path, split: str, batch_size: int, device: str, dtype: str, out: Path | None) -> None:
     """Loss, perplexity and bits per byte of a checkpoint over a whole split (non-overlapping blocks)."""
     err = Console(stderr=True)
-    try:
-        result = evaluate_checkpoint(ckpt, data, split, batch_size, device, dtype, console=err)
-        out = out or default_out(ckpt, data, split)
-    except (CheckpointError, TokenFileError) as e:
-        raise click.ClickException(str(e)) from None
+    out = out or RunFolder.of(resolve_model_dir(ckpt)).eval_result(data, split)
+    if out.is_dir():  # found out now, not after evaluating the whole split
+        raise OutputError(f"--out {out}: is a folder; give a file name for the JSON result")
+    result = evaluate_checkpoint(ckpt, data, split, batch_size, device, dtype, console=err)
     print_table(result, Console())
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    write_json_atomic(out, result)
     err.print(f"wrote {out}")

@@ -1,9 +1,9 @@
 """What a run reports: ``OUT/metrics.jsonl``, ``OUT/loss.png`` and the live view in the terminal.
 
-``metrics.jsonl`` holds one JSON object per line: train lines ``{"step", "loss", "lr", "tokens_per_s",
-"mfu", "grad_norm"}`` and eval lines ``{"step", "val_loss", "val_bpb"}``. On resume, lines after the
-checkpoint's step (written by the interrupted run, and about to be redone) are dropped, so the file
-reads as if the run had never stopped.
+``metrics.jsonl`` holds one strict JSON object per line (a non-finite value is written as null): train
+lines ``{"step", "loss", "lr", "tokens_per_s", "mfu", "grad_norm"}`` and eval lines ``{"step",
+"val_loss", "val_bpb"}``. On resume, lines after the checkpoint's step (written by the interrupted
+run, and about to be redone) are dropped, so the file reads as if the run had never stopped.
 """
 
 from __future__ import annotations
@@ -16,37 +16,52 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-METRICS_NAME = "metrics.jsonl"
-PLOT_NAME = "loss.png"
+from model.io import RunFolder
+from prep.outputs import atomic_file
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of a metrics file; a line cut short by a kill (or not an object) is skipped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def strict_json(record: dict) -> str:
+    """One JSON line; a non-finite number becomes null, so every reader can parse the file."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, ensure_ascii=False, allow_nan=False)
 
 
 class MetricsLog:
-    def __init__(self, out: Path, resume_step: int | None):
-        self.path = out / METRICS_NAME
-        out.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict] = []
-        if resume_step is not None and self.path.exists():
-            for line in self.path.read_text("utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                if isinstance(rec, dict) and rec.get("step", math.inf) <= resume_step:
-                    self.records.append(rec)
-        tmp = self.path.with_name(f".{METRICS_NAME}.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records), "utf-8")
-        tmp.replace(self.path)
+    """``metrics.jsonl`` of a run (rank 0): rewritten up to `resume_step` on resume, then appended."""
+
+    def __init__(self, run: RunFolder, resume_step: int | None):
+        self.path = run.metrics
+        self.plot_path = run.plot
+        run.path.mkdir(parents=True, exist_ok=True)
+        self.records = [r for r in read_records(self.path) if r.get("step", math.inf) <= resume_step] \
+            if resume_step is not None else []
+        with atomic_file(self.path) as tmp:
+            tmp.write_text("".join(strict_json(r) + "\n" for r in self.records), "utf-8")
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         self.records.append(record)
-        self.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.file.write(strict_json(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:
         self.file.close()
 
-    def plot(self, path: Path | None = None) -> None:
+    def plot(self) -> None:
         """Train loss (raw and smoothed) and val loss against step, to ``loss.png``."""
         import matplotlib
 
@@ -68,11 +83,11 @@ class MetricsLog:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = path or self.path.with_name(PLOT_NAME)
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(path)
+        try:
+            with atomic_file(self.plot_path) as tmp:
+                fig.savefig(tmp, format="png")
+        finally:
+            plt.close(fig)
 
 
 def _ema(values, alpha: float = 0.1) -> list[float]:
@@ -112,8 +127,9 @@ class LiveView:
         self.progress.__exit__(*exc)
 
     def update(self, rec: dict) -> None:
+        mfu = "n/a" if rec["mfu"] is None else f"{100 * rec['mfu']:.1f}%"
         self.progress.update(self.task, completed=rec["step"], loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
-                             tps=f"{rec['tokens_per_s']:,.0f}", mfu=f"{100 * rec['mfu']:.1f}%")
+                             tps=f"{rec['tokens_per_s']:,.0f}", mfu=mfu)
 
     def print(self, *args, **kwargs) -> None:
         if self.enabled:

@@ -3,6 +3,9 @@
 MFU = flops_per_token x tokens/s / peak. On CUDA the peak is the device's dense bf16 (fp16) tensor-
 core figure from its datasheet; on a CPU (or an unknown GPU) it is measured in the same run by timing
 a large matmul, so the figure says how close training comes to what this machine's matmul can do.
+A measured peak is the best of several timings; if training ever beats it (the machine was busy when
+it was measured), `PeakMeter` measures again and keeps the higher figure, and it never reports a
+utilisation above 100%.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ def cuda_table_peak(name: str) -> float | None:
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
-                        seconds: float = 0.3) -> float:
-    """FLOP/s of a square matmul on `device`, best of several timed repeats."""
+                        seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul on `device`, best of the timed repeats that fit in `seconds`."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -76,3 +79,21 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         return peak, f"{name}: not in the table, measured {dtype} matmul {peak / 1e12:.1f} TFLOP/s"
     peak = measure_matmul_peak(device, torch.float32)
     return peak, f"{device.type}: measured fp32 matmul {peak / 1e9:.1f} GFLOP/s"
+
+
+class PeakMeter:
+    """The peak a run's MFU is measured against (all ranks), re-measured when a step beats it."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, world_size: int = 1):
+        self.device, self.dtype, self.world_size = device, dtype, world_size
+        peak, self.note = peak_flops(device, dtype)
+        self.measured = self.device.type != "cuda" or "measured" in self.note
+        self.peak = peak * world_size
+
+    def utilisation(self, flops_per_s: float) -> float | None:
+        """``flops_per_s / peak`` in [0, 1], or None when the peak cannot be trusted."""
+        if flops_per_s > self.peak and self.measured:
+            again, self.note = peak_flops(self.device, self.dtype)
+            self.peak = max(self.peak, again * self.world_size)
+        ratio = flops_per_s / self.peak
+        return ratio if ratio <= 1.0 else None

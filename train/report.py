@@ -6,53 +6,40 @@ finished run, on one still training, and on one copied from a GPU machine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from model.io import CHECKPOINT_DIR, CheckpointError, read_model_info
+from model.io import CheckpointError, RunFolder, is_chat, read_model_info
+from prep.cli_common import one_line_errors
+from train.metrics import read_records
 
 
-def read_metrics(run: Path) -> tuple[list[dict], list[dict]]:
-    """Train lines and eval lines of ``RUN/metrics.jsonl`` (a torn last line is ignored)."""
-    train, evals = [], []
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return train, evals
-    for line in path.read_text("utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        (evals if "val_loss" in row else train).append(row)
-    return train, evals
+def read_metrics(run: RunFolder) -> tuple[list[dict], list[dict]]:
+    """Train lines and eval lines of the run's metrics file (a torn last line is ignored)."""
+    records = read_records(run.metrics)
+    return [r for r in records if "val_loss" not in r], [r for r in records if "val_loss" in r]
 
 
-def summarize(run: Path) -> dict:
-    """The figures `report` prints for one run."""
-    try:
-        info = read_model_info(run)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
+def summarize(path: Path) -> dict:
+    """The figures `report` prints for one run (a run folder or its checkpoint folder)."""
+    run = RunFolder.of(path)
+    info = read_model_info(path)
     train, evals = read_metrics(run)
+    evals = [e for e in evals if e.get("val_loss") is not None]
     first, last = (evals[0], evals[-1]) if evals else ({}, {})
     best = min(evals, key=lambda r: r["val_loss"]) if evals else {}
     return {
-        "kind": "chat model (sft)" if info.get("data_kind") == "sft" else "base model (pretrain)",
+        "kind": "chat model (sft)" if is_chat(info) else "base model (pretrain)",
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(**info["config"]),
         "val_first": (first.get("step"), first.get("val_loss")),
         "val_last": (last.get("step"), last.get("val_loss"), last.get("val_bpb")),
         "val_best": (best.get("step"), best.get("val_loss")),
-        "train_last": train[-1]["loss"] if train else None,
-        "files": {
-            "checkpoint": run / CHECKPOINT_DIR,
-            "metrics": run / "metrics.jsonl",
-            "plot": run / "loss.png",
-        },
+        "train_last": train[-1].get("loss") if train else None,
+        "files": {"checkpoint": run.checkpoint, "metrics": run.metrics, "plot": run.plot},
     }
 
 
@@ -63,6 +50,7 @@ def _loss(step_and_loss: tuple) -> str:
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@one_line_errors(CheckpointError)
 def report_command(runs: tuple[Path, ...]) -> None:
     """Summarise run folders: model, steps, validation loss first / best / last, and their files."""
     console = Console()

@@ -13,34 +13,18 @@ until the whole step's loss, gradient norm and stop votes do, in one transfer.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model.gpt import GPT
+from model.runtime import precision
 from train.config import TrainConfig
 from train.data import StepBatch
 from train.dist import Dist
 from train.optim import build_optimizer
-
-
-class PrecisionError(ValueError):
-    """A dtype the device cannot train in."""
-
-
-def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """Autocast dtype (None = plain fp32) and whether a GradScaler is needed (fp16 only)."""
-    choice = cfg.dtype
-    if choice == "auto":
-        if device.type != "cuda":
-            return None, False  # CPUs: no fast bf16 matmul worth the rounding
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on pre-Ampere GPUs
-    if choice == "fp32":
-        return None, False
-    if choice == "fp16" and device.type != "cuda":
-        raise PrecisionError(f"dtype fp16 needs a CUDA device, not {device.type}; use bf16 or fp32")
-    return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)
 
 
 @dataclass
@@ -57,21 +41,16 @@ class Stepper:
     def __init__(self, model: GPT, cfg: TrainConfig, d: Dist):
         self.model, self.cfg, self.d = model, cfg, d
         device = d.device
-        self.amp_dtype, use_scaler = precision(cfg, device)
-        if device.type == "cuda":  # any matmul left in fp32 (an fp32 run, the optimizer's norms) uses TF32
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.precision = precision(device, cfg.dtype)  # raises RuntimeChoiceError, e.g. fp16 on a CPU
         self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
         self.optimizer = build_optimizer(model, cfg, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.needs_grad_scaler)
         # compile first, then DDP (nanoGPT's order): DDP's gradient hooks stay on the real parameters
         fwd = torch.compile(model) if self.compiled else model
         self.fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else fwd
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.d.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def load_state(self, state: dict) -> None:
         """Optimizer and scaler state from a checkpoint; today's weight decay and betas win over saved ones."""
@@ -102,6 +81,15 @@ class Stepper:
         votes = d.all_reduce_sum(torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)]))
         total, stop_votes, n, gnorm = torch.cat([votes, count.view(1), grad_norm.view(1).float()]).tolist()
         return StepStats(total / max(n, 1.0), n, gnorm, stop_votes)
+
+    def divergence(self, stats: StepStats) -> str | None:
+        """Why this step must not be applied, or None. A non-finite loss always diverged; a non-finite
+        gradient norm too, except under fp16's gradient scaler, which skips such steps by design."""
+        if not math.isfinite(stats.loss):
+            return f"the loss is {stats.loss}"
+        if not math.isfinite(stats.grad_norm) and not self.scaler.is_enabled():
+            return f"the gradient norm is {stats.grad_norm} (loss {stats.loss:.4f})"
+        return None
 
     def apply(self) -> None:
         self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed

@@ -27,15 +27,15 @@ def test_oldest_whole_turns_go_first_and_the_system_prompt_stays(byte_tokenizer)
         assert len(fitted.ids) <= budget
     fitted = fit_history("你是助手", TURNS, "最后", byte_tokenizer, without_first - 1)
     assert fitted.dropped_turns == 2
-    roles = [m["role"] for m in fitted.messages]
+    roles = [role for role, _ in fitted.messages]
     assert roles == ["system", "user", "assistant", "user"]  # whole turns: never a reply without its question
-    assert fitted.messages[1]["content"] == "第三"
+    assert fitted.messages[1][1] == "第三"
 
 
 def test_a_message_too_long_for_any_history_is_flagged(byte_tokenizer):
     fitted = fit_history(None, TURNS, "很长" * 50, byte_tokenizer, budget=40)
     assert fitted.overflow and fitted.dropped_turns == len(TURNS)
-    assert [m["role"] for m in fitted.messages] == ["user"]
+    assert [role for role, _ in fitted.messages] == ["user"]
 
 
 def test_reserve_leaves_room_for_the_reply():
@@ -56,9 +56,9 @@ def test_session_sends_the_rendered_history_and_drops_turns_when_full(byte_token
         assert s.turns[-1] == (q, reply)
         assert len(s.last.ids) <= 128 - 8
         assert s.last.ids == render_prompt(s.last.messages, byte_tokenizer)
-        assert s.last.messages[0] == {"role": "system", "content": "sys"}
+        assert s.last.messages[0] == ("system", "sys")
     assert len(s.turns) < 4  # 120 tokens cannot hold four byte-level turns: the oldest went
-    assert s.last.messages[1]["role"] == "user"
+    assert s.last.messages[1][0] == "user"
 
 
 def test_loop_runs_scripted_messages_with_reset_and_exit(byte_tokenizer):

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-from model.export import ExportError, export_hf
+from model.export import export_hf
 from model.generate import Engine
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
+from prep.outputs import OutputError
 from tests.conftest import ROOT
 from tests.model.conftest import save_tiny, tiny_model
 
@@ -74,13 +75,25 @@ def test_export_refuses_a_foreign_folder_and_replaces_its_own(tmp_path):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not an earlier export"):
+    with pytest.raises(OutputError, match="not a Hugging Face export made by this project"):
         export_hf(run, foreign)
     assert (foreign / "keep.txt").read_text() == "mine"
     export_hf(run, tmp_path / "hf")
-    export_hf(run, tmp_path / "hf", dtype="bfloat16")  # a re-export replaces the earlier one
+    export_hf(run, tmp_path / "hf", dtype="bf16")  # a re-export replaces the earlier one
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert not list(tmp_path.glob(".hf.partial"))
+
+
+def test_re_export_keeps_a_folder_holding_the_users_own_files(tmp_path):
+    """A .gguf or notes/ put into an export folder are the user's: refuse rather than delete them."""
+    run = save_tiny(tmp_path / "run")
+    export_hf(run, tmp_path / "hf")
+    (tmp_path / "hf" / "model.gguf").write_bytes(b"GGUF")
+    (tmp_path / "hf" / "notes").mkdir()
+    (tmp_path / "hf" / "notes" / "a.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not write"):
+        export_hf(run, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.gguf").read_bytes() == b"GGUF" and (tmp_path / "hf" / "notes" / "a.txt").exists()
 
 
 @pytest.fixture(scope="module")

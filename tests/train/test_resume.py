@@ -81,13 +81,15 @@ def test_killed_run_resumes_exactly(pretrain_data, tmp_path, reference):
     assert_same_run(out, reference)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_rerun_continues_exactly(pretrain_data, tmp_path, reference):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_saves_a_checkpoint_and_the_rerun_continues_exactly(pretrain_data, tmp_path, reference, sig):
+    """Ctrl-C, or a closed terminal (SIGHUP): checkpoint, exit 128 + signal, and a rerun continues bit for bit."""
     out = tmp_path / "run"
     proc = start(pretrain_data, out)
     wait_for_step(proc, out, 5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
+    assert proc.returncode == 128 + sig, output
     assert "interrupted at step" in output and "Run the same command again" in output
     stopped_at = ckpt_step(out)
     assert stopped_at >= 5 and train_lines(out)[-1]["step"] == stopped_at

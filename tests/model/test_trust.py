@@ -1,0 +1,114 @@
+"""Loading a model never runs, fetches or allocates what its files name; user mistakes are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from model.io import CheckpointError, load_model
+from model.loader import load_for_generation
+from tests.conftest import ROOT
+from tests.model.conftest import save_tiny
+
+
+def run_model(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT)}  # as a user without the offline flag
+    return subprocess.run([sys.executable, "-m", "model", *map(str, args)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    return errors[0]
+
+
+def name_tokenizer(run: Path, name: str) -> None:
+    info_path = run / "checkpoint" / "model.json"
+    info = json.loads(info_path.read_text())
+    info["tokenizer"]["name"] = name
+    info_path.write_text(json.dumps(info))
+
+
+def test_a_tokenizer_folder_with_custom_code_is_never_run(tmp_path):
+    """model.json may name a folder whose tokenizer needs its own Python code: refused, never asked or run."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "EvilTokenizer", "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}}))
+    (evil / "evil.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('x')\n")
+    run = save_tiny(tmp_path / "run")
+    name_tokenizer(run, str(evil))
+    for command in (["sample", "--ckpt", run, "--max-new-tokens", "2"], ["export", "--ckpt", run, "--out", tmp_path / "hf"]):
+        err = one_line(run_model(*command))
+        assert str(evil) in err
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_hub_name_in_model_json_is_not_fetched(tmp_path):
+    run = save_tiny(tmp_path / "run")
+    name_tokenizer(run, "someone/some-tokenizer")
+    started = time.monotonic()
+    err = one_line(run_model("sample", "--ckpt", run, "--max-new-tokens", "2", timeout=60))
+    assert "someone/some-tokenizer" in err and time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_embd", 10**9, "n_embd = 1000000000, expected an integer from 1 to 65,536"),
+    ("n_layer", -2, "n_layer = -2"),
+    ("vocab_size", 1.5, "vocab_size = 1.5"),
+    ("block_size", 64, "implies"),  # a config that disagrees with the stored weights
+])
+def test_absurd_or_inconsistent_sizes_are_refused_before_allocating(tmp_path, field, value, message):
+    run = save_tiny(tmp_path / "run")
+    info_path = run / "checkpoint" / "model.json"
+    info = json.loads(info_path.read_text())
+    info["config"][field] = value
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(run)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--device", "cuda"], "sees no CUDA GPU"),
+    (["--device", "mps"], "mps requested, but it is not available"),
+    (["--dtype", "fp16"], "dtype fp16 needs a CUDA device"),
+])
+def test_devices_and_dtypes_this_machine_lacks_are_one_line(tmp_path, args, message):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = save_tiny(tmp_path / "run")
+    assert message in one_line(run_model("sample", "--ckpt", run, "--max-new-tokens", "2", *args))
+
+
+def test_a_tiny_temperature_is_greedy(tmp_path):
+    loaded = load_for_generation(save_tiny(tmp_path / "run"))
+    from model.sampling import SamplingParams
+
+    tiny = loaded.engine.generate([1, 2, 3], SamplingParams(max_new_tokens=8, temperature=1e-45))[0].tokens
+    greedy = loaded.engine.generate([1, 2, 3], SamplingParams(max_new_tokens=8, temperature=0))[0].tokens
+    assert tiny == greedy
+
+
+def test_a_diverged_checkpoint_is_refused(tmp_path):
+    import torch
+
+    from model.io import save_model
+    from prep.tokenizer import load_tokenizer
+    from tests.model.conftest import tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float("nan")
+    save_model(tmp_path / "ckpt", model, load_tokenizer("bytes").identity(), "pretrain", 1)
+    with pytest.raises(CheckpointError, match="NaN or infinite values"):
+        load_model(tmp_path / "ckpt")

@@ -1,0 +1,405 @@
+"""The training run shared by pretraining and SFT (SFT = pretraining with masks and an initial model).
+
+`train(cfg, spec)` joins the process group (under torchrun), takes the run folder's lock and hands
+over to a `Trainer`, whose life is: ``setup`` (check the data, any checkpoint in OUT and the --init
+model against each other, build the model, the step and the data), then ``run``: steps
+(`train.step.Stepper`) with ``evaluate`` and ``save`` at their intervals, until `max_steps`,
+``--stop-at`` or a stop signal. A non-finite loss or gradient norm stops the run before the weights
+change, so the last checkpoint is always a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from model.gpt import GPT
+from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
+from prep.outputs import check_free_space, output_lock
+from prep.tokenfile import open_token_folder
+from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
+from train import dist
+from train.checkpoint import (
+    check_optimizer_state,
+    check_resumable,
+    check_shape,
+    checkpoint_bytes,
+    find_checkpoint,
+    load_trainer_state,
+    read_run_info,
+    save_checkpoint,
+)
+from train.config import TrainConfig
+from train.data import BlockSampler, StepLoader, eval_starts
+from train.evaluate import bits_per_byte, evaluate_windows, sample_text
+from train.metrics import LiveView, MetricsLog
+from train.optim import lr_at
+from train.perf import PeakMeter
+from train.step import Stepper, StepStats
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
+class TrainError(ValueError):
+    """A problem the user can fix (bad data for the stage, a mismatched model, a diverged run)."""
+
+
+@dataclass
+class RunSpec:
+    stage: str  # "pretrain" or "sft"
+    data: Path
+    out: Path
+    init: Path | None = None  # SFT: the pretrained run (or checkpoint) folder to start from
+    stop_at: int | None = None  # checkpoint and exit after this step, keeping the schedule of max_steps
+
+
+@dataclass
+class RunResult:
+    step: int
+    reason: str  # "done", "stop_at" or "interrupted"
+    train_loss: float | None
+    val_loss: float | None
+    val_bpb: float | None
+    val_step: int | None  # the step of the last eval
+    tokens_per_s: float | None
+    wall_s: float
+    signal: int | None = None  # the signal that interrupted the run
+
+
+class StopFlag:
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) ask for a clean stop at the end of the current step
+    (checkpoint, then exit); the same signal again a second later aborts at once."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.requested_at: float | None = None
+        self.signal: int | None = None
+        self.previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.requested_at is not None
+
+    def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self.requested_at is not None and now - self.requested_at > 1.0:
+            raise KeyboardInterrupt
+        self.requested_at = self.requested_at or now
+        self.signal = self.signal or signum
+
+    def __enter__(self) -> StopFlag:
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers, no clean stop
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch RNG seed of one step on one rank (dropout): a pure function, so resuming needs no RNG state."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def train(cfg: TrainConfig, spec: RunSpec, console: Console | None = None) -> RunResult:
+    """Run (or resume) one training run to `max_steps` (or `stop_at`, or a stop signal)."""
+    d = dist.setup(cfg.device)
+    lock = output_lock(spec.out, "training run") if d.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            trainer = Trainer(cfg, spec, d, console or Console(stderr=True))
+            return trainer.run()
+    finally:
+        dist.teardown()
+
+
+class Trainer:
+    """One training run: its data, model, step, metrics and checkpoints, and the loop over them."""
+
+    def __init__(self, cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console):
+        self.spec, self.d, self.console = spec, d, console
+        self.run_folder = RunFolder(spec.out)
+        self.main, self.sft = d.is_main, spec.stage == "sft"
+        self.wall_start = time.perf_counter()
+        self._open_data()
+        self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
+        self._build()
+        self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
+        self.saved_step, self.rates = self.step, []
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _open_data(self) -> None:
+        """The token folder: the kind this stage trains on, with something to learn."""
+        spec = self.spec
+        if spec.out.exists() and not spec.out.is_dir():
+            raise TrainError(f"{spec.out}: exists and is not a folder; --out must be a run folder")
+        folder = open_token_folder(spec.data)
+        want = "sft" if self.sft else "pretrain"
+        if folder.kind != want:
+            raise TrainError(f"{spec.data}: a {folder.kind!r} token folder, but `train {spec.stage}` needs a {want!r} "
+                             f"one (from `prep {'sft' if self.sft else 'wiki'}`)")
+        self.data_kind = folder.kind
+        self.identity = {**folder.tokenizer, "vocab_size": pad_vocab_size(folder.tokenizer["len"])}
+        self.train_split, self.val_split = folder.split("train"), folder.split("val")
+        if self.train_split.n_tokens < 2:
+            raise TrainError(f"{spec.data}: the train split has {self.train_split.n_tokens} tokens; nothing to train on")
+        targets = self.train_split.stats.get("target_tokens")
+        if self.sft and (targets == 0 or (targets is None and not self.train_split.mask.any())):
+            raise TrainError(f"{spec.data}: no token of the train split is a training target (every loss-mask entry "
+                             "is 0), so there is nothing to learn; check the prep sft output with `prep inspect`")
+
+    def _resolve_model(self, cfg: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
+        """Check OUT's checkpoint and --init against the data; ``(config, checkpoint, init folder)``.
+
+        SFT takes the model shape from its --init (or its own checkpoint) unless a field was set on the
+        command line, in which case it must agree: a shape mismatch is an error, never a silent reshape.
+        """
+        ckpt = self._existing_checkpoint()
+        init = None
+        if ckpt is None and self.sft:
+            if self.spec.init is None:
+                raise TrainError("train sft needs --init <pretraining run folder> (e.g. runs/pretrain)")
+            init = resolve_model_dir(self.spec.init)
+        source = ckpt or init
+        if source is not None and self.sft:
+            shape = {k: v for k, v in read_model_info(source)["config"].items() if k in SHAPE_FIELDS}
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+                cfg.model, **{k: v for k, v in shape.items() if k not in cfg.set_fields}))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.identity["vocab_size"]))
+        wanted = {k: getattr(cfg.model, k) for k in (*SHAPE_FIELDS, "vocab_size")}
+        if ckpt is not None:
+            check_resumable(ckpt, self.spec.stage, self.identity, wanted)
+        elif init is not None:
+            info = read_model_info(init)
+            try:
+                check_identity(info["tokenizer"], self.identity, f"{init} (--init)", "the data's tokenizer")
+            except TokenizerError as e:
+                raise CheckpointError(str(e)) from None
+            check_shape(info["config"], wanted, str(init / "model.json"))
+        return self._fit_to_ranks(cfg), ckpt, init
+
+    def _existing_checkpoint(self) -> Path | None:
+        """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
+        out = self.spec.out
+        ckpt = find_checkpoint(self.run_folder) if self.main else None
+        if self.main and ckpt is None and out.is_dir() and any(out.iterdir()) and not self.run_folder.metrics.exists():
+            raise TrainError(f"{out}: exists and is not a run folder (no checkpoint/ or metrics.jsonl); choose "
+                             "another --out (nothing was changed)")
+        if self.d.enabled:
+            found = [ckpt is not None]
+            torch.distributed.broadcast_object_list(found, src=0)
+            ckpt = self.run_folder.checkpoint if found[0] else None
+        return ckpt
+
+    def _fit_to_ranks(self, cfg: TrainConfig) -> TrainConfig:
+        try:
+            cfg, note = cfg.fit_to_ranks(self.d.world_size)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        if note and self.main:
+            self.console.print(f"[yellow]{note}[/]")
+        return cfg
+
+    def _build(self) -> None:
+        """The model (fresh, from --init or from OUT's checkpoint), its step, the data and the metrics."""
+        cfg, d = self.cfg, self.d
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = GPT(cfg.model)
+        if self.ckpt is not None or self.init is not None:
+            load_weights_into(self.model, self.ckpt or self.init)
+        self.model.to(d.device)
+        self.stepper = Stepper(self.model, cfg, d)
+        self.step = self._load_trainer_state() if self.ckpt is not None else 0
+        T = cfg.model.block_size
+        self.sampler = BlockSampler(self.train_split, T, cfg.micro_batch_size, cfg.seed, self.sft)
+        self.val_starts = (eval_starts(self.val_split, T, cfg.eval_blocks, self.sft) if self.val_split.n_tokens >= 2
+                           else np.zeros(0, np.int64))
+        self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device)
+        self.peak = PeakMeter(d.device, self.stepper.precision.amp_dtype or torch.float32, d.world_size)
+        self.tokenizer = self._sample_tokenizer() if self.main else None
+        self.metrics = MetricsLog(self.run_folder, self.step if self.ckpt is not None else None) if self.main else None
+        if self.main:
+            check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
+            self._announce()
+
+    def _load_trainer_state(self) -> int:
+        state = load_trainer_state(self.ckpt)
+        check_optimizer_state(state, self.model, read_model_info(self.ckpt)["step"], self.ckpt)
+        self.stepper.load_state(state)
+        return int(state["step"])
+
+    def _sample_tokenizer(self):
+        """The data's tokenizer for eval samples, or None (with a note) where it cannot be loaded here."""
+        try:
+            return recorded_tokenizer(self.identity, str(self.spec.data))
+        except (TokenizerError, OSError) as e:
+            self.console.print(f"[yellow]no eval samples: {e}")
+            return None
+
+    def _announce(self) -> None:
+        cfg, d, m = self.cfg, self.d, self.cfg.model
+        prec = self.stepper.precision.name
+        self.console.print(
+            f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
+            f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
+            f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
+            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train "
+            f"{self.train_split.n_tokens:,} tokens, val {len(self.val_starts)} blocks; MFU vs {self.peak.note}")
+        if self.ckpt is not None:
+            self.console.print(f"resuming from {self.ckpt} at step {self.step}")
+            self._print_changes()
+        elif self.init is not None:
+            self.console.print(f"starting from the weights of {self.init}")
+
+    def _print_changes(self) -> None:
+        """A resumed run says which settings differ from the run it continues."""
+        saved = read_run_info(self.ckpt).get("config")
+        if not isinstance(saved, dict):
+            return
+        before, now = TrainConfig.from_dict(saved).to_dict(), self.cfg.to_dict()
+        skip = {"set_fields", "model"}
+        changes = [f"{k} {before[k]} -> {now[k]}" for k in now if k not in skip and before.get(k) != now[k]]
+        if changes:
+            self.console.print(f"[yellow]changed since the checkpoint: {', '.join(changes)}[/]")
+
+    # -- evaluate, save, step ------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        """Val loss and bits per byte on the fixed blocks (all ranks), logged with a sample on rank 0."""
+        self.val_step = self.step
+        if not len(self.val_starts):
+            return
+        d, T = self.d, self.cfg.model.block_size
+        s, n = evaluate_windows(self.model, self.val_split, self.val_starts, T, self.cfg.micro_batch_size, d.device,
+                                self.stepper.autocast, d.rank, d.world_size)
+        s, n = d.all_reduce_sum(torch.tensor([s, n], dtype=torch.float64, device=d.device)).tolist()
+        if n == 0:  # SFT blocks shorter than a user turn: nothing to score
+            if self.main:
+                self.live.print(f"step {self.step}: the {len(self.val_starts)} eval blocks hold no target tokens; "
+                                "raise block_size")
+            return
+        self.val_loss = s / n
+        self.val_bpb = bits_per_byte(self.val_loss, self.val_split)
+        if self.main:
+            self.metrics.write({"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb})
+            self.metrics.plot()
+            self.live.print(self._eval_line())
+
+    def _eval_line(self) -> str:
+        cfg = self.cfg
+        sample = ""
+        if self.tokenizer is not None:
+            sample = sample_text(self.model, self.tokenizer, cfg.sample_prompt, self.sft, cfg.sample_tokens,
+                                 self.stepper.autocast, cfg.seed)
+        bpb = f"{self.val_bpb:.3f}" if self.val_bpb is not None else "n/a"
+        train = f"train loss {self.last_loss:.4f}  " if math.isfinite(self.last_loss) else ""
+        return f"step {self.step}: {train}val loss {self.val_loss:.4f}  val bpb {bpb}  | {cfg.sample_prompt!r} -> {sample!r}"
+
+    def save(self) -> None:
+        if self.main:
+            run_info = {"stage": self.spec.stage, "data": str(self.spec.data),
+                        "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
+                        "config": self.cfg.to_dict()}
+            save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
+                            self.identity, self.data_kind, run_info)
+        self.saved_step = self.step
+
+    def train_step(self, stop_requested: bool) -> StepStats:
+        """One optimizer step; refuses to apply a step whose loss or gradient norm is not finite."""
+        cfg, d = self.cfg, self.d
+        t0 = time.perf_counter()
+        torch.manual_seed(step_seed(cfg.seed, self.step, d.rank))
+        lr = lr_at(self.step, cfg)
+        stats = self.stepper.forward_backward(self.loader.get(self.step), lr, stop_requested)
+        self.last_loss = stats.loss
+        bad = self.stepper.divergence(stats)
+        if bad:
+            where = (f"the last good checkpoint (step {self.saved_step}) is in {self.run_folder.checkpoint}"
+                     if self.saved_step > 0 else "no checkpoint was written")
+            raise TrainError(f"step {self.step + 1}: {bad}; the step was not applied and the run stops ({where}). "
+                             "Try a lower learning rate (--set lr=...) or check the data.")
+        self.stepper.apply()
+        self.step += 1
+        self._log(stats, lr, time.perf_counter() - t0)
+        return stats
+
+    def _log(self, stats: StepStats, lr: float, seconds: float) -> None:
+        tokens = self.cfg.batch_size * self.cfg.model.block_size
+        self.rates.append(tokens / seconds)
+        flops = self.model.flops_per_token(self.cfg.model.block_size) * tokens / seconds
+        rec = {"step": self.step, "loss": stats.loss, "lr": lr, "tokens_per_s": tokens / seconds,
+               "mfu": self.peak.utilisation(flops), "grad_norm": stats.grad_norm}
+        if self.main and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps):
+            self.metrics.write(rec)
+            self.live.update(rec)
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        cfg, reason = self.cfg, "done"
+        try:
+            if self.spec.stop_at is not None and self.spec.stop_at <= self.step:
+                raise TrainError(f"--stop-at {self.spec.stop_at}: the run is already at step {self.step}; "
+                                 "give a later step")
+            with StopFlag() as stop, LiveView(cfg.max_steps, self.step, self.main, self.console) as self.live:
+                if self.step == 0:  # where the curve starts: ln(vocab) for a fresh model, lower from --init
+                    self.evaluate()
+                while self.step < cfg.max_steps:
+                    if self.spec.stop_at is not None and self.step >= self.spec.stop_at:
+                        reason = "stop_at"
+                        break
+                    stats = self.train_step(stop.requested)
+                    last = self.step == cfg.max_steps
+                    if self.step % cfg.eval_every == 0 or last:
+                        self.evaluate()
+                    if self.step % cfg.ckpt_every == 0 or last:
+                        self.save()
+                    if stats.stop_votes > 0:
+                        reason = "interrupted"
+                        break
+                if self.saved_step != self.step:
+                    self.save()
+        finally:
+            self.close()
+        self.d.barrier()
+        return self._result(reason, stop.signal)
+
+    def close(self) -> None:
+        self.loader.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def _result(self, reason: str, signum: int | None) -> RunResult:
+        steady = self.rates[1:] or self.rates  # the first step pays for compilation and warm-up
+        result = RunResult(self.step, reason, None if math.isnan(self.last_loss) else self.last_loss, self.val_loss,
+                           self.val_bpb, self.val_step, float(np.median(steady)) if steady else None,
+                           time.perf_counter() - self.wall_start, signum if reason == "interrupted" else None)
+        if self.main:
+            _summary(self.console, result, self.run_folder)
+        return result
+
+
+def _summary(console: Console, r: RunResult, run: RunFolder) -> None:
+    what = {"done": "finished", "stop_at": "stopped as asked", "interrupted": "interrupted"}[r.reason]
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    console.print(
+        f"[bold green]{what}[/] at step {r.step} in {r.wall_s:.0f}s: train loss {fmt(r.train_loss, '.4f')}, "
+        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')} (eval at step {fmt(r.val_step, 'd')}), "
+        f"{fmt(r.tokens_per_s, ',.0f')} tokens/s. "
+        f"Checkpoint {run.checkpoint}, metrics {run.metrics}, plot {run.plot}"
+    )
+    if r.reason != "done":
+        console.print("Run the same command again to continue from the checkpoint.")
