@@ -35,18 +35,20 @@ from prep.pipeline import (
     run_prep,
 )
 from prep.records import Document, Repaired, Skipped
-from prep.sft_formats import DETECT_ROWS, Message, RowError, detect_format, row_messages
-from prep.sft_sources import (
-    INPUT_PATTERNS,
+from prep.row_sources import (
     SourceError,
     hub_rows,
     is_json_array,
     iter_json_array,
+    json_size,
     looks_like_hub_name,
+    row_chunks,
 )
+from prep.sft_formats import DETECT_ROWS, Message, RowError, detect_format, row_messages
 from prep.tokenizer import nfc
 
 Record = Document | Skipped | Repaired
+INPUT_PATTERNS = ("*.json", "*.jsonl")
 _DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
 
 
@@ -107,22 +109,10 @@ def _jsonl_format(path: Path) -> str:
 
 def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int,
                 file_bytes: int = 0) -> Iterator[Chunk]:
-    """Group ``(line, row, n_bytes)`` into chunks of about `chunk_bytes`, the format detected from the first rows.
-
-    The last chunk also accounts for what lies between rows (brackets, commas), so progress ends at `file_bytes`.
-    """
+    """`row_chunks` of format detected from the first rows."""
     head = list(itertools.islice(rows, DETECT_ROWS))
     fmt = detect_format(row for _, row, _ in head) or "unknown"
-    batch: list[tuple[int, object]] = []
-    size = done = 0
-    for line, row, n_bytes in itertools.chain(head, rows):
-        batch.append((line, row))
-        size += n_bytes
-        if size >= chunk_bytes:
-            yield Chunk(name, batch[0][0], batch, fmt, size)
-            batch, done, size = [], done + size, 0
-    if batch:
-        yield Chunk(name, batch[0][0], batch, fmt, max(size, file_bytes - done))
+    return row_chunks(name, itertools.chain(head, rows), chunk_bytes, fmt, file_bytes)
 
 
 class SftSource:
@@ -142,8 +132,7 @@ class SftSource:
     def chunks(self) -> Iterator[Chunk]:
         try:
             if self.hub:
-                rows = ((n, row, len(json.dumps(row, ensure_ascii=False, default=str).encode()))
-                        for n, row in hub_rows(self.spec))
+                rows = ((n, row, json_size(row)) for n, row in hub_rows(self.spec))
                 yield from _row_chunks(self.spec, rows, self.chunk_bytes)
                 return
             for (path, name), info in zip(self.files, self.inputs, strict=True):
