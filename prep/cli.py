@@ -85,3 +85,7 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
 from prep.sft_command import sft  # noqa: E402 - imported last: it builds on common_options above
 
 cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py
+
+from prep.text_command import text  # noqa: E402 - the same
+
+cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py

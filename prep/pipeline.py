@@ -8,6 +8,9 @@ How a run flows::
                      ──▶  main: drop duplicates, pick train/val, TokenFolderWriter.add, count
                           (results consumed in chunk order, so the output is deterministic)
 
+With ``PrepJob.near_dedup`` the workers also sign each document (MinHash, `prep.near_dedup`) and the
+main process drops near-duplicates of earlier kept documents, in the same order.
+
 API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
 
 * A **source** (`Source`, in ``prep/sources.py`` with `Chunk` and `FileSource`; all re-exported here)
@@ -31,7 +34,8 @@ an error leaves no folder behind (and an earlier good folder untouched); kill -9
 ``.NAME.partial`` folder, which readers never accept and the next run deletes; workers whose parent
 died exit on their own. Memory stays flat: at most 2 x workers + 2 chunks are in flight, and the only
 thing that grows is the set of 64-bit dedup hashes, ~80 bytes per kept document (85 MB for the 1M
-articles of wiki_zh; the chance of one false duplicate among them is ~3e-8). A missing or empty input, or no usable document at all, raises `PrepError`
+articles of wiki_zh; the chance of one false duplicate among them is ~3e-8), and with near-dedup its
+index (`prep.near_dedup`: ~3.3 KB per kept document). A missing or empty input, or no usable document at all, raises `PrepError`
 (a one-line `click.ClickException`).
 """
 
@@ -54,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from prep.near_dedup import NearDedup, NearDedupConfig
 from prep.records import Document, Repaired, Skipped
 from prep.report import PrepProgress, PrepStats, print_summary
 from prep.sources import (  # re-exported: readers import the whole engine API from here
@@ -101,6 +106,7 @@ class Encoded:
     skipped: list[Skipped] = field(default_factory=list)
     repaired: list[Repaired] = field(default_factory=list)
     n_records: int = 0
+    sketches: list = field(default_factory=list)  # per document, with near-dedup: its MinHash signature
 
 
 def stable_hash(text: str, person: bytes) -> int:
@@ -119,7 +125,8 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
-def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, parent: int | None) -> None:
+def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, near: NearDedupConfig | None,
+                 parent: int | None) -> None:
     """Load the tokenizer once per worker; in a pool, ignore Ctrl-C (the parent stops us) and watch the parent."""
     if parent is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -128,7 +135,7 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
     _WORKER.update(tok=tok, specials=Specials(tok.eot_id, tok.im_start_id, tok.im_end_id), parse=parse,
-                   kind=kind, val_fraction=val_fraction)
+                   kind=kind, val_fraction=val_fraction, near=near)
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -148,6 +155,7 @@ def encode_chunk(chunk: Chunk) -> Encoded:
                   None, [], [], [], [], [], [], [])
     texts: list[str] = []
     sizes: list[int] = []  # UTF-8 bytes of each text
+    doc_texts_joined: list[str] = []  # for near-dedup signatures
     for r in records:
         if isinstance(r, Document):
             try:
@@ -159,6 +167,8 @@ def encode_chunk(chunk: Chunk) -> Encoded:
             docs.append(r)
             texts.extend(doc_texts)
             sizes.extend(doc_sizes)
+            if w["near"] is not None:
+                doc_texts_joined.append("".join(doc_texts))
         elif isinstance(r, Skipped):
             out.skipped.append(r)
         elif isinstance(r, Repaired):
@@ -166,6 +176,7 @@ def encode_chunk(chunk: Chunk) -> Encoded:
         else:
             raise TypeError(f"parse returned {type(r).__name__}, expected Document, Skipped or Repaired")
     out.n_records = len(docs) + len(out.skipped)
+    out.sketches = w["near"].sketches(doc_texts_joined) if w["near"] is not None else []
     ids = iter(tok.encode_batch(texts))
     text_iter = iter(zip(texts, sizes, strict=True))
     tokens, mask, ends = array(_U32), array("B"), []
@@ -270,6 +281,7 @@ class PrepJob:
     val_fraction: float = 0.005
     workers: int | None = None  # None: every core
     with_turns: bool = False  # write {split}.turns.idx (SFT)
+    near_dedup: NearDedupConfig | None = None  # drop near-duplicates (prep.near_dedup), decided in input order
     title: str = "prep"
     show_progress: bool = True
 
@@ -297,7 +309,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
                                    with_turns=job.with_turns)
     except (TokenFileError, OSError) as e:
         raise PrepError(str(e)) from None
-    init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction)
+    init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:
         with _stop_signals_interrupt():
             meta = _write(job, writer, stats, init_args, workers, console)
@@ -312,6 +324,7 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
            console=None) -> dict:
     """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder."""
     seen: set[int] = set()  # 64-bit dedup hashes: ~80 bytes per kept document (85 MB for 1M articles)
+    near = NearDedup(job.near_dedup) if job.near_dedup is not None else None
     total = sum(i.n_bytes for i in job.source.inputs)
     with worker_pool(init_args, workers) as pool, writer, \
             PrepProgress(job.title, total, job.show_progress, console) as progress:
@@ -324,6 +337,9 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
                     stats.skip("duplicate", enc.locations[i])
                     continue
                 seen.add(enc.dedup[i])
+                if near is not None and near.is_duplicate(enc.sketches[i], enc.locations[i]):
+                    stats.skip("near_duplicate", enc.locations[i])
+                    continue
                 split = "val" if enc.val[i] else "train"
                 mask = enc.mask[begin:end] if enc.mask is not None else None
                 writer.add(split, enc.tokens[begin:end], mask, enc.turns[i], enc.text_bytes[i], enc.target_bytes[i])
@@ -332,4 +348,7 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
             progress.advance(enc.n_bytes, n_new)
         if stats.kept == 0:
             raise PrepError(f"{job.options.get('input', job.out)}: no usable document; {stats.reasons_line()}")
-        return writer.finish(stats.to_meta(job.options))
+        meta = stats.to_meta(job.options)
+        if near is not None:
+            meta["near_dedup"] = near.to_meta()
+        return writer.finish(meta)
