@@ -16,7 +16,7 @@ TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+.PHONY: help setup prep-wiki prep-sft prep-text pretrain sft sample chat export eval demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -119,3 +119,11 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# SRC and OUT reach the program through the environment, byte for byte: $(value ...) keeps even a `$`
+# in a path as typed, and the recipe quotes "$$SRC" (spaces, quotes and Chinese are safe).
+prep-text: export override SRC := $(value SRC)
+prep-text: export override OUT := $(or $(value OUT),data_bin/text)
+prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
+	@test -n "$$SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
+	$(PY) -m prep text "$$SRC" --out "$$OUT" $(ARGS)

@@ -20,7 +20,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
-from prep.sources import Chunk
+from prep.jsonl import json_objects
+from prep.records import Repaired, Skipped
+from prep.sources import Chunk, SourceInput, discover_files
 from prep.streams import DECOMPRESS_ERRORS, open_input
 
 _READ_SIZE = 1 << 20
@@ -179,6 +181,30 @@ def hub_rows(name: str, split: str = "train", config: str | None = None,
     if first is None:
         return
     yield from enumerate(itertools.chain([first], rows), 1)
+
+
+def spec_inputs(spec: str, hub: bool, patterns: Sequence[str], what: str
+                ) -> tuple[list[tuple[Path, str]], list[SourceInput]]:
+    """(files, inputs) of an input spec: a dataset (no files; one input of unknown size), or the files found."""
+    if hub:
+        return [], [SourceInput(spec, 0)]  # size unknown until streamed
+    files = discover_files(spec, patterns, what)
+    return files, [SourceInput(name, p.stat().st_size) for p, name in files]
+
+
+def chunk_rows(chunk: Chunk, out: list[Skipped | Repaired]) -> Iterator[tuple[str, object]]:
+    """``(location, row)`` of every row of a chunk: JSON lines decoded here, or rows decoded by the source.
+
+    JSON lines that are not rows (bad or repaired, see `prep.jsonl`) go to `out` instead.
+    """
+    if not isinstance(chunk.data, bytes):
+        yield from ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
+        return
+    for item in json_objects(chunk):
+        if isinstance(item, tuple):
+            yield item
+        else:
+            out.append(item)
 
 
 def json_size(row: object) -> int:

@@ -17,32 +17,31 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 from prep.chat_template import chat_pieces, chatml_text
-from prep.jsonl import json_objects
 from prep.pipeline import (
     Chunk,
     FileSource,
     PrepError,
     PrepJob,
-    SourceInput,
     Specials,
     auto_chunk_bytes,
-    discover_files,
     run_prep,
 )
 from prep.records import Document, Repaired, Skipped
 from prep.row_sources import (
     SourceError,
+    chunk_rows,
     hub_rows,
     is_json_array,
     iter_json_array,
     json_size,
     looks_like_hub_name,
     row_chunks,
+    spec_inputs,
 )
 from prep.sft_formats import DETECT_ROWS, Message, RowError, detect_format, row_messages
 from prep.tokenizer import nfc
@@ -67,16 +66,8 @@ def dialog_document(messages: list[Message], specials: Specials, location: str, 
 
 def parse_sft(chunk: Chunk, specials: Specials, system: str = "") -> list[Record]:
     """The pipeline's parse function: rows of one chunk (format `chunk.fmt`) -> dialogs or counted skips."""
-    if isinstance(chunk.data, bytes):
-        items: Iterable = json_objects(chunk)
-    else:
-        items = ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
     out: list[Record] = []
-    for item in items:
-        if not isinstance(item, tuple):  # a Skipped or Repaired line from json_objects
-            out.append(item)
-            continue
-        location, row = item
+    for location, row in chunk_rows(chunk, out):
         repairs: list[str] = []
         try:
             out.append(dialog_document(row_messages(row, chunk.fmt, repairs), specials, location, system))
@@ -121,12 +112,7 @@ class SftSource:
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
         self.spec = str(spec)
         self.hub = looks_like_hub_name(self.spec)
-        if self.hub:
-            self.files: list[tuple[Path, str]] = []
-            self.inputs = [SourceInput(self.spec, 0)]  # size unknown until streamed
-        else:
-            self.files = discover_files(spec, INPUT_PATTERNS, "SFT data files")
-            self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
+        self.files, self.inputs = spec_inputs(self.spec, self.hub, INPUT_PATTERNS, "SFT data files")
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
 
     def chunks(self) -> Iterator[Chunk]:

@@ -15,15 +15,16 @@ exact duplicates are the same final text; near-duplicates are `prep.near_dedup`'
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from prep.jsonl import BOM, json_objects
+from prep.jsonl import BOM
 from prep.near_dedup import NearDedupConfig
 from prep.pipeline import Chunk, PrepJob, Specials, run_prep
 from prep.records import Document, Piece, Repaired, Skipped
+from prep.row_sources import chunk_rows
 from prep.text_filters import QualityFilters
 from prep.text_sources import DEFAULT_PATTERNS, TextSource, top_columns
 from prep.tokenizer import nfc
@@ -99,16 +100,8 @@ def parse_text(chunk: Chunk, specials: Specials, opts: TextOptions) -> list[Reco
     """The pipeline's parse function for `TextSource` chunks (bind `opts` with `functools.partial`)."""
     if chunk.fmt in ("txt", "blocks", "blocks-crlf"):
         return [r if isinstance(r, Skipped) else text_document(*r, specials, opts) for r in _plain_texts(chunk)]
-    if isinstance(chunk.data, bytes):
-        items: Iterable = json_objects(chunk)
-    else:
-        items = ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
     out: list[Record] = []
-    for item in items:
-        if not isinstance(item, tuple):  # a Skipped or Repaired line from json_objects
-            out.append(item)
-            continue
-        location, row = item
+    for location, row in chunk_rows(chunk, out):
         try:
             text, doc_id = row_text(row, opts)
         except _BadRow as e:

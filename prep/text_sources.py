@@ -25,14 +25,14 @@ from prep.row_sources import (
     SourceError,
     first_char,
     hub_rows,
-    is_json_array,
     iter_json_array,
     json_size,
     looks_like_hub_name,
     parse_hub_spec,
     row_chunks,
+    spec_inputs,
 )
-from prep.sources import Chunk, FileSource, PrepError, SourceInput, auto_chunk_bytes, discover_files
+from prep.sources import Chunk, FileSource, PrepError, auto_chunk_bytes
 from prep.streams import COMPRESSED_SUFFIXES, DECOMPRESS_ERRORS, STREAMED, file_compression, open_input
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
@@ -52,11 +52,14 @@ def file_format(path: Path, compressed: bool) -> str:
         with open(path, "rb") as f:
             if f.read(4) == b"PAR1":
                 return "parquet"
+    return "json" if _first_char(path) in ("[", "{") else "txt"
+
+
+def _first_char(path: Path) -> str:
     try:
-        first = first_char(path, decompress=True)
+        return first_char(path, decompress=True)
     except DECOMPRESS_ERRORS:
-        first = ""  # read as text: the damage is then counted where it is met
-    return "json" if first in ("[", "{") else "txt"
+        return ""  # the damage is counted where the file is read
 
 
 def top_columns(fields: Sequence[str]) -> list[str]:
@@ -75,12 +78,7 @@ class TextSource:
         name, config, split = parse_hub_spec(self.spec)
         suffixes = [*FORMATS, *COMPRESSED_SUFFIXES]
         self.hub = (name, config, split) if hub or looks_like_hub_name(name, suffixes) else None
-        if self.hub:
-            self.files: list[tuple[Path, str]] = []
-            self.inputs = [SourceInput(self.spec, 0)]  # size unknown until streamed
-        else:
-            self.files = discover_files(spec, patterns, "text files")
-            self.inputs = [SourceInput(n, p.stat().st_size) for p, n in self.files]
+        self.files, self.inputs = spec_inputs(self.spec, self.hub is not None, patterns, "text files")
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
 
     def chunks(self) -> Iterator[Chunk]:
@@ -107,7 +105,7 @@ class TextSource:
         elif fmt == "txt":
             detect = lambda head: "blocks-crlf" if b"\r\n" in head else "blocks"  # noqa: E731
             yield from FileSource([(path, name)], detect, BLOCK_END, self.chunk_bytes, decompress=True).chunks()
-        elif size and is_json_array(path, decompress=True):
+        elif fmt == "json" and _first_char(path) == "[":
             rows = _progress_within(iter_json_array(path, decompress=True), size)
             yield from row_chunks(name, rows, self.chunk_bytes, "rows", size)
         else:  # JSON lines; FileSource also turns empty and damaged files into counted skips
