@@ -15,9 +15,10 @@ dedup cannot see. How a prep run removes them:
 LSH splits the signature into bands; two documents become candidates when a band matches. We use the
 fewest bands that still find >= 90% of the pairs that sit exactly at the threshold (16 bands of 8 rows
 for 0.8; more bands for lower thresholds, each costing memory). Memory is what the index keeps per
-**kept** document: its signature (512 bytes) and its band hashes, ~2.3 KB at 16 bands, measured
-(`MEMORY_BYTES_PER_DOC`): ~2.3 GB per million documents; a corpus of N million documents needs
-N x that in the main process (the workers need nothing extra).
+**kept** document, its signature (512 bytes), key and band hashes: measured at 1M documents
+(``bench/prep.py --kind near-dedup``), 2.0 KB with 8 bands (threshold 0.95), 3.3 KB with 16
+(0.8-0.9), 4.6 KB with 32 (0.6-0.75), i.e. that many GB per million documents, in the main process
+only (the workers need nothing extra).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ NUM_PERM = 128
 SEED = 20250101  # a fixed seed: signatures (so the kept documents) are the same on every run
 MIN_RECALL_AT_THRESHOLD = 0.9
 MAX_EXAMPLES = 5
-# Measured main-process memory per kept document (bench/prep.py --kind near-dedup), by number of bands.
-MEMORY_BYTES_PER_DOC = {16: 2300, 32: 3700, 64: 6400, 128: 12000}
 
 
 def lsh_bands(threshold: float, num_perm: int = NUM_PERM) -> int:

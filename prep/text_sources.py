@@ -64,7 +64,7 @@ def _first_char(path: Path) -> str:
 
 def top_columns(fields: Sequence[str]) -> list[str]:
     """The top-level columns a list of (dotted) fields reads: ``meta.title`` -> ``meta`` (and ``meta.title``)."""
-    return sorted({f for f in fields} | {f.split(".", 1)[0] for f in fields})
+    return sorted(set(fields) | {f.split(".", 1)[0] for f in fields})
 
 
 class TextSource:
@@ -103,14 +103,18 @@ class TextSource:
         elif fmt == "txt" and self.txt_docs == "file":
             yield whole_file_chunk(path, name, size)
         elif fmt == "txt":
-            detect = lambda head: "blocks-crlf" if b"\r\n" in head else "blocks"  # noqa: E731
-            yield from FileSource([(path, name)], detect, BLOCK_END, self.chunk_bytes, decompress=True).chunks()
+            yield from FileSource([(path, name)], _block_format, BLOCK_END, self.chunk_bytes, decompress=True).chunks()
         elif fmt == "json" and _first_char(path) == "[":
             rows = _progress_within(iter_json_array(path, decompress=True), size)
             yield from row_chunks(name, rows, self.chunk_bytes, "rows", size)
         else:  # JSON lines; FileSource also turns empty and damaged files into counted skips
             yield from FileSource([(path, name)], lambda _: "jsonl", {"jsonl": b"\n"}, self.chunk_bytes,
                                   decompress=True).chunks()
+
+
+def _block_format(head: bytes) -> str:
+    """Blank lines are ``\\n\\n``, or ``\\n\\r\\n`` in a file with Windows line ends."""
+    return "blocks-crlf" if b"\r\n" in head else "blocks"
 
 
 def _progress_within(rows: Iterator[tuple[int, object, int]], size: int) -> Iterator[tuple[int, object, int]]:
@@ -150,7 +154,7 @@ def parquet_chunks(path: Path, name: str, size: int, columns: Sequence[str] | No
             yield Chunk(name, 1, b"", n_bytes=size, file_skip="empty_file")
             return
         batch_rows = max(1, chunk_bytes * n_rows // max(1, _uncompressed_bytes(pf, present)))
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=present, use_threads=False):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
             rows = batch.to_pylist() if present else [{}] * batch.num_rows
             progress = size * (done + len(rows)) // n_rows - reported
             yield Chunk(name, done + 1, list(enumerate(rows, done + 1)), "rows", progress)
