@@ -35,8 +35,8 @@ an error leaves no folder behind (and an earlier good folder untouched); kill -9
 died exit on their own. Memory stays flat: at most 2 x workers + 2 chunks are in flight, and the only
 thing that grows is the set of 64-bit dedup hashes, ~80 bytes per kept document (85 MB for the 1M
 articles of wiki_zh; the chance of one false duplicate among them is ~3e-8), and with near-dedup its
-index (`prep.near_dedup`: ~3.3 KB per kept document). A missing or empty input, or no usable document at all, raises `PrepError`
-(a one-line `click.ClickException`).
+index (`prep.near_dedup`: ~3.3 KB per kept document). A missing or empty input, or no usable
+document at all, raises `PrepError` (a one-line `click.ClickException`).
 """
 
 from __future__ import annotations
