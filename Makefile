@@ -57,6 +57,13 @@ prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hu
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
 	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT"
 
+prep-text: OUT ?= data_bin/text
+prep-text: export MK_OUT = $(call verbatim,OUT)
+prep-text: export MK_SRC = $(call verbatim,SRC)
+prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
+	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
+	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT"
+
 pretrain: DATA ?= data_bin/wiki
 pretrain: OUT ?= runs/pretrain
 pretrain: export MK_DATA = $(call verbatim,DATA)

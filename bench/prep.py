@@ -1,6 +1,6 @@
 """How fast is prep? Each figure is measured in the same run as the baseline it is compared with.
 
-    python -m bench.prep [--wiki DIR] [--sft PATH] [--kind wiki|sft|all] [--workers N] [--repeat 3]
+    python -m bench.prep [--wiki DIR] [--sft PATH] [--kind wiki|sft|text|near-dedup|all] [--workers N] [--repeat 3]
 
 For wiki (default input: ../shared/data/wiki_zh, else the bundled sample_data/wiki_zh):
 
@@ -15,6 +15,21 @@ For sft (default input: ../shared/data/belle, else the bundled sample_data/belle
 * pipeline:        `prep sft` end to end (parse rows, split turns, ChatML + masks, encode, write);
 * tokenizer alone: JSON decode + NFC + ``encode_ordinary_batch`` of every string in every row, on
                    every core, nothing written (goal: ratio >= 0.9).
+
+For text (inputs made from the wiki sample's article texts: ``{"id", "text"}`` as JSON lines, and as
+one Parquet file with row groups of 1,000 rows, pyarrow's default snappy compression):
+
+* pipeline:        `prep text` end to end on the JSON lines, and on the Parquet file;
+* tokenizer alone: read the file (json.loads per line / pyarrow), NFC, ``encode_ordinary_batch`` on
+                   every core, nothing written (goal: ratio >= 0.9 for each);
+* --near-dedup:    `prep text --near-dedup` on the JSON lines; its extra time over the plain pipeline,
+                   per GB of input, is the cost of near-dedup (extrapolated linearly: signatures are
+                   per byte and the index per document; the index's own per-document cost, which grows
+                   slowly with its size, is measured at 1M documents in the README).
+
+For near-dedup (``--index-docs``, default 1M): the main process's index alone, fed distinct signatures as
+the workers would send them (pickled), for thresholds that need 8, 16 and 32 LSH bands: memory (RSS
+growth) and time per document.
 
 Every phase runs in a fresh child process, so its peak RSS is its own (main process, and the largest
 worker where there are workers). Rates are input MB/s (the JSON lines read) and tokens/s; the best of
@@ -164,12 +179,66 @@ def phase_sft_tokenizer(sft: str, workers: int, **_) -> dict:
     return tokenizer_alone(sft_files(Path(sft)), texts_of, workers)
 
 
+def phase_text_pipeline(src: str, workers: int, near_dedup: bool = False, **_) -> dict:
+    from prep.near_dedup import NearDedupConfig
+    from prep.text import run_text
+    from prep.tokenizer import load_tokenizer
+
+    load_tokenizer("qwen2")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        meta = run_text(src, Path(tmp) / "text", workers=workers, show_progress=False, console=Console(file=io.StringIO()),
+                        near_dedup=NearDedupConfig() if near_dedup else None)
+        seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
+            "tokens": sum(s["tokens"] for s in meta["splits"].values()), "kept": meta["records"]["kept"]}
+
+
+def phase_text_tokenizer(src: str, workers: int, **_) -> dict:
+    def texts_of(data: bytes) -> list[str]:
+        if src.endswith(".parquet"):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            return pq.read_table(pa.BufferReader(data), columns=["text"]).column("text").to_pylist()
+        return [json.loads(line)["text"] for line in data.splitlines() if line.strip()]
+
+    return tokenizer_alone([Path(src)], texts_of, workers)
+
+
+def phase_near_dedup_index(docs: int, threshold: float, **_) -> dict:
+    """The main process's near-dedup index alone: `docs` distinct signatures, as workers would send them."""
+    import pickle
+    import random
+
+    from rensa import RMinHash
+
+    from prep.near_dedup import SEED, NearDedup, NearDedupConfig
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+    rng, index = random.Random(0), NearDedup(NearDedupConfig(threshold))
+    before, seconds, batch = rss(), 0.0, 10_000
+    for start in range(0, docs, batch):
+        tokens = [[rng.randbytes(20) for _ in range(30)] for _ in range(min(batch, docs - start))]
+        sent = [pickle.dumps(m) for m in RMinHash.from_token_sets(tokens, index.config.num_perm, SEED)]
+        t0 = time.perf_counter()
+        for k, blob in enumerate(sent):
+            index.is_duplicate(pickle.loads(blob), f"data/part-{(start + k) // 100_000:05d}.parquet:{start + k + 1}")
+        seconds += time.perf_counter() - t0
+    return {"seconds": seconds, "docs": docs, "bands": index.config.bands, "bytes_per_doc": (rss() - before) / docs}
+
+
 PHASES: dict[str, Callable[..., dict]] = {
     "wiki-pipeline": phase_wiki_pipeline,
     "wiki-tokenizer": phase_wiki_tokenizer,
     "wiki-autotokenizer": phase_wiki_autotokenizer,
     "sft-pipeline": phase_sft_pipeline,
     "sft-tokenizer": phase_sft_tokenizer,
+    "text-pipeline": phase_text_pipeline,
+    "text-tokenizer": phase_text_tokenizer,
+    "near-dedup-index": phase_near_dedup_index,
 }
 
 
@@ -205,6 +274,17 @@ def run_phase(phase: str, args: str) -> None:
 
 # ---- sections: one per kind of input ----
 
+def print_throughput(title: str, rows: dict[str, dict], console: Console) -> None:
+    t = Table(title=title, title_justify="left")
+    for col in ("", "MB/s", "tokens/s", "peak RSS main", "peak RSS worker", "input MB"):
+        t.add_column(col, justify="right" if col else "left")
+    for name, r in rows.items():
+        worker = f"{r['worker_rss_mb']:,.0f} MB" if r["worker_rss_mb"] > 1 else "-"
+        t.add_row(name, f"{r['mb_s']:.2f}", f"{r['tok_s']:,.0f}", f"{r['rss_mb']:,.0f} MB", worker,
+                  f"{r['bytes'] / 1e6:.1f}")
+    console.print(t)
+
+
 def section_wiki(opts: dict, console: Console) -> None:
     wiki = opts["wiki"] or default_wiki()
     files = wiki_files(wiki)
@@ -220,14 +300,7 @@ def section_wiki(opts: dict, console: Console) -> None:
             "AutoTokenizer loop": ("wiki-autotokenizer", {"wiki": str(wiki), "hf_tokenizer": str(hf),
                                                           "baseline_mb": opts["baseline_mb"]}),
         }, opts["repeat"])
-    t = Table(title="prep wiki throughput", title_justify="left")
-    for col in ("", "MB/s", "tokens/s", "peak RSS main", "peak RSS worker", "input MB"):
-        t.add_column(col, justify="right" if col else "left")
-    for name, r in rows.items():
-        worker = f"{r['worker_rss_mb']:,.0f} MB" if r["worker_rss_mb"] > 1 else "-"
-        t.add_row(name, f"{r['mb_s']:.2f}", f"{r['tok_s']:,.0f}", f"{r['rss_mb']:,.0f} MB", worker,
-                  f"{r['bytes'] / 1e6:.1f}")
-    console.print(t)
+    print_throughput("prep wiki throughput", rows, console)
     pipe, alone, auto = rows.values()
     console.print(f"pipeline / tokenizer alone: [bold]{pipe['mb_s'] / alone['mb_s']:.2f}[/] (goal >= 0.9)")
     console.print(f"pipeline / AutoTokenizer loop: [bold]{pipe['mb_s'] / auto['mb_s']:.1f}x[/] (goal >= 5x)")
@@ -242,25 +315,74 @@ def section_sft(opts: dict, console: Console) -> None:
     kw = {"sft": str(sft), "workers": opts["workers"]}
     rows = measure({"prep sft (pipeline)": ("sft-pipeline", kw), "tokenizer alone": ("sft-tokenizer", kw)},
                    opts["repeat"])
-    t = Table(title="prep sft throughput", title_justify="left")
-    for col in ("", "MB/s", "tokens/s", "peak RSS main", "peak RSS worker", "input MB"):
-        t.add_column(col, justify="right" if col else "left")
-    for name, r in rows.items():
-        worker = f"{r['worker_rss_mb']:,.0f} MB" if r["worker_rss_mb"] > 1 else "-"
-        t.add_row(name, f"{r['mb_s']:.2f}", f"{r['tok_s']:,.0f}", f"{r['rss_mb']:,.0f} MB", worker,
-                  f"{r['bytes'] / 1e6:.1f}")
-    console.print(t)
+    print_throughput("prep sft throughput", rows, console)
     pipe, alone = rows.values()
     console.print(f"pipeline / tokenizer alone: [bold]{pipe['mb_s'] / alone['mb_s']:.2f}[/] (goal >= 0.9; "
                   "the pipeline also writes ChatML headers and masks)")
 
 
-SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki, "sft": section_sft}
+def write_text_inputs(wiki: Path, folder: Path) -> tuple[Path, Path]:
+    """The wiki sample's article texts as ``{"id", "text"}`` JSON lines and as one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in wiki_files(wiki):
+        articles = [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        rows += [{"id": a["id"], "text": a["text"]} for a in articles]
+    jsonl, parquet = folder / "text.jsonl", folder / "text.parquet"
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=1000)
+    return jsonl, parquet
+
+
+def section_text(opts: dict, console: Console) -> None:
+    wiki = opts["wiki"] or default_wiki()
+    with tempfile.TemporaryDirectory() as tmp:
+        jsonl, parquet = write_text_inputs(wiki, Path(tmp))
+        console.print(f"[bold]text[/]: {wiki}'s texts as JSON lines ({jsonl.stat().st_size / 1e6:.1f} MB) and "
+                      f"Parquet ({parquet.stat().st_size / 1e6:.1f} MB), {opts['workers']} workers, "
+                      f"best of {opts['repeat']}")
+        kw = {"workers": opts["workers"]}
+        rows = measure({
+            "prep text, JSON lines": ("text-pipeline", {"src": str(jsonl), **kw}),
+            "tokenizer alone, JSON lines": ("text-tokenizer", {"src": str(jsonl), **kw}),
+            "prep text, Parquet": ("text-pipeline", {"src": str(parquet), **kw}),
+            "tokenizer alone, Parquet": ("text-tokenizer", {"src": str(parquet), **kw}),
+            "prep text --near-dedup, JSON lines": ("text-pipeline", {"src": str(jsonl), "near_dedup": True, **kw}),
+        }, opts["repeat"])
+    print_throughput("prep text throughput", rows, console)
+    pipe_j, alone_j, pipe_p, alone_p, near = rows.values()
+    console.print(f"pipeline / tokenizer alone: JSON lines [bold]{pipe_j['mb_s'] / alone_j['mb_s']:.2f}[/], "
+                  f"Parquet [bold]{pipe_p['mb_s'] / alone_p['mb_s']:.2f}[/] (goal >= 0.9)")
+    extra = near["seconds"] - pipe_j["seconds"]
+    gb = near["bytes"] / 1e9
+    console.print(f"--near-dedup: +{extra:.2f} s on {near['bytes'] / 1e6:.1f} MB ({near['kept']:,} documents kept): "
+                  f"[bold]~{extra / gb / 60:,.1f} min per GB[/] with {opts['workers']} workers "
+                  f"(x{near['seconds'] / pipe_j['seconds']:.2f} the plain run; main-process peak RSS "
+                  f"{near['rss_mb'] - pipe_j['rss_mb']:+,.0f} MB)")
+
+
+def section_near_dedup(opts: dict, console: Console) -> None:
+    """Memory and time per document of the near-dedup index, for thresholds that need 8, 16 and 32 bands."""
+    t = Table(title=f"--near-dedup index in the main process, {opts['index_docs']:,} documents", title_justify="left")
+    for col in ("--threshold", "bands", "memory per document", "per million documents", "time per document"):
+        t.add_column(col, justify="right")
+    for threshold in (0.95, 0.8, 0.7):
+        r = run_child("near-dedup-index", docs=opts["index_docs"], threshold=threshold)
+        t.add_row(f"{threshold}", f"{r['bands']}", f"{r['bytes_per_doc'] / 1e3:.1f} KB",
+                  f"{r['bytes_per_doc'] * 1e6 / 1e9:.1f} GB", f"{r['seconds'] / r['docs'] * 1e6:.0f} µs")
+    console.print(t)
+
+
+SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki, "sft": section_sft, "text": section_text,
+                                                         "near-dedup": section_near_dedup}
 
 
 @click.command()
 @click.option("--wiki", type=click.Path(exists=True, path_type=Path), default=None,
-              help="wiki_zh folder (default: ../shared/data/wiki_zh, else sample_data/wiki_zh).")
+              help="wiki_zh folder (default: ../shared/data/wiki_zh, else sample_data/wiki_zh); also the "
+              "texts of the text benchmark.")
 @click.option("--sft", type=click.Path(exists=True, path_type=Path), default=None,
               help="SFT file or folder (default: ../shared/data/belle, else sample_data/belle).")
 @click.option("--kind", type=click.Choice([*SECTIONS, "all"]), default="all", show_default=True)
@@ -270,9 +392,11 @@ SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki, "s
               help="Input the (slow) AutoTokenizer loop encodes.")
 @click.option("--hf-tokenizer", default=None, help="Folder for the AutoTokenizer baseline "
               "(default: ../shared/qwen2-tokenizer, else our tokenizer saved in HF format).")
+@click.option("--index-docs", type=click.IntRange(min=10_000), default=1_000_000, show_default=True,
+              help="near-dedup: documents put in the index (1M needs ~5 GB of memory).")
 @click.option("--phase", hidden=True)
 @click.option("--phase-args", hidden=True)
-def main(wiki, sft, kind, workers, repeat, baseline_mb, hf_tokenizer, phase, phase_args) -> None:
+def main(wiki, sft, kind, workers, repeat, baseline_mb, hf_tokenizer, index_docs, phase, phase_args) -> None:
     """Benchmark prep against its tokenizer and against a per-document AutoTokenizer loop."""
     if phase:
         run_phase(phase, phase_args)
@@ -280,7 +404,7 @@ def main(wiki, sft, kind, workers, repeat, baseline_mb, hf_tokenizer, phase, pha
     from prep.pipeline import default_workers
 
     opts = {"wiki": wiki, "sft": sft, "workers": workers or default_workers(), "repeat": repeat, "baseline_mb": baseline_mb,
-            "hf_tokenizer": hf_tokenizer}
+            "hf_tokenizer": hf_tokenizer, "index_docs": index_docs}
     console = Console()
     for name, section in SECTIONS.items():
         if kind in (name, "all"):

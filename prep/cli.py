@@ -11,6 +11,7 @@ import click
 
 from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
 from prep.sft_command import sft
+from prep.text_command import text
 from prep.wiki import DEFAULT_MIN_CHARS
 
 
@@ -74,3 +75,4 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
 
 
 cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py
+cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py

@@ -8,7 +8,10 @@ How a run flows::
                      ──▶  main: drop duplicates, pick train/val, TokenFolderWriter.add, count
                           (results consumed in chunk order, so the output is deterministic)
 
-API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` does the same):
+With ``PrepJob.near_dedup`` the workers also sign each document (MinHash, `prep.near_dedup`) and the
+main process drops near-duplicates of earlier kept documents, in the same order.
+
+API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` and ``prep/text.py`` do the same):
 
 * A **source** (`Source`, in ``prep/sources.py`` with `Chunk` and `FileSource`) lists its inputs (`SourceInput`: display name + bytes, for meta.json and the
   progress total) and yields `Chunk`s in a fixed order. A chunk is a bounded piece of ONE input: raw
@@ -30,8 +33,9 @@ an error leaves no folder behind (and an earlier good folder untouched); kill -9
 ``.NAME.partial`` folder, which readers never accept and the next run deletes; workers whose parent
 died exit on their own. Memory stays flat: at most 2 x workers + 2 chunks are in flight, and the only
 thing that grows is the set of 64-bit dedup hashes, ~80 bytes per kept document (85 MB for the 1M
-articles of wiki_zh; the chance of one false duplicate among them is ~3e-8). A missing or empty
-input, or no usable document at all, raises `PrepError` (one line; the CLI prints it).
+articles of wiki_zh; the chance of one false duplicate among them is ~3e-8), and with near-dedup its
+index (`prep.near_dedup`: ~3.3 KB per kept document). A missing or empty input, or no usable
+document at all, raises `PrepError` (one line; the CLI prints it).
 """
 
 from __future__ import annotations
@@ -53,10 +57,11 @@ from typing import Any
 
 import numpy as np
 
+from prep.near_dedup import NearDedup, NearDedupConfig
 from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
-from prep.tokenfile import TokenFileError, TokenFolderWriter
+from prep.tokenfile import TokenFolderWriter
 from prep.tokenizer import SpecialIds, Tokenizer, TokenizerError, load_tokenizer, nfc
 
 
@@ -80,6 +85,7 @@ class Encoded:
     skipped: list[Skipped] = field(default_factory=list)
     repaired: list[Repaired] = field(default_factory=list)
     n_records: int = 0
+    sketches: list = field(default_factory=list)  # per document, with near-dedup: its MinHash signature
 
 
 def stable_hash(text: str, person: bytes) -> int:
@@ -102,6 +108,7 @@ class _Worker:
     parse: Callable
     sft: bool
     val_fraction: float
+    near: NearDedupConfig | None
 
 
 _WORKER: _Worker | None = None
@@ -109,7 +116,8 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
-def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, parent: int | None) -> None:
+def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float, near: NearDedupConfig | None,
+                 parent: int | None) -> None:
     """Load the tokenizer once per worker; in a pool, ignore Ctrl-C (the parent stops us) and watch the parent."""
     global _WORKER
     if parent is not None:
@@ -118,7 +126,7 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
             signal.signal(sig, signal.SIG_DFL)
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
-    _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction)
+    _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction, near)
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -133,7 +141,9 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     w = _WORKER
     out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip)
     records = [] if chunk.file_skip else w.parse(chunk, w.specials)
-    docs, texts, sizes = _sort_records(records, out)
+    docs, texts, sizes, joined = _sort_records(records, out, w.near is not None)
+    if w.near is not None:
+        out.sketches = w.near.sketches(joined)
     ids = iter(w.tok.encode_batch(texts))
     text_iter = iter(zip(texts, sizes, strict=True))
     tokens, mask, ends = array(_U32), array("B"), []
@@ -160,12 +170,13 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     return out
 
 
-def _sort_records(records: list, out: Encoded) -> tuple[list[Document], list[str], list[int]]:
-    """Documents to encode, all their text pieces (NFC) and each piece's UTF-8 size; skips and repairs
-    go straight into `out`."""
+def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Document], list[str], list[int], list[str]]:
+    """Documents to encode, all their text pieces (NFC), each piece's UTF-8 size and, if `join`, each
+    document's text in one string (for near-dedup); skips and repairs go straight into `out`."""
     docs: list[Document] = []
     texts: list[str] = []
     sizes: list[int] = []
+    joined: list[str] = []
     for r in records:
         if isinstance(r, Document):
             if any(p.text is None and p.special_id is None for p in r.pieces):
@@ -179,6 +190,8 @@ def _sort_records(records: list, out: Encoded) -> tuple[list[Document], list[str
             docs.append(r)
             texts.extend(doc_texts)
             sizes.extend(doc_sizes)
+            if join:
+                joined.append("".join(doc_texts))
         elif isinstance(r, Skipped):
             out.skipped.append(r)
         elif isinstance(r, Repaired):
@@ -186,7 +199,7 @@ def _sort_records(records: list, out: Encoded) -> tuple[list[Document], list[str
         else:
             raise TypeError(f"parse returned {type(r).__name__}, expected Document, Skipped or Repaired")
     out.n_records = len(docs) + len(out.skipped)
-    return docs, texts, sizes
+    return docs, texts, sizes, joined
 
 
 def _add_document(out: Encoded, doc: Document, turns: list[int], n_bytes: int, target: int, chars: int,
@@ -269,6 +282,7 @@ class PrepJob:
     val_fraction: float = 0.005
     workers: int | None = None  # None: every core
     with_turns: bool = False  # write {split}.turns.idx (SFT)
+    near_dedup: NearDedupConfig | None = None  # drop near-duplicates (prep.near_dedup), decided in input order
     title: str = "prep"
     show_progress: bool = True
 
@@ -291,12 +305,9 @@ def run_prep(job: PrepJob, console=None) -> dict:
     workers = job.workers or default_workers()
     stats = PrepStats(job.source.inputs)
     started = time.perf_counter()
-    try:
-        writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind == "sft",
-                                   with_turns=job.with_turns)
-    except (TokenFileError, OSError) as e:
-        raise PrepError(str(e)) from None
-    init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction)
+    writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind == "sft",
+                               with_turns=job.with_turns)
+    init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:
         with _stop_signals_interrupt():
             meta = _write(job, writer, stats, init_args, workers, console)
@@ -311,6 +322,7 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
            console=None) -> dict:
     """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder."""
     seen: set[int] = set()  # 64-bit dedup hashes: ~80 bytes per kept document (85 MB for 1M articles)
+    near = NearDedup(job.near_dedup) if job.near_dedup is not None else None
     total = sum(i.n_bytes for i in job.source.inputs)
     with worker_pool(init_args, workers) as pool, writer, \
             PrepProgress(job.title, total, job.show_progress, console) as progress:
@@ -323,6 +335,9 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
                     stats.skip("duplicate", enc.locations[i])
                     continue
                 seen.add(enc.dedup[i])
+                if near is not None and near.is_duplicate(enc.sketches[i], enc.locations[i]):
+                    stats.skip("near_duplicate", enc.locations[i])
+                    continue
                 split = "val" if enc.val[i] else "train"
                 mask = enc.mask[begin:end] if enc.mask is not None else None
                 writer.add(split, enc.tokens[begin:end], mask, enc.turns[i], enc.text_bytes[i], enc.target_bytes[i])
@@ -331,4 +346,7 @@ def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args:
             progress.advance(enc.n_bytes, n_new)
         if stats.kept == 0:
             raise PrepError(f"{job.options.get('input', job.out)}: no usable document; {stats.reasons_line()}")
-        return writer.finish(stats.to_meta(job.options))
+        meta = stats.to_meta(job.options)
+        if near is not None:
+            meta["near_dedup"] = near.to_meta()
+        return writer.finish(meta)

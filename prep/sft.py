@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 from prep.chat_template import Message, chat_pieces, chatml_text
-from prep.jsonl import json_objects
 from prep.pipeline import PrepJob, run_prep
 from prep.records import Document, Repaired, Skipped
+from prep.row_sources import (
+    chunk_rows,
+    hub_rows,
+    is_json_array,
+    iter_json_array,
+    json_size,
+    looks_like_hub_name,
+    row_chunks,
+    spec_inputs,
+)
 from prep.sft_formats import DETECT_ROWS, RowError, detect_row_format, row_messages
-from prep.sft_sources import INPUT_PATTERNS, hub_rows, is_json_array, iter_json_array, looks_like_hub_name
-from prep.sources import Chunk, FileSource, SourceInput, auto_chunk_bytes, discover_files
+from prep.sources import Chunk, FileSource, auto_chunk_bytes
 from prep.tokenizer import SpecialIds, nfc
 
 Record = Document | Skipped | Repaired
+INPUT_PATTERNS = ("*.json", "*.jsonl")
 _DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
 
 
@@ -49,16 +58,8 @@ def dialog_document(messages: list[Message], specials: SpecialIds, location: str
 
 def parse_sft(chunk: Chunk, specials: SpecialIds, system: str = "") -> list[Record]:
     """The pipeline's parse function: rows of one chunk (format `chunk.fmt`) -> dialogs or counted skips."""
-    if isinstance(chunk.data, bytes):
-        items: Iterable = json_objects(chunk)
-    else:
-        items = ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
     out: list[Record] = []
-    for item in items:
-        if not isinstance(item, tuple):  # a Skipped or Repaired line from json_objects
-            out.append(item)
-            continue
-        location, row = item
+    for location, row in chunk_rows(chunk, out):
         repairs: list[str] = []
         try:
             out.append(dialog_document(row_messages(row, chunk.fmt, repairs), specials, location, system))
@@ -91,22 +92,10 @@ def _jsonl_format(path: Path) -> str:
 
 def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int,
                 file_bytes: int = 0) -> Iterator[Chunk]:
-    """Group ``(line, row, n_bytes)`` into chunks of about `chunk_bytes`, the format detected from the first rows.
-
-    The last chunk also accounts for what lies between rows (brackets, commas), so progress ends at `file_bytes`.
-    """
+    """`row_chunks` of format detected from the first rows."""
     head = list(itertools.islice(rows, DETECT_ROWS))
     fmt = detect_row_format(row for _, row, _ in head) or "unknown"
-    batch: list[tuple[int, object]] = []
-    size = done = 0
-    for line, row, n_bytes in itertools.chain(head, rows):
-        batch.append((line, row))
-        size += n_bytes
-        if size >= chunk_bytes:
-            yield Chunk(name, batch[0][0], batch, fmt, size)
-            batch, done, size = [], done + size, 0
-    if batch:
-        yield Chunk(name, batch[0][0], batch, fmt, max(size, file_bytes - done))
+    return row_chunks(name, itertools.chain(head, rows), chunk_bytes, fmt, file_bytes)
 
 
 class SftSource:
@@ -115,18 +104,12 @@ class SftSource:
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
         self.spec = str(spec)
         self.hub = looks_like_hub_name(self.spec)
-        if self.hub:
-            self.files: list[tuple[Path, str]] = []
-            self.inputs = [SourceInput(self.spec, 0)]  # size unknown until streamed
-        else:
-            self.files = discover_files(spec, INPUT_PATTERNS, "SFT data files")
-            self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
+        self.files, self.inputs = spec_inputs(self.spec, self.hub, INPUT_PATTERNS, "SFT data files")
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
 
     def chunks(self) -> Iterator[Chunk]:
         if self.hub:
-            rows = ((n, row, len(json.dumps(row, ensure_ascii=False, default=str).encode()))
-                    for n, row in hub_rows(self.spec))
+            rows = ((n, row, json_size(row)) for n, row in hub_rows(self.spec))
             yield from _row_chunks(self.spec, rows, self.chunk_bytes)
             return
         for (path, name), info in zip(self.files, self.inputs, strict=True):

@@ -12,13 +12,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from prep.records import PrepError
+from prep.streams import DECOMPRESS_ERRORS, STREAMED, compression, decompressed
 
 CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
 MIN_CHUNK_BYTES = 64 << 10
-COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 @dataclass(frozen=True)
@@ -83,46 +83,71 @@ class FileSource:
     string whose line ends a record (``b"\\n"``: every line is a record; ``b"\\n</doc>"``: a record
     ends on a ``</doc>`` line). A record longer than a chunk just makes that chunk longer.
     `chunk_bytes` None picks `auto_chunk_bytes` (the same for every run on the same input).
+    With `decompress`, gzip and zstd files are read through a streaming decompressor (their chunks'
+    ``n_bytes`` count compressed bytes, so the progress bar ends at the file size); otherwise, and for
+    bzip2 and xz, a compressed file is skipped whole as ``compressed_file``. A compressed file that is
+    cut off or damaged gives its records up to the damage, then ``corrupt_compressed_file``.
     """
 
     def __init__(self, files: Sequence[tuple[Path, str]], detect: Callable[[bytes], str],
-                 record_end: dict[str, bytes], chunk_bytes: int | None = None):
+                 record_end: dict[str, bytes], chunk_bytes: int | None = None, decompress: bool = False):
         self.files = list(files)
         self.inputs = [SourceInput(name, p.stat().st_size) for p, name in self.files]
         self.detect = detect
         self.record_end = record_end
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs))
+        self.decompress = decompress
 
     def chunks(self) -> Iterator[Chunk]:
         for (path, name), info in zip(self.files, self.inputs, strict=True):
             yield from self._file_chunks(path, name, info.n_bytes)
 
     def _file_chunks(self, path: Path, name: str, size: int) -> Iterator[Chunk]:
-        with open(path, "rb") as f:
-            head = f.read(64 << 10)
-            if not head:
-                yield Chunk(name, 1, b"", file_skip="empty_file")
-                return
-            if any(head.startswith(magic) for magic in COMPRESSED_MAGIC):
+        with open(path, "rb") as raw:
+            kind = compression(raw.read(8))
+            if kind is not None and not (self.decompress and kind in STREAMED):
                 yield Chunk(name, 1, b"", n_bytes=size, file_skip="compressed_file")
                 return
+            raw.seek(0)
+            try:
+                with decompressed(raw, kind) as f:
+                    head = f.read(64 << 10)
+            except DECOMPRESS_ERRORS:  # not even its start decompresses
+                yield Chunk(name, 1, b"", n_bytes=size, file_skip="corrupt_compressed_file")
+                return
+            if not head:
+                yield Chunk(name, 1, b"", n_bytes=size, file_skip="empty_file")
+                return
             fmt = self.detect(head)
-            marker = self.record_end[fmt]
-            f.seek(0)
-            line, carry = 1, b""
-            while True:
+            raw.seek(0)
+            with decompressed(raw, kind) as f:
+                yield from self._cut(f, raw, name, fmt, self.record_end[fmt], size)
+
+    def _cut(self, f: BinaryIO, raw: BinaryIO, name: str, fmt: str, marker: bytes, size: int) -> Iterator[Chunk]:
+        """Chunks of stream `f` (the file `raw` itself, or its decompressed bytes), each ending on `marker`'s line."""
+        line, carry, reported = 1, b"", 0
+        while True:
+            try:
                 block = f.read(self.chunk_bytes)
-                buf = carry + block if carry else block
-                cut = len(buf) if not block else _last_record_end(buf, marker)
-                if block and cut == 0:  # no complete record yet: read on
-                    carry = buf
-                    continue
-                data, carry = buf[:cut], buf[cut:]
-                if data:
-                    yield Chunk(name, line, data, fmt, len(data))
-                    line += data.count(b"\n")
-                if not block:
-                    return
+            except DECOMPRESS_ERRORS:
+                block, broken = b"", True
+            else:
+                broken = False
+            buf = carry + block if carry else block
+            cut = len(buf) if not block else _last_record_end(buf, marker)
+            if block and cut == 0:  # no complete record yet: read on
+                carry = buf
+                continue
+            data, carry = buf[:cut], buf[cut:]
+            if data:
+                done = len(data) if f is raw else (raw.tell() if block else size) - reported
+                yield Chunk(name, line, data, fmt, done)
+                line += data.count(b"\n")
+                reported += done
+            if broken:
+                yield Chunk(name, line, b"", n_bytes=size - reported, file_skip="corrupt_compressed_file")
+            if not block:
+                return
 
 
 def auto_chunk_bytes(total_bytes: int) -> int:

@@ -59,7 +59,7 @@ def wiki_source(path: str | Path, chunk_bytes: int | None = None) -> FileSource:
 
 
 @lru_cache(maxsize=1)
-def _t2s():
+def t2s_converter():
     import opencc
 
     return opencc.OpenCC("t2s")
@@ -72,7 +72,7 @@ def article(doc_id: str, title: str, text: str, location: str, specials: Special
     if len(body.strip()) < min_chars:
         return Skipped("stub", location)
     if to_simplified:
-        text = _t2s().convert(text)
+        text = t2s_converter().convert(text)
     text = nfc(text)
     return Document([Piece(text=text), Piece(special_id=specials.eot_id)], split_key=doc_id, dedup_key=text,
                     location=location)

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from prep import sft_sources
+from prep import row_sources
 from prep.records import PrepError
-from prep.sft_sources import hub_rows, is_json_array, iter_json_array, looks_like_hub_name
+from prep.row_sources import hub_rows, is_json_array, iter_json_array, looks_like_hub_name
 
 
 @pytest.fixture(params=[1 << 20, 7], ids=["big-reads", "7-char-reads"])
 def read_size(request, monkeypatch):
     """Tiny reads force every element across buffer boundaries."""
-    monkeypatch.setattr(sft_sources, "_READ_SIZE", request.param)
+    monkeypatch.setattr(row_sources, "_READ_SIZE", request.param)
 
 
 def test_array_elements_and_lines(tmp_path, read_size):

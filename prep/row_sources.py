@@ -1,7 +1,8 @@
-"""Where `prep sft` reads rows from: JSON-lines files, JSON-array files, folders of them, or the hub.
+"""Rows that are decoded in the main process: JSON-array files and `datasets` (hub) rows, grouped into chunks.
 
-Files are read as a stream in every case. A JSON-lines file is handed to the pipeline as raw bytes
-(cut into chunks on line boundaries) and decoded in the workers. A JSON-array file is decoded here,
+Shared by `prep sft` and `prep text`. Files are read as a stream in every case (a JSON-lines file
+is not read here: it goes to the pipeline as raw bytes and is decoded in the workers). A JSON-array
+file is decoded here,
 one element at a time with `json.JSONDecoder.raw_decode` over a sliding buffer, so a multi-GB array
 never has to fit in memory; elements keep the line they start on, for messages. A name that is not
 a local path (``BelleGroup/multiturn_chat_0.8M``) is streamed through `datasets` where the hub is
@@ -10,21 +11,26 @@ reachable; where it is not, the user gets one line saying so.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import BinaryIO
 
-from prep.records import PrepError
+from prep.jsonl import json_objects
+from prep.records import PrepError, Repaired, Skipped
+from prep.sources import Chunk, SourceInput, discover_files
+from prep.streams import DECOMPRESS_ERRORS, open_input
 
-INPUT_PATTERNS = ("*.json", "*.jsonl")
 _READ_SIZE = 1 << 20
 _MAX_ELEMENT = 256 << 20  # an array element larger than this is taken as broken JSON, not buffered forever
 _WS = " \t\r\n"
 
 
-def looks_like_hub_name(spec: str) -> bool:
+def looks_like_hub_name(spec: str, file_suffixes: Sequence[str] = (".json", ".jsonl")) -> bool:
     """``owner/name`` that is not a local path: what `datasets.load_dataset` would look up on the hub.
 
     A mistyped local path (``data/belle.json`` where ``data/`` exists, or any ``*.json``) stays a path,
@@ -32,12 +38,18 @@ def looks_like_hub_name(spec: str) -> bool:
     """
     path = Path(spec)
     return (spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.exists()
-            and not path.parent.exists() and path.suffix not in (".json", ".jsonl"))
+            and not path.parent.exists() and path.suffix not in file_suffixes)
 
 
-def first_char(path: Path) -> str:
-    """The first non-whitespace character of a file (after a UTF-8 BOM), or "" for an empty one."""
-    with open(path, "rb") as f:
+def _open(path: Path, decompress: bool) -> AbstractContextManager[BinaryIO]:
+    return open_input(path) if decompress else open(path, "rb")
+
+
+def first_char(path: Path, decompress: bool = False) -> str:
+    """The first non-whitespace character of a file (after a UTF-8 BOM), or "" for an empty one.
+
+    With `decompress`, of a gzip or zstd file's content (see `prep.streams`)."""
+    with _open(path, decompress) as f:
         head = f.read(4096)
         while head and not head.lstrip(b" \t\r\n\xef\xbb\xbf"):
             more = f.read(4096)
@@ -48,16 +60,17 @@ def first_char(path: Path) -> str:
     return chr(stripped[0]) if stripped else ""
 
 
-def is_json_array(path: Path) -> bool:
-    return first_char(path) == "["
+def is_json_array(path: Path, decompress: bool = False) -> bool:
+    return first_char(path, decompress) == "["
 
 
-def iter_json_array(path: Path) -> Iterator[tuple[int, object, int]]:
+def iter_json_array(path: Path, decompress: bool = False) -> Iterator[tuple[int, object, int]]:
     """Yield ``(line, element, n_bytes)`` for each element of a top-level JSON array, streaming the file.
 
     `n_bytes` is the UTF-8 size of the element's JSON text (for progress); `line` is where it starts.
+    With `decompress`, a gzip or zstd file is read through a streaming decompressor.
     """
-    with open(path, encoding="utf-8-sig") as f:
+    with _open(path, decompress) as binary, io.TextIOWrapper(binary, encoding="utf-8-sig") as f:
         yield from _ArrayReader(f, path).elements()
 
 
@@ -78,6 +91,8 @@ class _ArrayReader:
             more = self.f.read(_READ_SIZE)
         except UnicodeDecodeError as e:
             raise self.fail(f"not UTF-8 text ({e.reason})") from e
+        except DECOMPRESS_ERRORS as e:
+            raise self.fail(f"the compressed file is damaged or cut off ({e})") from e
         self.eof = not more
         self.buf, self.pos = self.buf[self.pos :] + more, 0
         return not self.eof
@@ -136,21 +151,87 @@ class _ArrayReader:
             return line, element, n_bytes
 
 
-def hub_rows(name: str, split: str = "train") -> Iterator[tuple[int, object]]:
-    """Stream ``(row number, row)`` from a `datasets` dataset: a hub name, or a local folder `datasets` can load."""
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """``name[:config][@split]`` -> (name, config or None, split; ``train`` by default).
+
+    Only the last path component is searched for ``:`` and ``@``, so a folder path with either in a
+    parent folder's name stays whole.
+    """
+    head, sep, last = spec.rpartition("/")
+    last, at, split = last.partition("@")
+    last, colon, config = last.partition(":")
+    return head + sep + last, (config or None) if colon else None, (split or "train") if at else "train"
+
+
+def hub_rows(name: str, split: str = "train", config: str | None = None,
+             columns: Sequence[str] | None = None) -> Iterator[tuple[int, object]]:
+    """Stream ``(row number, row)`` from a `datasets` dataset: a hub name, or a local folder `datasets` can load.
+
+    `columns`, if given, are the only ones read (those the dataset has; the rest of each row is never decoded).
+    """
+    label = name + (f":{config}" if config else "") + (f"@{split}" if split != "train" else "")
     try:
         import datasets
         import huggingface_hub
 
         datasets.logging.set_verbosity_error()  # our one-line error says it all; no retry chatter
         huggingface_hub.utils.logging.set_verbosity_error()
-        dataset = datasets.load_dataset(name, split=split, streaming=True)
+        dataset = datasets.load_dataset(name, config, split=split, streaming=True)
+        if columns is not None and dataset.column_names is not None:
+            dataset = dataset.select_columns([c for c in dataset.column_names if c in columns])
         rows = iter(dataset)
         first = next(rows, None)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
-        raise PrepError(f"{name}: cannot load this dataset through `datasets`{hint}: {text}") from e
+        raise PrepError(f"{label}: cannot load this dataset through `datasets`{hint}: {text}") from e
     if first is None:
         return
     yield from enumerate(itertools.chain([first], rows), 1)
+
+
+def spec_inputs(spec: str, hub: bool, patterns: Sequence[str], what: str
+                ) -> tuple[list[tuple[Path, str]], list[SourceInput]]:
+    """(files, inputs) of an input spec: a dataset (no files; one input of unknown size), or the files found."""
+    if hub:
+        return [], [SourceInput(spec, 0)]  # size unknown until streamed
+    files = discover_files(spec, patterns, what)
+    return files, [SourceInput(name, p.stat().st_size) for p, name in files]
+
+
+def chunk_rows(chunk: Chunk, out: list[Skipped | Repaired]) -> Iterator[tuple[str, object]]:
+    """``(location, row)`` of every row of a chunk: JSON lines decoded here, or rows decoded by the source.
+
+    JSON lines that are not rows (bad or repaired, see `prep.jsonl`) go to `out` instead.
+    """
+    if not isinstance(chunk.data, bytes):
+        yield from ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
+        return
+    for item in json_objects(chunk):
+        if isinstance(item, tuple):
+            yield item
+        else:
+            out.append(item)
+
+
+def json_size(row: object) -> int:
+    """UTF-8 bytes of a row as JSON: how a hub row counts on the progress bar."""
+    return len(json.dumps(row, ensure_ascii=False, default=str).encode())
+
+
+def row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int, fmt: str = "",
+               file_bytes: int = 0) -> Iterator[Chunk]:
+    """Group ``(line, row, n_bytes)`` into chunks of about `chunk_bytes` rows of format `fmt`.
+
+    The last chunk also accounts for what lies between rows (brackets, commas), so progress ends at `file_bytes`.
+    """
+    batch: list[tuple[int, object]] = []
+    size = done = 0
+    for line, row, n_bytes in rows:
+        batch.append((line, row))
+        size += n_bytes
+        if size >= chunk_bytes:
+            yield Chunk(name, batch[0][0], batch, fmt, size)
+            batch, done, size = [], done + size, 0
+    if batch:
+        yield Chunk(name, batch[0][0], batch, fmt, max(size, file_bytes - done))
