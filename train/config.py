@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, fields
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+AUTO = "auto"  # micro_batch_size=auto: the largest that fits, chosen at run start (train.plan.resolve_micro_batch)
 
 
 @dataclass
@@ -26,7 +27,7 @@ class TrainConfig:
     bias: bool = True
     # batch: sequences per optimizer step over all ranks, and per forward pass on one rank
     batch_size: int = 256
-    micro_batch_size: int = 32
+    micro_batch_size: int | str = 32  # or AUTO
     # optimizer and schedule (linear warmup, then cosine from lr down to lr * min_lr_ratio at max_steps)
     max_steps: int = 5000
     lr: float = 6e-4
@@ -52,6 +53,8 @@ class TrainConfig:
 
     def accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank: batch_size = micro_batch_size x accumulation x ranks."""
+        if self.micro_batch_size == AUTO:
+            raise ValueError("micro_batch_size=auto is chosen at run start (train.plan.resolve_micro_batch)")
         per_step = self.micro_batch_size * world_size
         if self.batch_size % per_step:
             raise ValueError(
@@ -109,8 +112,10 @@ def preset(name: str, stage: str = "pretrain") -> TrainConfig:
 
 
 def _parse(field: dataclasses.Field, text: str):
-    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "bool": bool,
-                                                              "str": str}[field.type]
+    if field.name == "micro_batch_size" and text.strip().lower() == AUTO:
+        return AUTO
+    kind = field.type if isinstance(field.type, type) else {"int": int, "int | str": int, "float": float,
+                                                              "bool": bool, "str": str}[field.type]
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -154,6 +159,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "micro_batch_size", "max_steps",
                 "eval_every", "eval_blocks", "log_every", "ckpt_every", "loss_chunk_tokens")
     for name in positive:
+        if getattr(config, name) == AUTO:  # only micro_batch_size can be; resolved at run start
+            continue
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(config, name)}")
     if config.n_embd % config.n_head:
