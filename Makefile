@@ -16,7 +16,7 @@ TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval plan demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,13 @@ eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
 	$(PY) -m train eval --ckpt "$(CKPT)" --data "$(DATA)" $(ARGS)
+
+# Values reach the program through the environment, byte for byte (GPU_MEM empty: this machine's memory).
+plan: export PLAN_PRESET := $(value PRESET)
+plan: export PLAN_NPROC := $(value NPROC)
+plan: export PLAN_GPU_MEM := $(value GPU_MEM)
+plan: $(STAMP) ## memory of a training step, largest micro-batch: [PRESET=mini] [GPU_MEM=24GB] [NPROC=N] [ARGS=...]
+	$(PY) -m train plan --preset "$$PLAN_PRESET" --nproc "$$PLAN_NPROC" --gpu-mem "$$PLAN_GPU_MEM" $(ARGS)
 
 # The demo is the real pipeline, run with the same targets a user runs, on sample_data/.
 DEMO_DATA := data_bin/demo

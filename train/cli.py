@@ -16,6 +16,7 @@ from prep.tokenizer import TokenizerError
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
 from train.loop import RunSpec, TrainError, train
+from train.plan import plan_command
 from train.report import report_command
 
 USER_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError)
@@ -100,3 +101,4 @@ def sft(preset: str, data: Path, out: Path, init: Path | None, assignments, stop
 
 cli.add_command(eval_command)  # `train eval`: train/full_eval.py
 cli.add_command(report_command)  # `train report`: train/report.py
+cli.add_command(plan_command)  # `train plan`: train/plan.py

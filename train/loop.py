@@ -37,6 +37,7 @@ from train.evaluate import bits_per_byte, evaluate_windows, sample_text
 from train.metrics import LiveView, MetricsLog
 from train.optim import lr_at
 from train.perf import peak_flops
+from train.plan import cuda_memory_check, resolve_micro_batch
 from train.step import PrecisionError, Stepper
 
 
@@ -157,6 +158,7 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
     train_split, val_split = folder.split("train"), folder.split("val")
     cfg, ckpt, init = resolve_model_config(cfg, spec, identity, d)
     try:
+        cfg, auto = resolve_micro_batch(cfg, d.world_size, d.device, identity["vocab_size"], ckpt=ckpt)
         accumulation = cfg.accumulation(d.world_size)
     except ValueError as e:
         raise TrainError(str(e)) from None
@@ -187,7 +189,7 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
     peak *= d.world_size
     tokenizer = _sample_tokenizer(identity, console if main else None) if main else None
     run_info = {"stage": spec.stage, "data": str(spec.data), "init": str(init) if init else None,
-                "world_size": d.world_size, "config": cfg.to_dict()}
+                "world_size": d.world_size, "config": cfg.to_dict(), "auto_micro_batch": auto and auto.to_dict()}
     metrics = MetricsLog(spec.out, step if ckpt is not None else None) if main else None
     if main:
         console.print(
@@ -197,6 +199,8 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
             f"x {accumulation} accumulation x {d.world_size} rank(s); train {train_split.n_tokens:,} tokens, "
             f"val {len(val_starts)} blocks; MFU vs {peak_note}"
         )
+        if auto is not None:
+            console.print(auto.note)
         if ckpt is not None:
             console.print(f"resuming from {ckpt} at step {step}")
         elif init is not None:
@@ -256,6 +260,9 @@ def _train(cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console) -> R
                 step += 1
                 dt = time.perf_counter() - t0
                 rates.append(tokens_per_step / dt)
+                if main and device.type == "cuda" and (line := cuda_memory_check(
+                        len(rates), cfg, identity["vocab_size"], d.world_size, device, stepper.compiled)):
+                    live.print(line)  # the measured peak beside the plan's
                 rec = {"step": step, "loss": last_loss, "lr": lr, "tokens_per_s": tokens_per_step / dt,
                        "mfu": flops_per_token * tokens_per_step / dt / peak, "grad_norm": stats.grad_norm}
                 if main and (step % cfg.log_every == 0 or step == cfg.max_steps):
