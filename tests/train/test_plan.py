@@ -240,6 +240,7 @@ def test_plan_command_errors_are_one_line():
 # --- the compiled step -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's own
 def test_forward_and_chunked_loss_compile_with_no_graph_break():
     """fullgraph=True fails on any graph break: the chunk loop of ChunkedLinearCrossEntropy must trace.
 
