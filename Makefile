@@ -108,6 +108,11 @@ eval: export MK_DATA = $(call verbatim,DATA)
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
 	$(PY) -m train eval --ckpt "$$MK_CKPT" --data "$$MK_DATA"
 
+plan: export MK_PRESET = $(call verbatim,PRESET)
+plan: export MK_GPU_MEM = $(call verbatim,GPU_MEM)
+plan: $(STAMP) ## memory of a training step, largest micro-batch: [PRESET=mini] [GPU_MEM=24GB] [NPROC=N] [ARGS=...]
+	$(PY) -m train plan --preset "$$MK_PRESET" --nproc "$$MK_NPROC" --gpu-mem "$$MK_GPU_MEM"
+
 # The demo is the real pipeline, run with the same targets a user runs, on sample_data/.
 DEMO_DATA := data_bin/demo
 DEMO_RUNS := runs/demo

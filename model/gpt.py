@@ -249,7 +249,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
     The forward pass computes, per chunk, the logits (matmul in the autocast dtype), the log-sum-exp
     and loss in fp32, and right away the gradients w.r.t. the chunk's hidden states and the weight
     (softmax − one-hot, zeroed where masked). Backward only scales those by the incoming gradient, so
-    nothing is recomputed and peak memory is one chunk of logits plus a V·C fp32 weight gradient.
+    nothing is recomputed and peak memory is a V·C fp32 weight gradient plus one chunk of fp32 logits
+    and its temporaries (logsumexp's ``logits - max`` is a second chunk: `train.plan` counts them).
     """
 
     @staticmethod
@@ -280,6 +281,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                         grad_w.addmm_(g.t(), hc)  # no V x C temporary
                     else:
                         grad_w += (g.t() @ hc).float()
+                # drop this chunk's logits now: otherwise they live on while the next chunk's are computed
+                logits = g = None
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss

@@ -21,10 +21,13 @@ from prep.tokenfile import TokenFileError
 from prep.tokenizer import TokenizerError
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
+from train.plan import PlanError
+from train.plan_cli import plan_command
 from train.report import report_command
 from train.trainer import RunSpec, TrainError, train
 
-TRAIN_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError, OutputError, RuntimeChoiceError)
+TRAIN_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError, OutputError, RuntimeChoiceError,
+                PlanError)
 
 
 @click.group()
@@ -105,3 +108,4 @@ def sft(preset: str, data: Path, out: Path, init: Path | None, assignments, stop
 
 cli.add_command(eval_command)  # `train eval`: train/full_eval.py
 cli.add_command(report_command)  # `train report`: train/report.py
+cli.add_command(plan_command)  # `train plan`: train/plan_cli.py, train/plan.py

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field, fields
 from model.gpt import GPTConfig
 from model.runtime import DTYPES
 
+AUTO = "auto"  # micro_batch_size=auto: the largest that fits, chosen at run start (train.plan.resolve_micro_batch)
+
 
 @dataclass
 class TrainConfig:
     model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is replaced by the data's at run time
     # batch: sequences per optimizer step over all ranks, and per forward pass on one rank
     batch_size: int = 256
-    micro_batch_size: int = 32
+    micro_batch_size: int | str = 32  # or AUTO
     # optimizer and schedule (linear warmup, then cosine from lr down to lr * min_lr_ratio at max_steps)
     max_steps: int = 5000
     lr: float = 6e-4
@@ -52,6 +54,8 @@ class TrainConfig:
 
     def accumulation(self, world_size: int) -> int:
         """Micro-steps per optimizer step on each rank: batch_size = micro_batch_size x accumulation x ranks."""
+        if self.micro_batch_size == AUTO:
+            raise ValueError("micro_batch_size=auto is chosen at run start (train.plan.resolve_micro_batch)")
         per_step = self.micro_batch_size * world_size
         if self.batch_size % per_step:
             raise ValueError(
@@ -147,8 +151,10 @@ def _settable_fields() -> dict[str, dataclasses.Field]:
 
 
 def _parse(field: dataclasses.Field, text: str):
-    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "bool": bool,
-                                                              "str": str}[field.type]
+    if field.name == "micro_batch_size" and text.strip().lower() == AUTO:
+        return AUTO
+    kind = field.type if isinstance(field.type, type) else {"int": int, "int | str": int, "float": float,
+                                                              "bool": bool, "str": str}[field.type]
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -201,6 +207,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     positive |= {name: getattr(config, name) for name in ("batch_size", "micro_batch_size", "max_steps",
                                                           "eval_every", "eval_blocks", "log_every", "ckpt_every")}
     for name, value in positive.items():
+        if value == AUTO:  # only micro_batch_size can be; resolved at run start
+            continue
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if m.n_embd % m.n_head:

@@ -44,6 +44,7 @@ from train.evaluate import bits_per_byte, evaluate_windows, sample_text
 from train.metrics import LiveView, MetricsLog
 from train.optim import lr_at
 from train.perf import PeakMeter
+from train.plan import cuda_memory_check, resolve_micro_batch
 from train.step import Stepper, StepStats
 
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
@@ -189,6 +190,8 @@ class Trainer:
             except TokenizerError as e:
                 raise CheckpointError(str(e)) from None
             check_shape(info["config"], wanted, str(init / "model.json"))
+        cfg, self.auto = resolve_micro_batch(cfg, self.d.world_size, self.d.device, self.identity["vocab_size"],
+                                             ckpt=ckpt)
         return self._fit_to_ranks(cfg), ckpt, init
 
     def _existing_checkpoint(self) -> Path | None:
@@ -258,6 +261,8 @@ class Trainer:
             f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
             f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train "
             f"{self.train_split.n_tokens:,} tokens, val {len(self.val_starts)} blocks; MFU vs {self.peak.note}")
+        if self.auto is not None:
+            self.console.print(self.auto.note)
         if self.ckpt is not None:
             self.console.print(f"resuming from {self.ckpt} at step {self.step}")
             self._print_changes()
@@ -312,7 +317,7 @@ class Trainer:
         if self.main:
             run_info = {"stage": self.spec.stage, "data": str(self.spec.data),
                         "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
-                        "config": self.cfg.to_dict()}
+                        "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
                             self.identity, self.data_kind, run_info)
         self.saved_step = self.step
@@ -345,6 +350,10 @@ class Trainer:
         if self.main and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps):
             self.metrics.write(rec)
             self.live.update(rec)
+        if self.main and self.d.device.type == "cuda" and (line := cuda_memory_check(
+                len(self.rates), self.cfg, self.cfg.model.vocab_size, self.d.world_size, self.d.device,
+                self.stepper.compiled)):
+            self.live.print(line)  # the measured peak beside the plan's
 
     # -- the loop ------------------------------------------------------------------------------------
 

@@ -1,0 +1,340 @@
+"""``python -m train plan``: the memory one training step needs, and the largest micro-batch that fits.
+
+The model of memory
+===================
+
+One optimizer step of `train.step.Stepper` in eager mode (AdamW fused, gradients clipped, the loss of
+`model.gpt.ChunkedLinearCrossEntropy`), counted tensor by tensor from model/gpt.py. Notation: P
+parameters (the tied V x C embedding counted once), P_lin those of the blocks' `nn.Linear` layers,
+L layers, C = n_embd, H heads, V the padded vocabulary, T = block_size, B the micro-batch, N = B·T
+tokens, c = min(loss_chunk_tokens, N) tokens per output-layer chunk. Sizes in bytes; ``a`` is the size
+of the matmul dtype (4 in fp32, 2 under bf16/fp16 autocast), the residual stream is always fp32.
+
+* Weights 4P, gradients 4P, AdamW's two moments 8P (all fp32; `torch.optim.AdamW` keeps ``exp_avg``
+  and ``exp_avg_sq`` per parameter; the fused kernel updates in place, no per-step copies).
+  Gradients exist from the backward pass to ``zero_grad(set_to_none=True)``; with accumulation > 1
+  those of the earlier micro-batches are live during the later ones' forward and backward.
+  Under DDP, the reducer's gradient buckets add another 4P (``gradient_as_bucket_view`` is off).
+* Autocast (bf16/fp16) casts each Linear's weight and bias once per forward and keeps the copy
+  (autocast's weight cache, then autograd's saved tensors) until that layer's backward: 2·P_lin.
+* Activations: what autograd saves for backward (PyTorch's derivatives.yaml: a Linear saves its input,
+  LayerNorm its input + mean + rstd, GELU its input, SDPA its q, k, v, output and logsumexp; views
+  save nothing). Per block: LayerNorm inputs 2·4NC (+ 2·2·4N stats), LayerNorm outputs as Linear
+  inputs 2·aNC, qkv 3·aNC, attention output aNC + logsumexp 4·N·H, c_fc output (GELU input) 4·aNC,
+  GELU output (c_proj input) 4·aNC: 64·NC bytes in fp32, 36·NC under autocast. Korthikanti et al.
+  2022, "Reducing Activation Recomputation in Large Transformer Models" (sec. 4.1), count the same
+  tensors as 34·NC (+ 5·B·H·T² with a materialised attention matrix) for fp16 with 1-byte dropout
+  masks; the difference is our fp32 residual stream and LayerNorm inputs, and no dropout by default.
+  Flash / memory-efficient attention (CUDA; the CPU's flash kernel without dropout) never stores the
+  T x T scores. The math kernel (CPU with dropout > 0) does: per block 12·B·H·T² (fp32
+  probabilities, dropout noise and dropped probabilities; + 2·B·H·T² for a bf16 copy under autocast,
+  whose softmax stays fp32), and q, k, v copied for its batched matmuls (3·aNC) instead of the qkv
+  tensor, plus the output made contiguous (aNC). Dropout > 0 also saves a mask per residual branch
+  and one after the embeddings: 1 byte on CUDA (``native_dropout``), the tensor's dtype on a CPU (a
+  noise tensor). Plus ln_f's input 4NC, the final hidden states 4NC (until the loss is computed) and
+  the batch (x and y int64, the mask bool).
+* The output layer (`ChunkedLinearCrossEntropy`) computes the loss and both gradients in its forward:
+  it keeps a V x C fp32 weight gradient (4VC) and an N x C hidden-state gradient (4NC). Per chunk
+  of c tokens (one chunk at a time: the loop drops each chunk's logits before the next's exist):
+  the fp32 logits 4cV plus logsumexp's ``logits - max`` temporary 4cV. Under autocast
+  also the bf16 weight copy 2VC and, at the weight-gradient matmul, the bf16 gradient chunk 2cV, the
+  bf16 product 2VC and its fp32 copy 4VC. Its backward scales both gradients into new tensors:
+  4NC + 4VC, and the scaled weight gradient waits (autograd's input buffer) for the embedding's.
+* The embedding's backward builds a dense V x C fp32 gradient (4VC) that is added to the output
+  layer's before the sum becomes ``wte.weight.grad``.
+
+The peak is the largest of five moments of a step (see `plan_step`); which one wins depends on the
+shape: with a large vocabulary it is the output layer's forward or backward, with a small one it can
+be the start of the blocks' backward or the embedding's backward.
+
+What the model leaves out: the CUDA context, kernels and cuBLAS workspace (`CUDA_CONTEXT`, taken off
+a card's size), the caching allocator's slack between reserved and allocated memory, a CPU process's
+libraries and allocator fragmentation (`SAFETY` covers these), and torch.compile, which plans its own
+buffers (a compiled step usually needs less). It is checked on a CPU against the peak of the tensor
+bytes the allocator reports to the profiler (tests/train/test_plan.py): exact to 0.1% in fp32 for
+every shape tried, `mini` at micro-batch 8 included, and to ~1% under bf16 autocast. DDP and CUDA's
+kernels are not measured here: on CUDA the trainer prints ``torch.cuda.max_memory_allocated`` of its
+second step (the first has no AdamW moments yet) beside the plan's figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from model.gpt import GPT, GPTConfig
+from model.runtime import RuntimeChoiceError, precision
+from train.checkpoint import read_run_info
+from train.config import AUTO, TrainConfig
+
+GiB = 1 << 30
+CUDA_CONTEXT = GiB // 2  # a card's memory that its CUDA context, kernels and workspaces take first
+SAFETY = 0.85  # use at most this share of the free memory: allocator slack, libraries, the plan's error
+FREE_MEMORY_ENV = "TRAIN_FREE_MEMORY"  # e.g. 6GB: pretend this much memory is free (tests, shared machines)
+
+
+class PlanError(ValueError):
+    """Memory that cannot hold a step, or cannot be measured; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the memory of a step depends on, besides the micro-batch and the accumulation."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int
+    bias: bool = True
+    dropout: float = 0.0
+    loss_chunk_tokens: int = 1024
+    dtype: str = "fp32"  # the step's precision: fp32 | bf16 | fp16 (autocast; master weights stay fp32)
+    device: str = "cpu"  # cpu | cuda | mps: decides the attention kernel and the dropout mask's size
+    world_size: int = 1
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
+        m = cfg.model
+        return cls(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab_size, m.bias, m.dropout, m.loss_chunk_tokens,
+                   dtype, device, world_size)
+
+    @property
+    def amp(self) -> bool:
+        return self.dtype != "fp32"
+
+    @property
+    def matmul_bytes(self) -> int:
+        """Bytes per element of Linear inputs/outputs, GELU and attention tensors: the autocast dtype's."""
+        return 2 if self.amp else 4
+
+    @property
+    def math_attention(self) -> bool:
+        """SDPA's math kernel (the T x T scores stored): a CPU or MPS with dropout (no fused kernel for it)."""
+        return self.dropout > 0 and self.device != "cuda"
+
+
+@dataclass
+class StepPlan:
+    setup: Setup
+    micro: int
+    accumulation: int
+    parts: dict[str, int]  # bytes of each kind of memory (not all live at once)
+    moments: dict[str, list[str]]  # the parts live at each candidate peak
+    peak_at: str
+
+    @property
+    def peak(self) -> int:
+        return sum(self.parts[p] for p in self.moments[self.peak_at])
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro * self.accumulation * self.setup.world_size * self.setup.block_size
+
+
+@functools.lru_cache(maxsize=64)
+def param_counts(s: Setup) -> tuple[int, int]:
+    """(P, P_lin): all parameters, and those of the blocks' Linear layers, of a weightless GPT."""
+    with torch.device("meta"):  # the real module tree, no memory: stays true if model/gpt.py changes
+        model = GPT(GPTConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size,
+                              vocab_size=s.vocab_size, bias=s.bias))
+    linear = sum(p.numel() for m in model.transformer.h.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    return model.num_params(), linear
+
+
+def layer_activations(s: Setup, micro: int) -> dict[str, int]:
+    """Bytes one block saves for its backward, tensor by tensor (see the module docstring)."""
+    N, C, H, T = micro * s.block_size, s.n_embd, s.n_head, s.block_size
+    a = s.matmul_bytes
+    stats = 2 * N * 4  # LayerNorm's mean and rstd, fp32
+    mask = 1 if s.device == "cuda" else a  # a dropout mask: bool from native_dropout, else a noise tensor
+    saved = {"ln_1 input (the residual stream, fp32)": 4 * N * C + stats, "c_attn input (ln_1 output)": a * N * C}
+    if s.math_attention:
+        saved["q, k, v copies for the attention matmuls"] = 3 * a * N * C
+        # softmax runs in fp32 under autocast, and the dropped probabilities get a bf16 copy for the matmul
+        scores = (4 + 4 + 4 + 2) if s.amp else 3 * 4
+        saved["attention buffers: T x T probabilities, dropout noise, dropped"] = scores * micro * H * T * T
+        saved["c_proj input (attention output made contiguous)"] = a * N * C
+    else:
+        saved["qkv (c_attn output; q, k, v are views of it)"] = 3 * a * N * C
+        saved["attention output (c_proj input)"] = a * N * C
+        saved["attention buffers: logsumexp"] = 4 * N * H
+    saved["ln_2 input (fp32)"] = 4 * N * C + stats
+    saved["c_fc input (ln_2 output)"] = a * N * C
+    saved["GELU input (c_fc output)"] = 4 * a * N * C
+    saved["c_proj input (GELU output)"] = 4 * a * N * C
+    if s.dropout > 0:
+        saved["dropout masks of the two residual branches"] = 2 * mask * N * C
+    return saved
+
+
+def _output_layer_chunk(s: Setup, micro: int) -> int:
+    """Peak bytes of one chunk inside the output layer's forward (the V x C gradient not included)."""
+    N, C, V = micro * s.block_size, s.n_embd, s.vocab_size
+    c = min(s.loss_chunk_tokens, N)
+    logsumexp = 4 * c * V + 4 * c * V  # fp32 logits + logsumexp's logits - max
+    if not s.amp:
+        return logsumexp  # the weight gradient is an in-place addmm_
+    # bf16 weight copy for the whole forward + the chunk's bf16 hidden states, then the larger of the
+    # logsumexp moment and the weight-gradient moment: fp32 g + bf16 g + bf16 gᵀ·h + its fp32 copy
+    return 2 * V * C + 2 * c * C + max(logsumexp, 4 * c * V + 2 * c * V + 2 * V * C + 4 * V * C)
+
+
+def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
+    """The parts of one step's memory, and which are live at each moment where the peak can fall."""
+    P, P_lin = param_counts(s)
+    N, C, V, a = micro * s.block_size, s.n_embd, s.vocab_size, s.matmul_bytes
+    layer = sum(layer_activations(s, micro).values())
+    embed_mask = (1 if s.device == "cuda" else 4) * N * C if s.dropout > 0 else 0  # the embeddings are fp32
+    parts = {
+        "weights": 4 * P,
+        "gradients": 4 * P,
+        "optimizer": 8 * P,
+        "ddp": 4 * P if s.world_size > 1 else 0,
+        "amp_weights": 2 * P_lin if s.amp else 0,
+        "activations": s.n_layer * layer + embed_mask + 4 * N * C + 17 * N,  # + ln_f input + the batch
+        "hidden": 4 * N * C,
+        "grad_h": 4 * N * C,
+        "grad_w": 4 * V * C,
+        "chunk": _output_layer_chunk(s, micro),
+        "scaled_grads": 4 * N * C + 4 * V * C,
+        "block_backward": 4 * V * C + 4 * a * N * C + 4 * 4 * C * C,
+        "embedding_backward": 4 * V * C + 4 * N * C + (4 * V * C if accumulation > 1 else 0),
+    }
+    held = ["weights", "optimizer", "ddp"] + (["gradients"] if accumulation > 1 else [])
+    moments = {
+        "output layer forward": held + ["amp_weights", "activations", "hidden", "grad_h", "grad_w", "chunk"],
+        "output layer backward": held + ["amp_weights", "activations", "grad_h", "grad_w", "scaled_grads"],
+        "last block's backward": held + ["amp_weights", "activations", "block_backward"],
+        "embedding backward": ["weights", "optimizer", "ddp", "gradients", "embedding_backward"],
+        "optimizer step": ["weights", "optimizer", "ddp", "gradients"],
+    }
+    plan = StepPlan(s, micro, accumulation, parts, moments, "")
+    plan.peak_at = max(moments, key=lambda m: sum(parts[p] for p in moments[m]))
+    return plan
+
+
+def largest_micro(s: Setup, batch_size: int, budget: int) -> StepPlan | None:
+    """The plan of the largest micro-batch dividing ``batch_size / world_size`` whose step fits `budget`."""
+    if batch_size % s.world_size:
+        raise PlanError(f"batch_size {batch_size} is not a multiple of {s.world_size} process(es)")
+    per_rank = batch_size // s.world_size
+    for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
+        plan = plan_step(s, micro, per_rank // micro)
+        if plan.peak <= budget:
+            return plan
+    return None
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``24GB``, ``24GiB``, ``1.5G``, ``800MB`` or ``123456789``; GB = GiB, as GPU makers count."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise PlanError(f"expected a memory size such as 24GB or 800MB, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+
+
+def fmt(n: int) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / (1 << 20):.1f} MiB"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for training on `device` now (`FREE_MEMORY_ENV` overrides, e.g. to simulate a small card)."""
+    if os.environ.get(FREE_MEMORY_ENV):
+        return parse_size(os.environ[FREE_MEMORY_ENV])
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]  # after the CUDA context, which the plan leaves out
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise PlanError(f"cannot tell how much memory is free here; set micro_batch_size to a number, or "
+                    f"{FREE_MEMORY_ENV}=8GB")
+
+
+def step_dtype(cfg: TrainConfig, device: torch.device) -> str:
+    """The precision `train.step` will use on `device`: fp32, bf16 or fp16."""
+    try:
+        return precision(device, cfg.dtype).name
+    except RuntimeChoiceError as e:
+        raise PlanError(str(e)) from None
+
+
+@dataclass
+class AutoChoice:
+    """What ``micro_batch_size=auto`` chose, and why (printed at run start, saved in train_config.json)."""
+
+    micro: int
+    accumulation: int
+    planned_peak: int | None  # None when kept from the checkpoint
+    free: int | None
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"micro_batch_size": self.micro, "accumulation": self.accumulation,
+                "planned_peak_bytes": self.planned_peak, "free_bytes": self.free, "note": self.note}
+
+
+def _min_over_ranks(value: int, device: torch.device) -> int:
+    """Every rank must pick the same micro-batch: plan for the rank with the least free memory."""
+    if not torch.distributed.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    return int(t.item())
+
+
+def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device, vocab_size: int,
+                        free_bytes: int | None = None, ckpt: Path | None = None
+                        ) -> tuple[TrainConfig, AutoChoice | None]:
+    """Replace ``micro_batch_size=auto`` by the largest micro-batch whose step fits `SAFETY` x the free memory.
+
+    The effective batch (`batch_size`) stays; accumulation makes up the rest. A resumed run keeps its
+    checkpoint's micro-batch, so it continues with the very batches it would have seen. Call it before
+    the model is on the device (the free memory must still include the room for its weights).
+    """
+    if cfg.micro_batch_size != AUTO:
+        return cfg, None
+    per_rank = cfg.batch_size // world_size
+    if ckpt is not None:
+        kept = (read_run_info(ckpt).get("config") or {}).get("micro_batch_size")
+        if isinstance(kept, int) and cfg.batch_size % world_size == 0 and per_rank % kept == 0:
+            note = f"micro_batch_size=auto: {kept} x {per_rank // kept} accumulation, kept from the checkpoint"
+            return replace(cfg, micro_batch_size=kept), AutoChoice(kept, per_rank // kept, None, None, note)
+    free = _min_over_ranks(free_memory(device) if free_bytes is None else free_bytes, device)
+    setup = Setup.of(cfg, vocab_size, step_dtype(cfg, device), device.type, world_size)
+    plan = largest_micro(setup, cfg.batch_size, int(free * SAFETY))
+    if plan is None:
+        need = plan_step(setup, 1, max(per_rank, 1)).peak
+        raise PlanError(f"micro_batch_size=auto: even a micro-batch of 1 needs {fmt(need)}, but {fmt(free)} is "
+                        f"free on {device} (using {SAFETY:.0%} of it); try dtype bf16, a smaller "
+                        "loss_chunk_tokens, a smaller model or more processes")
+    note = (f"micro_batch_size=auto: {plan.micro} x {plan.accumulation} accumulation x {world_size} process(es) "
+            f"= batch {cfg.batch_size}; plan {fmt(plan.peak)} per step, {fmt(free)} free on {device}")
+    return replace(cfg, micro_batch_size=plan.micro), AutoChoice(plan.micro, plan.accumulation, plan.peak, free, note)
+
+
+def cuda_memory_check(steps_run: int, cfg: TrainConfig, vocab_size: int, world_size: int, device: torch.device,
+                      compiled: bool) -> str | None:
+    """Call after each of the first steps on CUDA: after the 1st, resets the peak counter; after the 2nd,
+    returns that step's measured peak beside the plan's figure (the 1st has no AdamW moments yet, and
+    pays for compilation)."""
+    if steps_run == 1:
+        torch.cuda.reset_peak_memory_stats(device)
+    if steps_run != 2:
+        return None
+    setup = Setup.of(cfg, vocab_size, step_dtype(cfg, device), device.type, world_size)
+    plan = plan_step(setup, cfg.micro_batch_size, cfg.accumulation(world_size))
+    measured = torch.cuda.max_memory_allocated(device)
+    eager = "; planned for eager mode" if compiled else ""
+    return (f"memory of step 2: {fmt(measured)} at its peak (torch.cuda.max_memory_allocated), planned "
+            f"{fmt(plan.peak)} by `train plan` ({measured / plan.peak:.0%}{eager})")
