@@ -94,18 +94,24 @@ def wiki_files(wiki: Path) -> list[Path]:
 
 # ---- phases: each runs in its own process and returns seconds, input bytes and tokens ----
 
-def phase_wiki_pipeline(wiki: str, workers: int, **_) -> dict:
+def timed_prep(run: Callable[..., dict], src: str, workers: int, **options) -> dict:
+    """One prep run end to end (the tokenizer loaded before the clock starts): seconds, input bytes, tokens."""
     from prep.tokenizer import load_tokenizer
-    from prep.wiki import run_wiki
 
-    load_tokenizer("qwen2")  # loaded before the clock starts, as in the other phases
+    load_tokenizer("qwen2")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        meta = run_wiki(wiki, Path(tmp) / "wiki", workers=workers, show_progress=False,
-                        console=Console(file=io.StringIO()))
+        meta = run(src, Path(tmp) / "out", workers=workers, show_progress=False, console=Console(file=io.StringIO()),
+                   **options)
         seconds = time.perf_counter() - t0
     return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
-            "tokens": sum(s["tokens"] for s in meta["splits"].values())}
+            "tokens": sum(s["tokens"] for s in meta["splits"].values()), "meta": meta}
+
+
+def phase_wiki_pipeline(wiki: str, workers: int, **_) -> dict:
+    from prep.wiki import run_wiki
+
+    return timed_prep(run_wiki, wiki, workers)
 
 
 def tokenizer_alone(files: list[Path], texts_of: Callable[[bytes], list[str]], workers: int) -> dict:
@@ -151,16 +157,8 @@ def phase_wiki_autotokenizer(wiki: str, hf_tokenizer: str, baseline_mb: float, *
 
 def phase_sft_pipeline(sft: str, workers: int, **_) -> dict:
     from prep.sft import run_sft
-    from prep.tokenizer import load_tokenizer
 
-    load_tokenizer("qwen2")
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        meta = run_sft(sft, Path(tmp) / "sft", workers=workers, show_progress=False,
-                       console=Console(file=io.StringIO()))
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
-            "tokens": sum(s["tokens"] for s in meta["splits"].values())}
+    return timed_prep(run_sft, sft, workers)
 
 
 def _strings(obj) -> list[str]:
@@ -182,16 +180,9 @@ def phase_sft_tokenizer(sft: str, workers: int, **_) -> dict:
 def phase_text_pipeline(src: str, workers: int, near_dedup: bool = False, **_) -> dict:
     from prep.near_dedup import NearDedupConfig
     from prep.text import run_text
-    from prep.tokenizer import load_tokenizer
 
-    load_tokenizer("qwen2")
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        meta = run_text(src, Path(tmp) / "text", workers=workers, show_progress=False, console=Console(file=io.StringIO()),
-                        near_dedup=NearDedupConfig() if near_dedup else None)
-        seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "bytes": sum(s["bytes"] for s in meta["sources"]),
-            "tokens": sum(s["tokens"] for s in meta["splits"].values()), "kept": meta["records"]["kept"]}
+    out = timed_prep(run_text, src, workers, near_dedup=NearDedupConfig() if near_dedup else None)
+    return {**out, "kept": out["meta"]["records"]["kept"]}
 
 
 def phase_text_tokenizer(src: str, workers: int, **_) -> dict:
@@ -285,12 +276,15 @@ def print_throughput(title: str, rows: dict[str, dict], console: Console) -> Non
     console.print(t)
 
 
+def announce(kind: str, src: Path, files: list[Path], opts: dict, console: Console) -> None:
+    size = sum(p.stat().st_size for p in files)
+    console.print(f"[bold]{kind}[/]: {src} ({len(files)} files, {size / 1e6:.1f} MB), {opts['workers']} workers, "
+                  f"best of {opts['repeat']}")
+
+
 def section_wiki(opts: dict, console: Console) -> None:
     wiki = opts["wiki"] or default_wiki()
-    files = wiki_files(wiki)
-    size = sum(p.stat().st_size for p in files)
-    console.print(f"[bold]wiki[/]: {wiki} ({len(files)} files, {size / 1e6:.1f} MB), {opts['workers']} workers, "
-                  f"best of {opts['repeat']}")
+    announce("wiki", wiki, wiki_files(wiki), opts, console)
     with tempfile.TemporaryDirectory() as tmp:
         hf = opts["hf_tokenizer"] or default_hf_tokenizer(Path(tmp))
         kw = {"wiki": str(wiki), "workers": opts["workers"]}
@@ -308,10 +302,7 @@ def section_wiki(opts: dict, console: Console) -> None:
 
 def section_sft(opts: dict, console: Console) -> None:
     sft = opts["sft"] or default_sft()
-    files = sft_files(sft)
-    size = sum(p.stat().st_size for p in files)
-    console.print(f"[bold]sft[/]: {sft} ({len(files)} files, {size / 1e6:.1f} MB), {opts['workers']} workers, "
-                  f"best of {opts['repeat']}")
+    announce("sft", sft, sft_files(sft), opts, console)
     kw = {"sft": str(sft), "workers": opts["workers"]}
     rows = measure({"prep sft (pipeline)": ("sft-pipeline", kw), "tokenizer alone": ("sft-tokenizer", kw)},
                    opts["repeat"])

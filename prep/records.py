@@ -43,16 +43,16 @@ class Document:
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """A record that was not used, with a short machine-readable reason (e.g. ``invalid_json``)."""
+class Counted:
+    """A record counted by a short machine-readable reason (e.g. ``invalid_json``) at ``file:line``."""
 
     reason: str
     location: str
 
 
-@dataclass(frozen=True)
-class Repaired:
+class Skipped(Counted):
+    """A record that was not used."""
+
+
+class Repaired(Counted):
     """Something a reader fixed and still used (a BOM stripped, a CRLF line end), counted so it is never silent."""
-
-    reason: str
-    location: str
