@@ -16,7 +16,7 @@ TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval harness bpb demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,21 @@ eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
 	$(PY) -m train eval --ckpt "$(CKPT)" --data "$(DATA)" $(ARGS)
+
+# Values reach the programs through the environment, byte for byte (paths with spaces, quotes).
+harness: export CKPT ?= runs/sft
+harness: export TASKS ?= ceval-valid,cmmlu
+harness: export LIMIT ?=
+harness: $(STAMP) ## C-Eval/CMMLU via lm-eval: [CKPT=runs/sft] [TASKS=ceval-valid,cmmlu] [LIMIT=N] [ARGS=...]
+	@$(PY) -c 'import lm_eval' 2>/dev/null || { echo "installing the eval extra (lm-eval) once ..."; \
+		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[eval]'; }
+	$(PY) -m model harness --ckpt "$$CKPT" --tasks "$$TASKS" $${LIMIT:+--limit "$$LIMIT"} $(ARGS)
+
+bpb: export MODEL ?=
+bpb: export TEXT ?=
+bpb: $(STAMP) ## bits per byte on raw text: MODEL=run-or-HF-folder TEXT=file|folder|jsonl [ARGS="--model other"]
+	@test -n "$$MODEL" -a -n "$$TEXT" || { echo "usage: make bpb MODEL=runs/pretrain|hf-folder TEXT=file|folder|wiki-shard [ARGS='--model another --stride 128']"; exit 2; }
+	$(PY) -m model bpb --model "$$MODEL" --text "$$TEXT" $(ARGS)
 
 # The demo is the real pipeline, run with the same targets a user runs, on sample_data/.
 DEMO_DATA := data_bin/demo
