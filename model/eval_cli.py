@@ -92,6 +92,13 @@ def harness(ckpt: Path, tasks: str, include_paths: tuple[Path, ...], subtasks: b
     if log_samples:
         _write_samples(out.with_suffix(".samples.jsonl"), results["samples"], handle_non_serializable)
     print_harness_table(results, chance, None if subtasks else names, Console())
+    config = results.get("config", {})
+    if config.get("requests_cut_to_context"):
+        err.print(f"[yellow]{config['requests_cut_to_context']:,} prompts were longer than the model's context and were "
+                  "cut from the left (as lm-eval does for every model): fewer few-shot examples may score better[/]")
+    if config.get("data_kind") == "sft" and not kw["apply_chat_template"]:
+        err.print("[yellow]this is a chat model: --apply-chat-template scores it with the ChatML prompts it was "
+                  "fine-tuned on[/]")
     err.print(f"[dim]{time.perf_counter() - t0:.0f}s; lm-eval {results.get('lm_eval_version')}; wrote {out}[/]")
 
 

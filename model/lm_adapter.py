@@ -61,7 +61,8 @@ class ZhMiniLM(TemplateLM):
         self.console = console or Console(stderr=True)
         self.ckpt = str(ckpt)
         self._special_text = False  # set by apply_chat_template
-        self._special_ids = {text: i for text, i in self.tok.special_ids.items()}
+        self.cut_requests = 0  # requests longer than the context, cut from the left
+        self._special_ids = dict(self.tok.special_ids)  # "<|im_start|>" -> id
         self._special_split = re.compile("(" + "|".join(map(re.escape, self._special_ids)) + ")")
 
     # --- what TemplateLM needs -------------------------------------------------------------------
@@ -101,6 +102,7 @@ class ZhMiniLM(TemplateLM):
             if len(continuation_enc) > T:
                 raise ValueError(f"a continuation of {len(continuation_enc)} tokens exceeds the context of {T}")
             whole = (context_enc + continuation_enc)[-(T + 1):]  # as lm-eval's hf model: cut from the left
+            self.cut_requests += len(context_enc) + len(continuation_enc) > T + 1
             rows.append(Row(tuple(whole), len(continuation_enc)) if continuation_enc else None)
         scores = self._score([r for r in rows if r is not None], "loglikelihood", disable_tqdm)
         out = [next(scores) if r is not None else (0.0, True) for r in rows]
@@ -135,7 +137,9 @@ class ZhMiniLM(TemplateLM):
         with self._progress("generate_until", len(requests), disable_tqdm) as advance:
             for req in requests:
                 context, gen_kwargs = req.args
-                text = self._generate(self.tok_encode(context) or [self.tok.eot_id], dict(gen_kwargs or {}))
+                prompt = self.tok_encode(context) or [self.tok.eot_id]
+                self.cut_requests += len(prompt) > self.max_length  # the engine keeps the last block
+                text = self._generate(prompt, dict(gen_kwargs or {}))
                 self.cache_hook.add_partial("generate_until", req.args, text)
                 out.append(text)
                 advance(1)
@@ -186,7 +190,8 @@ class ZhMiniLM(TemplateLM):
         info, c = self.loaded.info, self.loaded.model.config
         return {"checkpoint": self.ckpt, "step": info.get("step"), "data_kind": info.get("data_kind"),
                 "model_num_parameters": self.loaded.model.num_params(), "tokenizer": self.tok.name,
-                "shape": f"{c.n_layer}x{c.n_embd}, {c.n_head} heads, context {c.block_size}"}
+                "shape": f"{c.n_layer}x{c.n_embd}, {c.n_head} heads, context {c.block_size}",
+                "requests_cut_to_context": self.cut_requests}
 
     def _progress(self, what: str, total: int, disable: bool):
         columns = (TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), RateColumn(),

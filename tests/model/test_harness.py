@@ -162,7 +162,7 @@ def test_lm_eval_and_transformers_are_imported_only_when_used():
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
-def test_adapter_generates_with_our_engine_and_stops_at_until(tmp_path):
+def test_adapter_generation_rolling_and_long_contexts(tmp_path):
     from lm_eval.api.instance import Instance
 
     from model.generate import Engine
@@ -184,6 +184,11 @@ def test_adapter_generates_with_our_engine_and_stops_at_until(tmp_path):
     ids = tok.encode("数学是一门学科")
     assert rolling == pytest.approx(continuation_logprob(model, [tok.eot_id], ids), abs=1e-4)
     assert math.isfinite(rolling)
+    context = "数学是研究数量、结构以及空间等概念的一门学科。" * 2  # 138 bytes: more than the 64-token context
+    [(lp, _)] = lm.loglikelihood([Instance("loglikelihood", {}, (context, "数学"), 0)], disable_tqdm=True)
+    kept = tok.encode(context + "数学")[-65:]  # cut from the left, as lm-eval's hf model does
+    assert lp == pytest.approx(continuation_logprob(model, kept[:-6], kept[-6:]), abs=1e-4)
+    assert lm.cut_requests == 1
 
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "qwen2"])
