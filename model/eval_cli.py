@@ -85,30 +85,40 @@ def harness(ckpt: Path, tasks: str, include_paths: tuple[Path, ...], subtasks: b
         raise click.ClickException(f"{e}{hint}") from None
     chance = chance_levels(results)
     run_info = {"checkpoint": str(ckpt), "tasks": names, "argv": sys.argv[1:],
-                "seconds": round(time.perf_counter() - t0, 1), **{k: v for k, v in kw.items()}}
+                "seconds": round(time.perf_counter() - t0, 1), **kw}
+    print_harness_table(results, chance, None if subtasks else names, Console())  # first: a failed write keeps it
+    _print_notes(results.get("config", {}), kw["apply_chat_template"])
     from lm_eval.utils import handle_non_serializable
 
-    write_json_atomic(out, results_document(results, chance, run_info), default=handle_non_serializable)
-    if log_samples:
-        _write_samples(out.with_suffix(".samples.jsonl"), results["samples"], handle_non_serializable)
-    print_harness_table(results, chance, None if subtasks else names, Console())
-    config = results.get("config", {})
+    try:
+        write_json_atomic(out, results_document(results, chance, run_info), default=handle_non_serializable)
+        if log_samples:
+            _write_samples(out.with_suffix(".samples.jsonl"), results["samples"], handle_non_serializable)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    err.print(f"[dim]{time.perf_counter() - t0:.0f}s; lm-eval {results.get('lm_eval_version')}; wrote {out}[/]")
+
+
+def _print_notes(config: dict, chat_template: bool) -> None:
     if config.get("requests_cut_to_context"):
         err.print(f"[yellow]{config['requests_cut_to_context']:,} prompts were longer than the model's context and were "
                   "cut from the left (as lm-eval does for every model): fewer few-shot examples may score better[/]")
-    if config.get("data_kind") == "sft" and not kw["apply_chat_template"]:
+    if config.get("data_kind") == "sft" and not chat_template:
         err.print("[yellow]this is a chat model: --apply-chat-template scores it with the ChatML prompts it was "
                   "fine-tuned on[/]")
-    err.print(f"[dim]{time.perf_counter() - t0:.0f}s; lm-eval {results.get('lm_eval_version')}; wrote {out}[/]")
 
 
 def _write_samples(path: Path, samples: dict, default) -> None:
     partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", encoding="utf-8") as f:
-        for task, rows in samples.items():
-            for row in rows:
-                f.write(json.dumps({"task": task, **row}, ensure_ascii=False, default=default) + "\n")
-    partial.replace(path)
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            for task, rows in samples.items():
+                for row in rows:
+                    f.write(json.dumps({"task": task, **row}, ensure_ascii=False, default=default) + "\n")
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def print_harness_table(results: dict, chance: dict, only: list[str] | None, console: Console) -> None:
@@ -164,7 +174,10 @@ def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int |
             err.print(f"[yellow]{r['model']}: {r['unscored_tokens']} first tokens were not scored: the model has no "
                       "BOS/EOS token to predict them from[/]")
     if out:
-        write_json_atomic(out, results)
+        try:
+            write_json_atomic(out, results)
+        except OSError as e:
+            raise click.ClickException(f"cannot write {e.filename or out}: {e.strerror or e}") from None
         err.print(f"[dim]wrote {out}[/]")
 
 

@@ -139,7 +139,10 @@ def test_a_hugging_face_model_is_scored_as_computed_directly(gpt2_folder, tmp_pa
 
 
 def test_bpb_errors_are_one_line(tmp_path, qwen_run):
+    (tmp_path / "a-file").write_text("not a folder")
     cases = [
+        (["--model", qwen_run / "run", "--text", qwen_run / "wiki_00", "--out", tmp_path / "a-file" / "x.json"],
+         "cannot write"),
         (["--model", tmp_path / "nope", "--text", qwen_run / "wiki_00"], "no such folder"),
         (["--model", tmp_path, "--text", qwen_run / "wiki_00"], "neither model.json (ours) nor config.json"),
         (["--model", qwen_run / "run", "--text", tmp_path / "missing.txt"], "missing.txt: no such file or folder"),
@@ -148,5 +151,5 @@ def test_bpb_errors_are_one_line(tmp_path, qwen_run):
     ]
     for args, message in cases:
         r = CliRunner().invoke(cli, ["bpb", *map(str, args)])
-        assert r.exit_code == 1 and message in r.output, r.output
-        assert len(r.output.strip().splitlines()) == 1
+        assert r.exit_code == 1 and message in r.stderr, r.output
+        assert len(r.stderr.strip().splitlines()) == 1  # (a failed write comes after the table, on stdout)
