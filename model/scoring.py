@@ -71,17 +71,32 @@ class GPTBackend:
 
 
 class HFBackend:
-    """A Hugging Face causal LM (anything ``AutoModelForCausalLM`` loads), run as it is."""
+    """A Hugging Face causal LM (anything ``AutoModelForCausalLM`` loads), run as it is.
+
+    Its forward pass builds logits at every position, so a batch is run a few rows at a time to keep
+    them under `LOGITS_BYTES` (8 windows of 2,048 tokens would be 10 GB for Qwen2's vocabulary).
+    """
+
+    LOGITS_BYTES = 2 << 30
 
     def __init__(self, model):
         self.model = model
         self.device = next(model.parameters()).device
+        self.vocab = model.get_output_embeddings().weight.shape[0]
 
     def logprobs(self, x, lengths, rows, cols, targets):
-        mask = torch.arange(x.size(1), device=x.device)[None, :] < torch.tensor(lengths, device=x.device)[:, None]
-        with torch.no_grad():
-            logits = self.model(input_ids=x, attention_mask=mask.long()).logits
-            return _pick(logits[rows, cols].float(), targets)
+        step = max(1, self.LOGITS_BYTES // (x.size(1) * self.vocab * 4))
+        lp = torch.empty(len(rows), dtype=torch.float32, device=x.device)
+        top = torch.empty(len(rows), dtype=torch.bool, device=x.device)
+        for s in range(0, x.size(0), step):
+            part = (rows >= s) & (rows < s + step)
+            sub = x[s : s + step]
+            mask = torch.arange(sub.size(1), device=x.device)[None, :] < torch.tensor(lengths[s : s + step],
+                                                                                    device=x.device)[:, None]
+            with torch.no_grad():
+                logits = self.model(input_ids=sub, attention_mask=mask.long()).logits
+                lp[part], top[part] = _pick(logits[rows[part] - s, cols[part]].float(), targets[part])
+        return lp, top
 
 
 def _pick(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

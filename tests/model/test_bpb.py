@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from model.bpb import windows
 from model.cli import cli
 from model.export import export_hf
+from model.scoring import HFBackend
 from model.texts import TextError, read_documents
 from tests.model.conftest import run_make, save_tiny, tiny_model
 
@@ -115,7 +116,8 @@ def gpt2_folder(tmp_path_factory):
     return folder
 
 
-def test_a_hugging_face_model_is_scored_as_computed_directly(gpt2_folder, tmp_path):
+def test_a_hugging_face_model_is_scored_as_computed_directly(gpt2_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(HFBackend, "LOGITS_BYTES", 1)  # one window per forward pass: the memory cap's path
     shard = tmp_path / "wiki_00"
     write_shard(shard)
     out = tmp_path / "bpb.json"
