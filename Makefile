@@ -108,6 +108,22 @@ eval: export MK_DATA = $(call verbatim,DATA)
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
 	$(PY) -m train eval --ckpt "$$MK_CKPT" --data "$$MK_DATA"
 
+harness: CKPT ?= runs/sft
+harness: TASKS ?= ceval-valid,cmmlu
+harness: export MK_CKPT = $(call verbatim,CKPT)
+harness: export MK_TASKS = $(call verbatim,TASKS)
+harness: export MK_LIMIT = $(call verbatim,LIMIT)
+harness: $(STAMP) ## C-Eval/CMMLU via lm-eval: [CKPT=runs/sft] [TASKS=ceval-valid,cmmlu] [LIMIT=N] [ARGS=...]
+	@$(PY) -c 'import lm_eval' 2>/dev/null || { echo "installing the eval extra (lm-eval) once ..."; \
+		$(BIN)/pip install --quiet --disable-pip-version-check -e '.[eval]'; }
+	$(PY) -m model harness --ckpt "$$MK_CKPT" --tasks "$$MK_TASKS" $${MK_LIMIT:+--limit "$$MK_LIMIT"}
+
+bpb: export MK_MODEL = $(call verbatim,MODEL)
+bpb: export MK_TEXT = $(call verbatim,TEXT)
+bpb: $(STAMP) ## bits per byte on raw text: MODEL=run-or-HF-folder TEXT=file|folder|jsonl [ARGS="--model other"]
+	@test -n "$$MK_MODEL" -a -n "$$MK_TEXT" || { echo "usage: make bpb MODEL=runs/pretrain|hf-folder TEXT=file|folder|wiki-shard [ARGS='--model another --stride 128']"; exit 2; }
+	$(PY) -m model bpb --model "$$MK_MODEL" --text "$$MK_TEXT"
+
 plan: export MK_PRESET = $(call verbatim,PRESET)
 plan: export MK_GPU_MEM = $(call verbatim,GPU_MEM)
 plan: $(STAMP) ## memory of a training step, largest micro-batch: [PRESET=mini] [GPU_MEM=24GB] [NPROC=N] [ARGS=...]

@@ -1,4 +1,5 @@
-"""``python -m model sample|chat|export``: thin Click commands over `model.generate`, `model.chat`, `model.export`.
+"""``python -m model sample|chat|export|harness|bpb``: thin Click commands over `model.generate`, `model.chat`,
+`model.export` (and `model.eval_cli` for harness and bpb).
 
 Conversation text goes to stdout as it is generated; notes and summaries go to stderr, so
 ``python -m model sample ... > out.txt`` keeps only the text. Errors a user can fix are one line.
@@ -14,6 +15,7 @@ import click
 from rich.console import Console
 
 from model.chat import ChatSession, run_chat
+from model.eval_cli import bpb, harness
 from model.export import export_hf
 from model.generate import row_tokens, stream_text
 from model.io import CheckpointError
@@ -33,7 +35,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
-    """Use a trained model: `sample` text, `chat` in the terminal, `export` to Hugging Face format."""
+    """Use a trained model: `sample` text, `chat` in the terminal, `export` to Hugging Face format;
+    measure it: `harness` (C-Eval, CMMLU, ... through lm-eval), `bpb` (bits per byte of raw text)."""
 
 
 def model_options(f):
@@ -196,3 +199,7 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
                   f"in {time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
     if not summary["tokenizer"]:
         console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")
+
+
+cli.add_command(harness)  # model/eval_cli.py
+cli.add_command(bpb)

@@ -68,6 +68,11 @@ class RunFolder:
         """The default Hugging Face export folder."""
         return self.path / "hf"
 
+    @property
+    def harness(self) -> Path:
+        """lm-eval results (`model.harness`)."""
+        return self.path / "harness"
+
     def eval_result(self, data: str | os.PathLike, split: str) -> Path:
         return self.path / f"eval_{Path(data).resolve().name}_{split}.json"
 

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -114,7 +115,7 @@ def output_lock(out: str | os.PathLike, what: str) -> Iterator[None]:
 def atomic_file(path: str | os.PathLike, what: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends cleanly it replaces `path`.
 
-    On an error the temporary is removed and `path` is untouched; a disk error becomes `OutputError`.
+    On an error the temporary is removed and `path` is untouched; a failed write becomes `OutputError`.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -123,16 +124,28 @@ def atomic_file(path: str | os.PathLike, what: str | None = None) -> Iterator[Pa
         os.replace(tmp, path)
     except OSError as e:
         remove(tmp)
-        raise disk_error(e, what or str(path)) or e from None
+        raise disk_error(e, what or str(path)) or OutputError(f"{path}: cannot write it ({e.strerror or e})") from None
     except BaseException:
         remove(tmp)
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
-    """JSON through a temporary file, fsync and rename: readers see the old file or the new one."""
+def json_safe(obj: object) -> object:
+    """`obj` with every non-finite float as None: strict JSON, which any reader can parse (no bare NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object, default: Callable | None = None) -> None:
+    """Strict JSON (`json_safe`) through a temporary file, fsync and rename: readers see the old file or the
+    new one. `default` converts objects json cannot (as in `json.dump`)."""
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=2, sort_keys=True, allow_nan=False)
+        json.dump(json_safe(obj), f, ensure_ascii=False, indent=2, sort_keys=True, allow_nan=False, default=default)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from model.io import RunFolder
-from prep.outputs import atomic_file
+from prep.outputs import atomic_file, json_safe
 
 
 def read_records(path: Path) -> list[dict]:
@@ -36,8 +36,7 @@ def read_records(path: Path) -> list[dict]:
 
 def strict_json(record: dict) -> str:
     """One JSON line; a non-finite number becomes null, so every reader can parse the file."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-    return json.dumps(clean, ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False)
 
 
 class MetricsLog:

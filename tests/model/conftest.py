@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -9,6 +12,7 @@ import torch
 from model.gpt import GPT, GPTConfig
 from model.io import save_model
 from prep.tokenizer import load_tokenizer
+from tests.conftest import ROOT
 
 
 def tiny_model(block_size: int = 32, vocab_size: int = 384, std: float = 0.3, seed: int = 0, **kw) -> GPT:
@@ -44,3 +48,13 @@ def save_tiny(path: Path, data_kind: str = "pretrain", tokenizer: str = "bytes",
     model = model or tiny_model(**kw)
     save_model(path / "checkpoint", model, tok.identity(), data_kind, step=3)
     return path
+
+
+def run_make(target: str, env: dict[str, str] | None = None, **variables: str) -> subprocess.CompletedProcess:
+    """``make TARGET VAR=value ...`` at the repository root, with this interpreter and .venv left as it is
+    (``-o``: never rebuilt from a test), offline."""
+    python = sys.executable
+    args = ["make", "--no-print-directory", "-o", ".venv/.installed", f"PY={python}", target]
+    args += [f"{k}={v}" for k, v in variables.items()]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)

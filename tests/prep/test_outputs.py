@@ -114,6 +114,5 @@ def test_atomic_file_keeps_the_old_file_on_error(tmp_path):
         tmp.write_text("half")
         raise ValueError("boom")
     assert json.loads(path.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["f.json"]
-    with pytest.raises(ValueError):  # strict JSON: never a bare NaN in a file we write
-        write_json_atomic(path, {"a": float("nan")})
-    assert json.loads(path.read_text()) == {"a": 1}
+    write_json_atomic(path, {"a": float("nan"), "b": [float("inf"), 2.5]})  # strict JSON: never a bare NaN
+    assert json.loads(path.read_text()) == {"a": None, "b": [None, 2.5]}
