@@ -15,14 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich import progress as rp
 from rich.table import Table
 
 from model.bpb import BpbError, bits_per_byte, load_scored_model
@@ -147,9 +140,9 @@ def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int |
     for path in models:
         t0 = time.perf_counter()
         scored = load_scored_model(path, device, dtype)
-        columns = (TextColumn(f"[bold]{path}[/]"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=err, transient=True) as progress:
+        columns = (rp.TextColumn(f"[bold]{path}[/]"), rp.BarColumn(), rp.DownloadColumn(), rp.TransferSpeedColumn(),
+                   rp.TimeRemainingColumn())
+        with rp.Progress(*columns, console=err, transient=True) as progress:
             task = progress.add_task("bpb", total=total)
             result = bits_per_byte(scored, text, context, stride, batch_size,
                                    progress=lambda n, task=task, progress=progress: progress.advance(task, n))
