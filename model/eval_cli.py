@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich import progress as rp
+from rich.console import Console
 from rich.table import Table
 
 from model.bpb import BpbError, bits_per_byte, load_scored_model
