@@ -133,7 +133,9 @@ class Scheduler:
         with self.cond:
             self.closing = True
             self.cond.notify()
-        if wait and self.thread.is_alive():
+        if self.thread.ident is None:  # never started: nobody else will tell the waiting requests
+            self._drain()
+        elif wait:
             self.thread.join()
 
     @property
@@ -142,22 +144,26 @@ class Scheduler:
         return len(self.running), len(self.waiting)
 
     def _loop(self) -> None:
+        previous = torch.get_num_threads()  # a process-wide setting: restored when the worker ends
         if self.threads:
             torch.set_num_threads(self.threads)
-        while True:
-            with self.cond:
-                while not (self.waiting or self.running or self.closing):
-                    self.cond.wait()
-                if self.closing:
-                    break
-                admitted = self._take_waiting()
-            try:
-                self._step(admitted)
-            except Exception as e:  # a failing step fails the requests in it, not the server
-                log.exception("generation step failed")
-                for request in self.running + [r for r in admitted if r not in self.running]:
-                    self._retire(request, Failed(f"generation failed: {type(e).__name__}: {e}"))
-        self._drain()
+        try:
+            while True:
+                with self.cond:
+                    while not (self.waiting or self.running or self.closing):
+                        self.cond.wait()
+                    if self.closing:
+                        break
+                    admitted = self._take_waiting()
+                try:
+                    self._step(admitted)
+                except Exception as e:  # a failing step fails the requests in it, not the server
+                    log.exception("generation step failed")
+                    for request in self.running + [r for r in admitted if r not in self.running]:
+                        self._retire(request, Failed(f"generation failed: {type(e).__name__}: {e}"))
+            self._drain()
+        finally:
+            torch.set_num_threads(previous)
 
     def _take_waiting(self) -> list[Request]:
         """The waiting requests that fit the free slots, first come first served (called locked)."""
