@@ -16,7 +16,7 @@ TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval serve demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,13 @@ eval: DATA ?= data_bin/wiki
 eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
 	$(PY) -m train eval --ckpt "$(CKPT)" --data "$(DATA)" $(ARGS)
 
+# Values reach the program through the environment, byte for byte (paths with spaces or quotes).
+serve: export CKPT ?= runs/sft
+serve: export PORT ?= 8000
+serve: export HOST ?= 127.0.0.1
+serve: $(STAMP) ## OpenAI-compatible API + chat page: [CKPT=runs/sft] [PORT=8000] [HOST=127.0.0.1] [ARGS=...]
+	$(PY) -m model serve --ckpt "$$CKPT" --port "$$PORT" --host "$$HOST" $(ARGS)
+
 # The demo is the real pipeline, run with the same targets a user runs, on sample_data/.
 DEMO_DATA := data_bin/demo
 DEMO_RUNS := runs/demo
@@ -116,6 +123,7 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) bench/prep.py $(ARGS)
 	$(PY) bench/train.py $(ARGS)
 	$(PY) bench/generate.py $(ARGS)
+	$(PY) bench/serve.py $(ARGS)
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

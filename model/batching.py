@@ -8,11 +8,12 @@ and leave as soon as they end, so a long reply never holds up a short one. When 
 is full it slides alone (`Generation.feed`, see `model.generate`) and is copied in again.
 
 Same seed, same text, alone or under load. Each request draws from its own `torch.Generator`, and
-a row's arithmetic never depends on what else is running: every step runs all `max_batch` slots,
-busy or idle, because matrix kernels pick their blocking (and so their rounding) by the number of
-rows; attention always spans the whole block, later positions masked. The price is the idle rows'
-arithmetic when few requests run: nothing on a GPU, little on a CPU, where one row of a matrix
-product costs almost as much as eight (the weights are read once either way). `max_batch=1` is
+a row's arithmetic never depends on what else is running. Matrix kernels pick their blocking, and so
+their rounding, by the number of rows, so the slots form fixed groups of `group_size` rows and a
+step runs one forward pass per group that has a running request, idle rows included: every pass has
+the same shape, whoever is in it. Attention always spans the whole block, later positions masked.
+Idle rows cost arithmetic, nothing on a GPU (one group of all slots) but a share on a CPU, hence
+groups of 4 there: one to four requests cost one 4-row pass, five to eight two. `max_batch=1` is
 plain one-at-a-time serving.
 
 The waiting line is bounded: `submit` raises `QueueFull` instead of letting memory grow.
@@ -96,18 +97,24 @@ class Request:
 class Scheduler:
     """Runs `engine` for many requests at once on one worker thread: `start`, `submit` ..., `close`."""
 
-    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 32, threads: int | None = None):
-        """`threads`: CPU threads for the worker's arithmetic (None: torch's default)."""
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError("max_batch must be >= 1 and max_queue >= 0")
-        self.engine, self.max_batch, self.max_queue, self.threads = engine, max_batch, max_queue, threads
+    def __init__(self, engine: Engine, max_batch: int = 8, max_queue: int = 32, group_size: int | None = None,
+                 threads: int | None = None):
+        """`group_size`: rows per forward pass (default `max_batch`: one pass for all slots); `threads`:
+        CPU threads for the worker's arithmetic (None: torch's default)."""
+        group_size = group_size or max_batch
+        if max_batch < 1 or max_queue < 0 or group_size < 1:
+            raise ValueError("max_batch and group_size must be >= 1 and max_queue >= 0")
+        self.engine, self.max_queue, self.threads = engine, max_queue, threads
+        self.group_size = min(group_size, max_batch)
+        n_groups = -(-max_batch // self.group_size)
+        self.max_batch = n_groups * self.group_size  # whole groups
+        self.groups: list[KVCache] = [engine.model.new_cache() for _ in range(n_groups)]  # buffers: at first use
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
-        self.free = list(range(max_batch))
-        self.cache: KVCache = engine.model.new_cache()  # block_size long; buffers made at the first request
+        self.free = list(range(self.max_batch))  # the lowest first, so requests pack into few groups
         self.cond = threading.Condition()
         self.closing = False
-        self.steps = 0  # batched decode steps run so far
+        self.steps = 0  # decode steps run so far
         self.peak_running = 0  # the most requests ever decoded together
         self.thread = threading.Thread(target=self._loop, name="engine-worker", daemon=True)
 
@@ -202,25 +209,27 @@ class Scheduler:
         self._copy_in(request)
 
     def _decode(self) -> None:
-        """One step for every running request: the newest tokens of all slots in one batch."""
-        eng = self.engine
-        tokens = torch.zeros(self.max_batch, 1, dtype=torch.long, device=eng.device)
-        positions = [0] * self.max_batch  # idle slots compute a throwaway token at position 0
+        """One step for every running request: the newest token of each slot, one pass per busy group."""
+        eng, size = self.engine, self.group_size
         sliding = [r for r in self.running if r.generation.must_slide]
         batched = [r for r in self.running if not r.generation.must_slide]
+        tokens = torch.zeros(self.max_batch, 1, dtype=torch.long, device=eng.device)
+        positions = [0] * self.max_batch  # idle slots compute a throwaway token at position 0
         for request in batched:
             ids, pos = request.generation.next_input()
             tokens[request.index] = ids
             for row in request.rows:
                 positions[row] = pos
-        if batched:
-            self.steps += 1
+        logits = torch.empty(self.max_batch, eng.n_vocab, device=eng.device)  # rows of idle groups unused
+        for g in sorted({row // size for r in batched for row in r.rows}):
+            rows = slice(g * size, (g + 1) * size)
             with torch.no_grad(), eng.autocast():
-                logits = eng.model(tokens, cache=self.cache, start_pos=positions, last_only=True)
-            logits = logits[:, -1, : eng.n_vocab]
-            for request in batched:
-                request.logits = logits[request.index]
-        # After the batch: its idle rows wrote position 0 of these requests' slots, now overwritten.
+                out = eng.model(tokens[rows], cache=self.groups[g], start_pos=positions[rows], last_only=True)
+            logits[rows] = out[:, -1, : eng.n_vocab]
+        self.steps += bool(batched)
+        for request in batched:
+            request.logits = logits[request.index]
+        # After the passes: their idle rows wrote position 0 of these requests' slots, now overwritten.
         for request in sliding:
             request.logits = request.generation.feed()
             self._copy_in(request)
@@ -229,14 +238,15 @@ class Scheduler:
         """Copy the request's own cache (its prompt, or its window after a slide) into its slots."""
         gen = request.generation
         own, length = gen.cache, gen.n - gen.w
-        if self.cache.k[0] is None:  # the first request: allocate with its dtype and device
-            for i, k in enumerate(own.k):
-                _, H, _, D = k.shape
-                self.cache.k[i] = k.new_zeros(self.max_batch, H, self.cache.max_len, D)
-                self.cache.v[i] = k.new_zeros(self.max_batch, H, self.cache.max_len, D)
-        for i in range(len(own.k)):
-            self.cache.k[i][request.index, :, :length] = own.k[i][:, :, :length]
-            self.cache.v[i][request.index, :, :length] = own.v[i][:, :, :length]
+        for sample, slot in enumerate(request.rows):
+            group, row = self.groups[slot // self.group_size], slot % self.group_size
+            for i in range(len(own.k)):
+                if group.k[i] is None:  # the group's first use: allocate like the request's own cache
+                    _, H, _, D = own.k[i].shape
+                    group.k[i] = own.k[i].new_zeros(self.group_size, H, group.max_len, D)
+                    group.v[i] = own.v[i].new_zeros(self.group_size, H, group.max_len, D)
+                group.k[i][row, :, :length] = own.k[i][sample, :, :length]
+                group.v[i][row, :, :length] = own.v[i][sample, :, :length]
 
     def _retire(self, request: Request, event: Event | None) -> None:
         if request in self.running:

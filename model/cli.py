@@ -211,6 +211,8 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
               help="larger request bodies get 413")
 @click.option("--allow-origin", multiple=True,
               help="let a browser front-end on this origin call the API (CORS; repeatable, '*' = any)")
+@click.option("--group-size", type=click.IntRange(min=1), default=None,
+              help="rows per forward pass [default: 4 on a CPU, --max-batch on a GPU]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for the model [default: all cores but one, which serves HTTP]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
@@ -219,8 +221,8 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
 @click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="warning", show_default=True,
               help="uvicorn's log level (info logs every request)")
 def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | None, max_batch: int, max_queue: int,
-          max_tokens: int, max_body_kb: int, allow_origin: tuple[str, ...], threads: int | None, device: str,
-          dtype: str, log_level: str) -> None:
+          max_tokens: int, max_body_kb: int, allow_origin: tuple[str, ...], group_size: int | None,
+          threads: int | None, device: str, dtype: str, log_level: str) -> None:
     """Serve the model: an OpenAI-compatible API (/v1) and a chat page (/) until Ctrl-C.
 
     Requests that arrive together are decoded together in one batch. Any OpenAI client or chat
@@ -232,14 +234,14 @@ def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | Non
     served, created = run_identity(ckpt)
     options = ServeOptions(model_name=name or served, created=created, api_key=api_key, max_batch=max_batch,
                            max_queue=max_queue, max_body_bytes=max_body_kb * 1024, max_tokens=max_tokens,
-                           threads=threads, allow_origins=list(allow_origin))
+                           group_size=group_size, threads=threads, allow_origins=list(allow_origin))
     try:
         sock = bind(host, port)
     except ServeError as e:
         raise click.ClickException(str(e)) from None
     app = create_app(loaded, options)
     page, api = urls(sock)
-    console.print(f"[bold]chat page:[/] {page}\n[bold]API base URL:[/] {api}   model: {options.model_name!r}"
+    console.print(f"[bold]chat page:[/] {page}\n[bold]API base URL:[/] {api}   model: {options.model_name}"
                   f"{'   (API key required)' if api_key else ''}\n[dim]Ctrl-C stops[/]")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.print(f"[yellow]listening on {host} without --api-key: anyone who can reach this machine can use it[/]")

@@ -52,6 +52,8 @@ from model.replies import GenerationFailed, ReplyStream
 
 PAGE = Path(__file__).resolve().parent / "static" / "chat.html"
 RETRY_AFTER_S = 2  # what a client told "queue full" should wait before trying again
+# On a CPU, idle rows of a forward pass cost real arithmetic: passes of 4 rows (see model.batching).
+CPU_GROUP_SIZE = 4
 
 
 class ServeError(Exception):
@@ -67,6 +69,7 @@ class ServeOptions:
     max_queue: int = 32  # requests waiting for a row before new ones get 503
     max_body_bytes: int = 1 << 20
     max_tokens: int = 2048  # the most new tokens one choice may ask for
+    group_size: int | None = None  # rows per forward pass (None: 4 on a CPU, max_batch elsewhere)
     threads: int | None = None  # CPU threads for the model (None: all cores but one, left for HTTP)
     allow_origins: list[str] = field(default_factory=list)  # CORS, for browser front-ends on other origins
 
@@ -145,7 +148,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
     """The FastAPI app; its lifespan starts and stops the engine's worker thread."""
-    scheduler = Scheduler(loaded.engine, options.max_batch, options.max_queue, worker_threads(loaded, options))
+    on_cpu = loaded.engine.device.type == "cpu"
+    group_size = options.group_size or (CPU_GROUP_SIZE if on_cpu else options.max_batch)
+    # On a CPU the model's threads leave one core to the HTTP side. When the two fight over every core,
+    # each parallel section of the model waits for a descheduled thread and a step of a small model
+    # takes tens of milliseconds instead of one (measured on 2 cores).
+    threads = options.threads or (max(1, torch.get_num_threads() - 1) if on_cpu else None)
+    scheduler = Scheduler(loaded.engine, options.max_batch, options.max_queue, group_size, threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -193,15 +202,6 @@ def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
         return await ctx.complete(body, request)
 
     return app
-
-
-def worker_threads(loaded: LoadedModel, options: ServeOptions) -> int | None:
-    """On a CPU, the model's threads leave one core to the HTTP side: when the two fight over every
-    core, each of the model's parallel sections waits for a descheduled thread, and a step of a small
-    model takes tens of milliseconds instead of one (measured here on 2 cores)."""
-    if options.threads or loaded.engine.device.type != "cpu":
-        return options.threads
-    return max(1, torch.get_num_threads() - 1)
 
 
 def api_key_check(api_key: str | None):

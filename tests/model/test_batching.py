@@ -70,7 +70,7 @@ JOBS = [  # greedy and sampled, one with 2 samples, a repetition penalty, and co
 
 
 def test_same_tokens_alone_under_load_and_from_the_engine(engine):
-    scheduler = Scheduler(engine, max_batch=6, threads=1)
+    scheduler = Scheduler(engine, max_batch=6, group_size=4, threads=1)  # 2 groups: 8 slots
     scheduler.start()
     try:
         alone = []
@@ -84,8 +84,8 @@ def test_same_tokens_alone_under_load_and_from_the_engine(engine):
         together = [collect(q) for q in queues]
     finally:
         scheduler.close()
-    assert scheduler.peak_running == len(JOBS)
-    assert together == alone
+    assert scheduler.peak_running == len(JOBS) and scheduler.max_batch == 8
+    assert together == alone  # 5 rows over 2 groups under load, group 0 alone
     for (prompt, params), (tokens, end) in zip(JOBS, alone, strict=True):
         reference = engine.generate(prompt, params)
         assert tokens == [c.tokens for c in reference]
