@@ -128,7 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(ApiError(400, "the request body is not valid JSON"))
         param = validation_param(tuple(first.get("loc", ())))
-        return error_response(ApiError(400, f"{param or 'body'}: {first.get('msg')}", param))
+        if param is None:
+            return error_response(ApiError(400, "the request body must be a JSON object "
+                                                "(with Content-Type: application/json)"))
+        return error_response(ApiError(400, f"{param}: {first.get('msg')}", param))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
