@@ -119,7 +119,8 @@ def test_full_queue_gets_503_with_retry_after(run):
         body = {"model": s.name, "messages": USER, "max_tokens": 2048, "stream": True}
         with httpx.stream("POST", s.api + "/chat/completions", json=body, timeout=60):
             wait_for(lambda: httpx.get(s.url + "/health").json()["running"] == 1)  # the one row is taken
-            waiting = threading.Thread(target=post, args=(s, "/chat/completions", {**body, "stream": False}))
+            waiting = threading.Thread(target=post, args=(s, "/chat/completions",
+                                                          {**body, "stream": False, "max_tokens": 3}))
             waiting.start()
             wait_for(lambda: httpx.get(s.url + "/health").json()["waiting"] == 1)
             r = post(s, "/chat/completions", {**body, "max_tokens": 3})
