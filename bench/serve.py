@@ -41,6 +41,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.generate import prompt_texts  # noqa: E402
 from model.gpt import GPT, GPTConfig  # noqa: E402
 from model.io import save_model  # noqa: E402
 from prep.tokenizer import load_tokenizer, pad_vocab_size  # noqa: E402
@@ -54,17 +55,8 @@ CLIENTS = (1, 4, 8)
 
 
 def questions(n: int) -> list[str]:
-    """Short questions cut from the bundled wiki sample, one per request."""
-    texts = []
-    sample = ROOT / "sample_data" / "wiki_zh" / "AA" / "wiki_00"
-    if sample.is_file():
-        for line in sample.read_text("utf-8").splitlines():
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    texts = [t.replace("\n", "")[:24] for t in texts if len(t) > 40] or ["数学是研究数量、结构以及空间等概念的学科。"]
-    return [f"{texts[i % len(texts)]}是什么？" for i in range(n)]
+    """Short questions cut from the bundled wiki sample's articles, one per request."""
+    return [f"{text.replace(chr(10), '')[:24]}是什么？" for text in prompt_texts(n)]
 
 
 class ServerProcess:
