@@ -94,6 +94,15 @@ chat: export MK_CKPT = $(call verbatim,CKPT)
 chat: $(STAMP) ## multi-turn chat in the terminal: [CKPT=runs/sft] [ARGS=--system ...]
 	$(PY) -m model chat --ckpt "$$MK_CKPT"
 
+serve: CKPT ?= runs/sft
+serve: PORT ?= 8000
+serve: HOST ?= 127.0.0.1
+serve: export MK_CKPT = $(call verbatim,CKPT)
+serve: export MK_PORT = $(call verbatim,PORT)
+serve: export MK_HOST = $(call verbatim,HOST)
+serve: $(STAMP) ## OpenAI-compatible API + chat page: [CKPT=runs/sft] [PORT=8000] [HOST=127.0.0.1] [ARGS=...]
+	$(PY) -m model serve --ckpt "$$MK_CKPT" --port "$$MK_PORT" --host "$$MK_HOST"
+
 export: CKPT ?= runs/sft
 export: OUT ?= $(CKPT)/hf
 export: export MK_CKPT = $(call verbatim,CKPT)
@@ -169,6 +178,7 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.prep
 	$(PY) -m bench.train
 	$(PY) -m bench.generate
+	$(PY) -m bench.serve
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

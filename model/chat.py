@@ -32,21 +32,22 @@ class FittedPrompt:
     overflow: bool  # even the newest message alone does not fit: the engine will crop it
 
 
-def history_messages(system: str | None, turns: list[tuple[str, str]], user: str) -> list[Message]:
-    messages: list[Message] = [("system", system)] if system else []
-    for question, answer in turns:
-        messages += [("user", question), ("assistant", answer)]
-    return messages + [("user", user)]
-
-
 def fit_history(system: str | None, turns: list[tuple[str, str]], user: str, tokenizer, budget: int) -> FittedPrompt:
     """The prompt ids (ending in the assistant header) with as many of the latest turns as fit `budget`."""
-    for dropped in range(len(turns) + 1):
-        messages = history_messages(system, turns[dropped:], user)
+    head: list[Message] = [("system", system)] if system else []
+    groups = [[("user", q), ("assistant", a)] for q, a in turns]
+    return fit_turns(head, groups + [[("user", user)]], tokenizer, budget)
+
+
+def fit_turns(head: list[Message], turns: list[list[Message]], tokenizer, budget: int) -> FittedPrompt:
+    """`head` (the system prompt) and as many of the latest `turns` (message groups, oldest first) as
+    fit `budget` tokens, rendered with the assistant header; the last turn is always kept."""
+    for dropped in range(max(1, len(turns))):
+        messages = head + [m for turn in turns[dropped:] for m in turn]
         ids = render_prompt(messages, tokenizer, add_generation_prompt=True)
         if len(ids) <= budget:
             return FittedPrompt(ids, messages, dropped, overflow=False)
-    return FittedPrompt(ids, messages, len(turns), overflow=True)
+    return FittedPrompt(ids, messages, dropped, overflow=True)
 
 
 def reply_reserve(block_size: int, max_new_tokens: int) -> int:

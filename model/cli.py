@@ -1,5 +1,5 @@
-"""``python -m model sample|chat|export|harness|bpb``: thin Click commands over `model.generate`, `model.chat`,
-`model.export` (and `model.eval_cli` for harness and bpb).
+"""``python -m model sample|chat|serve|export|harness|bpb``: thin Click commands over `model.generate`,
+`model.chat`, `model.serve`, `model.export` (and `model.eval_cli` for harness and bpb).
 
 Conversation text goes to stdout as it is generated; notes and summaries go to stderr, so
 ``python -m model sample ... > out.txt`` keeps only the text. Errors a user can fix are one line.
@@ -35,8 +35,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
-    """Use a trained model: `sample` text, `chat` in the terminal, `export` to Hugging Face format;
-    measure it: `harness` (C-Eval, CMMLU, ... through lm-eval), `bpb` (bits per byte of raw text)."""
+    """Use a trained model: `sample` text, `chat` in the terminal, `serve` it over HTTP, `export` it to Hugging
+    Face; measure it: `harness` (C-Eval, CMMLU, ... through lm-eval), `bpb` (bits per byte of raw text)."""
 
 
 def model_options(f):
@@ -199,6 +199,63 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
                   f"in {time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
     if not summary["tokenizer"]:
         console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")
+
+
+@cli.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+              help="run folder (runs/sft) or its checkpoint/ folder")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on; 0.0.0.0 lets other machines in (set --api-key then)")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port")
+@click.option("--api-key", envvar="MODEL_API_KEY", default=None,
+              help="require 'Authorization: Bearer KEY' (or set MODEL_API_KEY)")
+@click.option("--name", default=None, help="model name in the API [default: the run folder's name]")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="sequences decoded together (1 = one request at a time)")
+@click.option("--max-queue", type=click.IntRange(min=0), default=32, show_default=True,
+              help="requests that may wait for a free row before new ones get 503")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+              help="the most new tokens one choice may ask for")
+@click.option("--max-body-kb", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="larger request bodies get 413")
+@click.option("--allow-origin", multiple=True,
+              help="let a browser front-end on this origin call the API (CORS; repeatable, '*' = any)")
+@click.option("--group-size", type=click.IntRange(min=1), default=None,
+              help="rows per forward pass [default: 4 on a CPU, --max-batch on a GPU]")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for the model [default: all cores but one, which serves HTTP]")
+@device_option
+@dtype_option()
+@click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="warning", show_default=True,
+              help="uvicorn's log level (info logs every request)")
+@one_line_errors(*MODEL_ERRORS)
+def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | None, max_batch: int, max_queue: int,
+          max_tokens: int, max_body_kb: int, allow_origin: tuple[str, ...], group_size: int | None,
+          threads: int | None, device: str, dtype: str, log_level: str) -> None:
+    """Serve the model: an OpenAI-compatible API (/v1) and a chat page (/) until Ctrl-C.
+
+    Requests that arrive together are decoded together in one batch. Any OpenAI client or chat
+    front-end works with the base URL printed at the start.
+    """
+    from model.serve import ServeError, ServeOptions, bind, create_app, run_identity, serve_forever, urls
+
+    loaded = load(ckpt, device, dtype)
+    served, created = run_identity(ckpt)
+    options = ServeOptions(model_name=name or served, created=created, api_key=api_key, max_batch=max_batch,
+                           max_queue=max_queue, max_body_bytes=max_body_kb * 1024, max_tokens=max_tokens,
+                           group_size=group_size, threads=threads, allow_origins=list(allow_origin))
+    try:
+        sock = bind(host, port)
+    except ServeError as e:
+        raise click.ClickException(str(e)) from None  # e.g. the port is in use
+    app = create_app(loaded, options)
+    page, api = urls(sock)
+    console.print(f"[bold]chat page:[/] {page}\n[bold]API base URL:[/] {api}   model: {options.model_name}"
+                  f"{'   (API key required)' if api_key else ''}\n[dim]Ctrl-C stops[/]")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        console.print(f"[yellow]listening on {host} without --api-key: anyone who can reach this machine can use it[/]")
+    serve_forever(app, sock, log_level)
+    console.print(f"[dim]stopped; {app.state.requests_served} requests served[/]")
 
 
 cli.add_command(harness)  # model/eval_cli.py

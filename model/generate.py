@@ -104,15 +104,48 @@ class Generation:
         self.slides = 0  # how many times the context slid (re-encoded its last half block)
 
     def __iter__(self) -> Iterator[list[int | None]]:
-        # Grad mode and autocast are thread-wide, so they are entered around each computation and
-        # never held across a `yield` (they would leak into the caller's code).
-        logits = self._compute(self._prefill)
-        for step in range(self.params.max_new_tokens):
-            new, all_done = self._compute(self._pick, logits)
+        logits = self.prefill()
+        while True:
+            new, all_done = self.pick(logits)
             yield new
-            if all_done or step == self.params.max_new_tokens - 1:
+            if all_done or self.steps == self.params.max_new_tokens:
                 break
-            logits = self._compute(self._feed)
+            logits = self.feed()
+        self.end()
+
+    # The steps of `__iter__`, public so that a scheduler (`model.batching`) can run many generations
+    # and decode their next tokens together. Grad mode and autocast are thread-wide, so they are
+    # entered around each computation and never held across a `yield` (they would leak into the
+    # caller's code).
+
+    def prefill(self) -> torch.Tensor:
+        """Run the prompt; the logits (samples, n_vocab) of its last position."""
+        return self._compute(self._prefill)
+
+    def pick(self, logits: torch.Tensor) -> tuple[list[int | None], bool]:
+        """Choose every sample's next token from `logits`; returns them (None: ended) and whether all ended."""
+        return self._compute(self._pick, logits)
+
+    def feed(self) -> torch.Tensor:
+        """Run the newest tokens (sliding the window when it is full); the next logits."""
+        return self._compute(self._feed)
+
+    @property
+    def steps(self) -> int:
+        """Tokens picked so far per sample."""
+        return self.n - len(self.prompt)
+
+    @property
+    def must_slide(self) -> bool:
+        """The newest token would not fit the context: the next `feed` re-encodes the last half block."""
+        return self.n - self.w > self.engine.block_size
+
+    def next_input(self) -> tuple[torch.Tensor, int]:
+        """The newest token of every sample (samples, 1) and its position in the cache (no slide due)."""
+        return self.buf[:, self.n - 1 : self.n], self.n - 1 - self.w
+
+    def end(self) -> None:
+        """Samples that did not stop ended at the length limit."""
         self.finish = [f or "length" for f in self.finish]
 
     def _compute(self, fn, *args):
@@ -168,7 +201,7 @@ class Generation:
     def _feed(self) -> torch.Tensor:
         """Run the newest token (or, when it would not fit, the last half block again from position 0)."""
         n, T = self.n, self.engine.block_size
-        if n - self.w > T:  # buf[n-1] would sit at position T
+        if self.must_slide:  # buf[n-1] would sit at position T
             self.w = n - slide_keep(T)
             self.slides += 1
             return self._forward(self.buf[:, self.w : n], start_pos=0 if self.cache is not None else None)

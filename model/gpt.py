@@ -14,7 +14,8 @@ Two things differ from a textbook GPT, both for the 151,680-wide Qwen2 vocabular
   number of trained tokens in the whole effective batch (all micro-steps, all ranks), which makes
   masked SFT and DDP exact.
 * Attention takes an optional `KVCache`, so generation (`model.generate`) processes a prompt once and
-  then one token at a time.
+  then one token at a time. A server decoding several requests at once gives one start position per row instead
+  (rows of different lengths in one cache; see `KVCache`).
 
 No training or sampling code lives here.
 """
@@ -22,6 +23,7 @@ No training or sampling code lives here.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -65,6 +67,11 @@ class KVCache:
     `GPT.forward(idx, cache=cache)` writes the new tokens' keys/values at ``cache.length`` (or at
     `start_pos` when given, which rewinds the cache: e.g. to reuse a shared prompt prefix) and then
     advances ``cache.length``.
+
+    Rows of different lengths: with `start_pos` a list (one start per row), row b's tokens are written
+    at its own positions and each row attends over the whole buffer with the positions past its own
+    masked out. The caller keeps the rows' lengths; ``cache.length`` is not used. Every row always
+    sees all `max_len` key slots, so a row's arithmetic does not depend on the other rows' lengths.
     """
 
     def __init__(self, n_layer: int, max_len: int):
@@ -73,9 +80,11 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               start: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store `k`, `v` (B, H, T, D) at positions start..start+T-1; return all keys/values so far.
 
+        `start` may be a (B,) tensor, one start per row: the whole buffers are returned then.
         The buffers are allocated on first use with the keys' dtype, so a cache filled under bf16
         autocast holds bf16 (half the memory, and no casts at every step).
         """
@@ -83,6 +92,12 @@ class KVCache:
             B, H, _, D = k.shape
             self.k[layer] = k.new_zeros(B, H, self.max_len, D)
             self.v[layer] = v.new_zeros(B, H, self.max_len, D)
+        if isinstance(start, torch.Tensor):
+            pos = start[:, None] + torch.arange(k.size(2), device=k.device)  # (B, T)
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            self.k[layer][rows, :, pos] = k.transpose(1, 2)  # indexed as (B, T, H, D)
+            self.v[layer][rows, :, pos] = v.transpose(1, 2)
+            return self.k[layer], self.v[layer]
         end = start + k.size(2)
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
@@ -98,14 +113,21 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                start: int | torch.Tensor = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         mask, causal = None, True
         if cache is not None:
             k, v = cache.update(layer, k, v, start)
-            if start > 0:
+            if isinstance(start, torch.Tensor):
+                # One start per row: a query sees its own row's keys up to its position; the rest of
+                # the row (not written yet, or left there by an earlier sequence) is masked out.
+                causal = False
+                q_pos = start[:, None] + torch.arange(T, device=x.device)  # (B, T)
+                mask = (torch.arange(k.size(2), device=x.device) <= q_pos[..., None])[:, None]  # (B, 1, T, L)
+            elif start > 0:
                 # Queries sit at start..start+T-1 and see every key up to their own position. SDPA's
                 # is_causal aligns to the top-left corner, which is only right when start == 0.
                 causal = False
@@ -139,7 +161,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                start: int | torch.Tensor = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, start)
         return x + self.mlp(self.ln_2(x))
 
@@ -196,28 +219,42 @@ class GPT(nn.Module):
         """An empty KV cache for up to `max_len` positions (default block_size)."""
         return KVCache(self.config.n_layer, max_len or self.config.block_size)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None, start_pos: int | None = None) -> torch.Tensor:
-        """Final (layer-normed) hidden states (B, T, C) of tokens `idx` (B, T)."""
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      start_pos: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Final (layer-normed) hidden states (B, T, C) of tokens `idx` (B, T).
+
+        `start_pos` a list: one start per row of `cache` (rows of different lengths, see `KVCache`).
+        """
         T = idx.size(1)
+        per_row = isinstance(start_pos, (list, tuple))
+        if per_row and cache is None:
+            raise ValueError("start positions per row need a cache")
         start = 0 if cache is None else (cache.length if start_pos is None else start_pos)
+        last = max(start) if per_row else start
         limit = self.config.block_size if cache is None else min(self.config.block_size, cache.max_len)
-        if start + T > limit:
-            raise ValueError(f"positions {start}..{start + T - 1} exceed the context of {limit} tokens")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if last + T > limit:
+            raise ValueError(f"positions {last}..{last + T - 1} exceed the context of {limit} tokens")
+        if per_row:
+            start = torch.tensor(start, device=idx.device)
+            pos = start[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        else:
+            pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, start)
-        if cache is not None:
+        if cache is not None and not per_row:
             cache.length = start + T
         return self.transformer.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
-                *, cache: KVCache | None = None, start_pos: int | None = None, last_only: bool = False):
+                *, cache: KVCache | None = None, start_pos: int | Sequence[int] | None = None,
+                last_only: bool = False):
         """Logits, or the summed loss.
 
         * ``targets`` None: fp32 logits (B, T, V), or (B, 1, V) for the last position if `last_only`
           (what generation needs; a prompt's other logits are never built). With `cache`, the tokens sit
-          at positions ``cache.length ..`` (or `start_pos` ..) and their keys/values are stored.
+          at positions ``cache.length ..`` (or `start_pos` .., one start per row if a list) and their
+          keys/values are stored.
         * ``targets`` (B, T) given: ``(loss_sum, n_targets)``, two fp32 scalars: the cross-entropy summed
           over the positions where `loss_mask` (B, T) is nonzero (every position if None) and how many
           those are. Divide by the token count of the whole effective batch, not per micro-batch.

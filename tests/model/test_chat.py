@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from model.chat import ChatSession, fit_history, history_messages, reply_reserve, run_chat
+from model.chat import ChatSession, fit_history, reply_reserve, run_chat
 from model.generate import Engine
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
 from tests.model.conftest import tiny_model
 
 TURNS = [("第一个问题", "第一个回答"), ("second question", "second answer"), ("第三", "third answer, longer")]
+
+
+def history_messages(system, turns, user):
+    messages = [("system", system)] if system else []
+    for question, answer in turns:
+        messages += [("user", question), ("assistant", answer)]
+    return messages + [("user", user)]
 
 
 def test_history_that_fits_is_kept_whole(byte_tokenizer):
