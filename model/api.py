@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -75,14 +75,31 @@ class SamplingRequest(BaseModel):
     logprobs: bool | int | None = None
     logit_bias: dict | None = None
 
+    # OpenAI parameters we cannot honour: a request that uses one gets a 400 naming it, never a quiet no-op
+    UNSUPPORTED: ClassVar[dict[str, str]] = {
+        "presence_penalty": "presence_penalty is not supported; use repetition_penalty (>1 discourages repeats)",
+        "frequency_penalty": "frequency_penalty is not supported; use repetition_penalty (>1 discourages repeats)",
+        "logprobs": "logprobs are not supported",
+        "logit_bias": "logit_bias is not supported",
+        "tools": "tools (function calling) are not supported",  # chat
+        "response_format": "only the text response_format is supported",  # chat
+        "suffix": "suffix (insertion) is not supported",  # completions
+        "best_of": "best_of is not supported",  # completions
+    }
+
+    def uses(self, name: str) -> bool:
+        """Whether the request asks for field `name` (set to anything but its neutral value)."""
+        value = getattr(self, name, None)  # a field of the other endpoint is never used
+        if name == "response_format":
+            return bool(value) and value.get("type", "text") != "text"
+        if name == "best_of":
+            return value not in (None, 1, self.n)
+        return bool(value)
+
     def refuse_unsupported(self) -> None:
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ApiError(400, f"{name} is not supported; use repetition_penalty (>1 discourages repeats)", name)
-        if self.logprobs:
-            raise ApiError(400, "logprobs are not supported", "logprobs")
-        if self.logit_bias:
-            raise ApiError(400, "logit_bias is not supported", "logit_bias")
+        for name, why in self.UNSUPPORTED.items():
+            if self.uses(name):
+                raise ApiError(400, why, name)
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -101,26 +118,12 @@ class ChatRequest(SamplingRequest):
     tools: list | None = None
     response_format: dict | None = None
 
-    def refuse_unsupported(self) -> None:
-        super().refuse_unsupported()
-        if self.tools:
-            raise ApiError(400, "tools (function calling) are not supported", "tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ApiError(400, "only the text response_format is supported", "response_format")
-
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] = ""
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
-
-    def refuse_unsupported(self) -> None:
-        super().refuse_unsupported()
-        if self.suffix:
-            raise ApiError(400, "suffix (insertion) is not supported", "suffix")
-        if self.best_of not in (None, 1, self.n):
-            raise ApiError(400, "best_of is not supported", "best_of")
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,39 +38,22 @@ class CheckpointError(ValueError):
     """A model folder is missing, incomplete or does not fit what it is used with."""
 
 
-@dataclass(frozen=True)
 class RunFolder:
     """A training run's folder and the name of everything in it (the one place for these names)."""
 
-    path: Path
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoint = self.path / CHECKPOINT_DIR
+        self.metrics = self.path / "metrics.jsonl"
+        self.plot = self.path / "loss.png"
+        self.export = self.path / "hf"  # the default Hugging Face export
+        self.harness = self.path / "harness"  # lm-eval results (`model.harness`)
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:
         """The run folder of `path`: a run folder, or the ``checkpoint/`` folder inside one."""
         path = Path(path)
         return cls(path.parent if path.name == CHECKPOINT_DIR else path)
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT_DIR
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def plot(self) -> Path:
-        return self.path / "loss.png"
-
-    @property
-    def export(self) -> Path:
-        """The default Hugging Face export folder."""
-        return self.path / "hf"
-
-    @property
-    def harness(self) -> Path:
-        """lm-eval results (`model.harness`)."""
-        return self.path / "harness"
 
     def eval_result(self, data: str | os.PathLike, split: str) -> Path:
         return self.path / f"eval_{Path(data).resolve().name}_{split}.json"
