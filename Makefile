@@ -16,7 +16,7 @@ TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $(TORCHRUN_ARGS) --nproc_per_node $(NPROC))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export eval demo test lint bench clean
+.PHONY: help setup prep-wiki prep-sft pretrain sft sample chat export gguf ollama gguf-check eval demo test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,30 @@ export: CKPT ?= runs/sft
 export: OUT ?= $(CKPT)/hf
 export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
 	$(PY) -m model export --ckpt "$(CKPT)" --out "$(OUT)" $(ARGS)
+
+# GGUF for llama.cpp / Ollama / LM Studio. Values reach the program through the environment, byte for byte.
+gguf: export CKPT ?= runs/sft
+gguf: export TYPE ?= f16
+gguf: export OUT ?=
+gguf: $(STAMP) ## GGUF file for llama.cpp / LM Studio: [CKPT=runs/sft] [TYPE=f16|q8_0|f32] [OUT=CKPT/model-TYPE.gguf]
+	$(PY) -m model gguf --ckpt "$$CKPT" --type "$$TYPE" $${OUT:+--out "$$OUT"}
+
+ollama: export CKPT ?= runs/sft
+ollama: export TYPE ?= f16
+ollama: $(STAMP) ## GGUF + Ollama Modelfile beside it, then prints `ollama create`: [CKPT=runs/sft] [TYPE=f16]
+	$(PY) -m model ollama --ckpt "$$CKPT" --type "$$TYPE"
+
+# llama-cpp-python beside the venv, only for gguf-check: pip compiles llama.cpp from source (minutes, once;
+# portable CPU code, without the multimodal library that these checks do not use).
+LLAMA := $(VENV)/llama
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+$(LLAMA)/.installed: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install --disable-pip-version-check --no-deps --target $(LLAMA) \
+		"$(LLAMA_CPP_PYTHON)" "diskcache>=5.6"
+	touch $@
+
+gguf-check: $(STAMP) $(LLAMA)/.installed ## llama.cpp (llama-cpp-python) runs our GGUF: tokens, logits, greedy text, chat
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) $(PY) -m pytest -q -s tests/model/test_gguf_llama_cpp.py $(ARGS)
 
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki

@@ -7,17 +7,21 @@ Conversation text goes to stdout as it is generated; notes and summaries go to s
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from model.chat import ChatSession, run_chat
 from model.export import ExportError, export_hf
 from model.generate import row_tokens, stream_text
+from model.gguf_export import GGUF_TYPES, GGUFExportError, export_gguf
 from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
+from model.ollama import ModelfileError, ollama_model_name, write_modelfile
 from model.sampling import SamplingParams
 from prep.chat_template import ChatFormatError, render_prompt
 
@@ -27,7 +31,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
-    """Use a trained model: `sample` text, `chat` in the terminal, `export` to Hugging Face format."""
+    """Use a trained model: `sample` text, `chat` in the terminal, `export` to Hugging Face format,
+    `gguf` for llama.cpp / LM Studio, `ollama` for Ollama."""
 
 
 def model_options(f):
@@ -189,3 +194,60 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
                   f"{time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
     if not summary["tokenizer"]:
         console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")
+
+
+def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
+    """`export_gguf` with a progress bar over the bytes written; errors become one line."""
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    t0 = time.perf_counter()
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(f"GGUF {type_name}: reading {ckpt}, building the vocabulary", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, description=f"GGUF {type_name}: writing tensors", completed=done, total=total)
+
+            summary = export_gguf(ckpt, out, type_name, progress)
+    except (CheckpointError, GGUFExportError) as e:
+        raise checkpoint_error(e, ckpt) from None
+    kind = "chat model (ChatML template, stops at <|im_end|>)" if summary["chat"] else "base model (no chat template)"
+    console.print(f"wrote {summary['out']} ({summary['bytes'] / 1e6:.1f} MB, {type_name}) in {time.perf_counter() - t0:.1f}s: "
+                  f"{summary['name']!r}, a {kind}, {summary['n_vocab']} tokens, context {summary['context']}")
+    return summary
+
+
+@cli.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+              help="run folder (runs/sft) or its checkpoint/ folder")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="GGUF file to write [default: <run folder>/model-<type>.gguf]; replaced only if an earlier export")
+@click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
+              help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
+def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
+    """Write one GGUF file for llama.cpp, LM Studio and Ollama (architecture gpt2, Qwen2's vocabulary).
+
+    llama.cpp does not stop a GPT-2 model at its context: keep prompt + reply within it
+    (llama-cli / llama-server -c <context>), as printed at the end.
+    """
+    s = write_gguf_file(ckpt, out, type_name)
+    ctx, n = s["context"], s["context"] // 2
+    console.print(f"run it with llama.cpp:  llama-cli -m {shlex.quote(s['out'])} -c {ctx} -n {n}   "
+                  f"(or llama-server ... -c {ctx}); prompt + reply must fit in {ctx} tokens")
+
+
+@cli.command()
+@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+              help="run folder (runs/sft) or its checkpoint/ folder")
+@click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
+              help="GGUF weights: f32, f16 or q8_0")
+def ollama(ckpt: Path, type_name: str) -> None:
+    """Write the GGUF and an Ollama Modelfile beside it, then print the `ollama create` command."""
+    s = write_gguf_file(ckpt, None, type_name)
+    try:
+        modelfile = write_modelfile(s["out"], s["chat"], s["context"], source=str(ckpt))
+    except (ModelfileError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    name = ollama_model_name(s["name"])
+    console.print(f"wrote {modelfile}. Import and run it with Ollama:")
+    click.echo(f"ollama create {name} -f {shlex.quote(str(modelfile))}\nollama run {name}")
