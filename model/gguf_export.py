@@ -5,7 +5,7 @@ Why our own writer on the PyPI ``gguf`` library, not llama.cpp's ``convert_hf_to
 Hugging Face export: the converter is not on PyPI by itself (it ships inside llama.cpp's sources),
 wants its own pinned transformers, and writes the 34 padding rows of the embedding as ``[PAD…]``
 tokens that llama.cpp can sample. Our model *is* llama.cpp's ``gpt2`` graph, so writing it directly
-takes a name table and ~25 metadata keys, works offline, and the vocabulary is the tokenizer's own:
+takes a name table and ~30 metadata keys, works offline, and the vocabulary is the tokenizer's own:
 
 * tensors: ``token_embd`` (only the tokenizer's rows: 151,646, not the padded 151,680), ``position_embd``,
   per block ``attn_norm``, ``attn_qkv``, ``attn_output``, ``ffn_norm``, ``ffn_up``, ``ffn_down`` and
@@ -136,10 +136,11 @@ def model_name(ckpt: str | os.PathLike, info: dict) -> str:
     return f"{BASENAME} {run}" if run == stage else f"{BASENAME} {run} · {stage}"
 
 
-def write_metadata(writer: gguf.GGUFWriter, model: GPT, info: dict, tok: Tokenizer, name: str,
-                   type_name: str) -> None:
+def write_model_keys(writer: gguf.GGUFWriter, model: GPT, info: dict, n_vocab: int, name: str,
+                     type_name: str) -> None:
+    """What the model is: names, shape, context, file type, and our default sampling."""
     c, chat = model.config, info.get("data_kind") == "sft"
-    params = model.num_params() - (c.vocab_size - len(tok)) * c.n_embd  # the padding rows are not written
+    params = model.num_params() - (c.vocab_size - n_vocab) * c.n_embd  # the padding rows are not written
     writer.add_uint32(MARKER, 1)  # second, after general.architecture: see is_our_gguf
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
@@ -161,6 +162,10 @@ def write_metadata(writer: gguf.GGUFWriter, model: GPT, info: dict, tok: Tokeniz
     writer.add_sampling_top_k(d.top_k)
     writer.add_sampling_top_p(d.top_p)
     writer.add_sampling_penalty_repeat(d.repetition_penalty)
+
+
+def write_tokenizer_keys(writer: gguf.GGUFWriter, tok: Tokenizer, chat: bool) -> None:
+    """The vocabulary, merges and special ids; the ChatML template for a chat model only."""
     tokens, types, merges = gguf_vocabulary(tok)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
@@ -178,9 +183,9 @@ def write_metadata(writer: gguf.GGUFWriter, model: GPT, info: dict, tok: Tokeniz
         writer.add_chat_template(CHATML_TEMPLATE)
 
 
-# GGUF value types of fixed size (gguf.GGUFValueType: the uint/int/float/bool ones) -> bytes
-_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING = 8
+V = gguf.GGUFValueType
+_SCALAR_BYTES = {V.UINT8: 1, V.INT8: 1, V.UINT16: 2, V.INT16: 2, V.UINT32: 4, V.INT32: 4, V.FLOAT32: 4,
+                 V.BOOL: 1, V.UINT64: 8, V.INT64: 8, V.FLOAT64: 8}
 
 
 def is_our_gguf(path: Path) -> bool:
@@ -199,7 +204,7 @@ def is_our_gguf(path: Path) -> bool:
                 (vtype,) = struct.unpack("<I", f.read(4))
                 if key == MARKER.encode():
                     return True
-                if vtype == _STRING:
+                if vtype == V.STRING:
                     f.seek(struct.unpack("<Q", f.read(8))[0], os.SEEK_CUR)
                 elif vtype in _SCALAR_BYTES:
                     f.seek(_SCALAR_BYTES[vtype], os.SEEK_CUR)
@@ -229,7 +234,9 @@ def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str
     partial = out.parent / f".{out.name}.partial"
     writer = gguf.GGUFWriter(partial, ARCH)
     try:
-        write_metadata(writer, model, info, tok, name, type_name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_model_keys(writer, model, info, len(tok), name, type_name)
+        write_tokenizer_keys(writer, tok, info.get("data_kind") == "sft")
         for tensor_name, t, qtype, nbytes in plan:
             writer.add_tensor_info(tensor_name, tuple(t.shape), np.dtype(np.float32), nbytes, raw_dtype=qtype)
         writer.write_header_to_file()

