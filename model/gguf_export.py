@@ -124,15 +124,15 @@ def gguf_vocabulary(tok: Tokenizer) -> tuple[tuple[str, ...], tuple[int, ...], t
     return tuple(tokens), tuple(types), tuple(f"{a} {b}" for a, b in merges)
 
 
-def run_name(ckpt: str | os.PathLike) -> str:
-    """The run folder's name: ``runs/sft`` and ``runs/sft/checkpoint`` are both "sft"."""
-    folder = resolve_model_dir(ckpt).resolve()
-    return folder.parent.name if folder.name == CHECKPOINT_DIR else folder.name
+def run_folder(ckpt: str | os.PathLike) -> Path:
+    """The run folder: ``runs/sft`` for both ``runs/sft`` and ``runs/sft/checkpoint``."""
+    folder = resolve_model_dir(ckpt)
+    return folder.parent if folder.name == CHECKPOINT_DIR else folder
 
 
 def model_name(ckpt: str | os.PathLike, info: dict) -> str:
     """``general.name``: the project, the run and its stage ("zh-mini-llm sft", "zh-mini-llm t1 · pretrain")."""
-    run, stage = run_name(ckpt), info.get("data_kind", "pretrain")
+    run, stage = run_folder(ckpt).resolve().name, info.get("data_kind", "pretrain")
     return f"{BASENAME} {run}" if run == stage else f"{BASENAME} {run} · {stage}"
 
 
@@ -263,13 +263,6 @@ def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str
     return out.stat().st_size
 
 
-def default_gguf_path(ckpt: str | os.PathLike, type_name: str) -> Path:
-    """``<run folder>/model-<type>.gguf``, beside the run's checkpoint/ folder."""
-    folder = resolve_model_dir(ckpt)
-    run = folder.parent if folder.name == CHECKPOINT_DIR else folder
-    return run / f"model-{type_name}.gguf"
-
-
 def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, type_name: str = "f16",
                 progress: Progress | None = None) -> dict:
     """Write the GGUF of a run or checkpoint folder; returns a summary. Raises `GGUFExportError` (also
@@ -279,7 +272,7 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, t
     info = read_model_info(ckpt)
     tok = load_tokenizer_for(info, str(ckpt))
     qwen2_ranks(tok)  # a tokenizer without a GGUF vocabulary is refused before the weights are read
-    out = Path(out) if out is not None else default_gguf_path(ckpt, type_name)
+    out = Path(out) if out is not None else run_folder(ckpt) / f"model-{type_name}.gguf"
     check_destination(out)
     model, info = load_model(ckpt, "cpu")
     name = model_name(ckpt, info)

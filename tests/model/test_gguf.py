@@ -18,8 +18,15 @@ import torch
 from click.testing import CliRunner
 
 from model.cli import cli
-from model.gguf_export import GGUFExportError, export_gguf, gguf_tensors, model_name, storage_type
-from prep.tokenizer import CHATML_TEMPLATE, gpt2_char_to_byte
+from model.gguf_export import (
+    GGUFExportError,
+    export_gguf,
+    gguf_tensors,
+    model_name,
+    qwen2_ranks,
+    storage_type,
+)
+from prep.tokenizer import CHATML_TEMPLATE, gpt2_char_to_byte, load_tokenizer
 from tests.conftest import shared_path
 from tests.model.conftest import save_tiny, tiny_model
 
@@ -218,3 +225,8 @@ def test_full_disk_leaves_the_previous_file(qwen_run, monkeypatch):
 def test_unknown_type_is_refused(qwen_run):
     with pytest.raises(GGUFExportError, match="type must be one of f32, f16, q8_0"):
         export_gguf(qwen_run, None, "q4_0")
+
+
+def test_qwen2_loaded_from_a_hugging_face_folder_has_the_same_vocabulary(qwen):
+    hf = load_tokenizer(str(shared_path("qwen2-tokenizer")))  # e.g. --tokenizer Qwen/Qwen2-0.5B
+    assert qwen2_ranks(hf) is qwen2_ranks(qwen)
