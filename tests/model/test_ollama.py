@@ -8,6 +8,7 @@ is on PATH the template is executed by Go itself and compared with the text trai
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -100,9 +101,8 @@ def test_ollama_command_writes_gguf_and_modelfile(tmp_path):
 def go_render(tmp_path, template: str, data: dict) -> str:
     source = tmp_path / "render.go"
     source.write_text(GO_RENDER)
-    done = subprocess.run(["go", "run", str(source), template, json.dumps(data)], capture_output=True, text=True,
-                          timeout=120, env={"GOCACHE": str(tmp_path / "cache"), "HOME": str(tmp_path),
-                                            "PATH": "/usr/bin:/bin:/usr/local/bin:/usr/local/go/bin"})
+    done = subprocess.run([shutil.which("go"), "run", str(source), template, json.dumps(data)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "GOCACHE": str(tmp_path / "go-cache")})
     assert done.returncode == 0, done.stderr
     return done.stdout
 
