@@ -110,6 +110,34 @@ export: export MK_OUT = $(call verbatim,OUT)
 export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
 	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT"
 
+# GGUF for llama.cpp / Ollama / LM Studio.
+gguf: CKPT ?= runs/sft
+gguf: TYPE ?= f16
+gguf: export MK_CKPT = $(call verbatim,CKPT)
+gguf: export MK_TYPE = $(call verbatim,TYPE)
+gguf: export MK_OUT = $(call verbatim,OUT)
+gguf: $(STAMP) ## GGUF file for llama.cpp / LM Studio: [CKPT=runs/sft] [TYPE=f16|q8_0|f32] [OUT=CKPT/model-TYPE.gguf]
+	$(PY) -m model gguf --ckpt "$$MK_CKPT" --type "$$MK_TYPE" $${MK_OUT:+--out "$$MK_OUT"}
+
+ollama: CKPT ?= runs/sft
+ollama: TYPE ?= f16
+ollama: export MK_CKPT = $(call verbatim,CKPT)
+ollama: export MK_TYPE = $(call verbatim,TYPE)
+ollama: $(STAMP) ## GGUF + Ollama Modelfile beside it, then prints `ollama create`: [CKPT=runs/sft] [TYPE=f16]
+	$(PY) -m model ollama --ckpt "$$MK_CKPT" --type "$$MK_TYPE"
+
+# llama-cpp-python beside the venv, only for gguf-check: pip compiles llama.cpp from source (minutes, once;
+# portable CPU code, without the multimodal library that these checks do not use).
+LLAMA := $(VENV)/llama
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+$(LLAMA)/.installed: $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" $(BIN)/pip install --disable-pip-version-check --no-deps --target $(LLAMA) \
+		"$(LLAMA_CPP_PYTHON)" "diskcache>=5.6"
+	touch $@
+
+gguf-check: $(STAMP) $(LLAMA)/.installed ## llama.cpp (llama-cpp-python) runs our GGUF: tokens, logits, greedy text, chat
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/test_gguf_llama_cpp.py
+
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki
 eval: export MK_CKPT = $(call verbatim,CKPT)

@@ -1,5 +1,6 @@
-"""``python -m model sample|chat|serve|export|harness|bpb``: thin Click commands over `model.generate`,
-`model.chat`, `model.serve`, `model.export` (and `model.eval_cli` for harness and bpb).
+"""``python -m model sample|chat|serve|export|gguf|ollama|harness|bpb``: thin Click commands over
+`model.generate`, `model.chat` and `model.serve` (here), the export formats (`model.export_cli`) and
+the measures (`model.eval_cli`).
 
 Conversation text goes to stdout as it is generated; notes and summaries go to stderr, so
 ``python -m model sample ... > out.txt`` keeps only the text. Errors a user can fix are one line.
@@ -12,31 +13,26 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from model.chat import ChatSession, run_chat
+from model.cli_common import MODEL_ERRORS, console, device_option, dtype_option, with_hint
 from model.eval_cli import bpb, harness
-from model.export import export_hf
+from model.export_cli import export, gguf, ollama
 from model.generate import row_tokens, stream_text
 from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
-from model.options import device_option, dtype_option
-from model.runtime import RuntimeChoiceError
 from model.sampling import SamplingParams
 from prep.chat_template import ChatFormatError, render_prompt
 from prep.cli_common import one_line_errors
-from prep.outputs import OutputError
-from prep.tokenizer import TokenizerError
 
 DEFAULTS = SamplingParams()
-MODEL_ERRORS = (CheckpointError, TokenizerError, OutputError, RuntimeChoiceError)  # printed as one line
-console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
-    """Use a trained model: `sample` text, `chat` in the terminal, `serve` it over HTTP, `export` it to Hugging
-    Face; measure it: `harness` (C-Eval, CMMLU, ... through lm-eval), `bpb` (bits per byte of raw text)."""
+    """Use a trained model: `sample` text, `chat` in the terminal, `serve` it over HTTP; `export` it to Hugging
+    Face, `gguf` for llama.cpp / LM Studio, `ollama` for Ollama; measure it: `harness` (C-Eval, CMMLU, ...
+    through lm-eval), `bpb` (bits per byte of raw text)."""
 
 
 def model_options(f):
@@ -64,12 +60,6 @@ def model_options(f):
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def with_hint(e: CheckpointError, ckpt: Path) -> CheckpointError:
-    """For a folder that does not exist, say how to make one."""
-    hint = "; train one first (make pretrain, make sft) or pass --ckpt" if not ckpt.exists() else ""
-    return CheckpointError(f"{e}{hint}")
 
 
 def load(ckpt: Path, device: str, dtype: str) -> LoadedModel:
@@ -180,30 +170,6 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 @cli.command()
 @click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="folder to write (replaced only if it is an earlier export holding nothing else)")
-@dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
-@one_line_errors(*MODEL_ERRORS)
-def export(ckpt: Path, out: Path, dtype: str) -> None:
-    """Write a Hugging Face GPT2LMHeadModel folder: config, weights, tokenizer, generation config."""
-    t0 = time.perf_counter()
-    try:
-        with console.status(f"exporting {ckpt} to {out} ..."):
-            summary = export_hf(ckpt, out, dtype)
-    except CheckpointError as e:
-        raise with_hint(e, ckpt) from None
-    kind = "chat" if summary["chat"] else "base"
-    files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
-    listing = ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.1f} MB)" for p in files)
-    console.print(f"exported a {kind} model ({summary['params'] / 1e6:.1f}M params, {summary['dtype']}) to {out} "
-                  f"in {time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
-    if not summary["tokenizer"]:
-        console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")
-
-
-@cli.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
-              help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; 0.0.0.0 lets other machines in (set --api-key then)")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port")
@@ -258,5 +224,8 @@ def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | Non
     console.print(f"[dim]stopped; {app.state.requests_served} requests served[/]")
 
 
+cli.add_command(export)  # model/export_cli.py
+cli.add_command(gguf)
+cli.add_command(ollama)
 cli.add_command(harness)  # model/eval_cli.py
 cli.add_command(bpb)

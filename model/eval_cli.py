@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from model.bpb import BpbError, bits_per_byte, load_scored_model
+from model.cli_common import device_option, dtype_option
 from model.harness import HarnessError, chance_levels, default_out, results_document, run_harness, table_rows
 from model.io import CheckpointError
-from model.options import device_option, dtype_option
 from model.runtime import RuntimeChoiceError
 from model.texts import TextError, total_raw_bytes
 from prep.cli_common import one_line_errors

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
+from model.cli_common import device_option
 from model.io import CheckpointError
-from model.options import device_option
 from model.runtime import RuntimeChoiceError
 from prep.cli_common import CommandError, one_line_errors
 from prep.outputs import OutputError

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from model.cli_common import device_option, dtype_option
 from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_dir
 from model.loader import load_on_device
-from model.options import device_option, dtype_option
 from model.runtime import RuntimeChoiceError
 from prep.cli_common import one_line_errors
 from prep.outputs import OutputError, write_json_atomic

@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from model.cli_common import dtype_option
 from model.gpt import GPTConfig
-from model.options import dtype_option
 from prep.cli_common import one_line_errors
 from train.config import AUTO, PRESETS, apply_overrides, preset
 from train.plan import (
