@@ -14,6 +14,7 @@ NPROC  ?= 1
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $$MK_TORCHRUN_ARGS --nproc_per_node "$$MK_NPROC")
+CHECK_NPROC := case "$$MK_NPROC" in ''|*[!0-9]*|0*) echo "Error: NPROC must be a number of processes (1, 2, ...), not '$$MK_NPROC'" >&2; exit 2;; esac
 
 # Values reach the programs byte for byte: a recipe never pastes a user's value into shell code (where
 # quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
@@ -70,6 +71,7 @@ pretrain: export MK_DATA = $(call verbatim,DATA)
 pretrain: export MK_OUT = $(call verbatim,OUT)
 pretrain: export MK_PRESET = $(call verbatim,PRESET)
 pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
+	@$(CHECK_NPROC)
 	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
 
 sft: DATA ?= data_bin/sft
@@ -80,6 +82,7 @@ sft: export MK_INIT = $(call verbatim,INIT)
 sft: export MK_OUT = $(call verbatim,OUT)
 sft: export MK_PRESET = $(call verbatim,PRESET)
 sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
+	@$(CHECK_NPROC)
 	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
 sample: CKPT ?= runs/sft

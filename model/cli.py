@@ -26,6 +26,7 @@ from prep.chat_template import ChatFormatError, render_prompt
 from prep.cli_common import one_line_errors
 
 DEFAULTS = SamplingParams()
+MAX_SEED = 2**63 - 1  # torch.Generator seeds are 64-bit
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -50,9 +51,9 @@ def model_options(f):
         click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
                      default=DEFAULTS.repetition_penalty, show_default=True,
                      help=">1 makes tokens already in the context less likely (1 = off)"),
-        click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=DEFAULTS.seed, show_default=True,
                      help="same seed, same text"),
-        click.option("--system", default=None, help="system prompt (chat models)"),
+        click.option("--system", default=None, callback=utf8_text, help="system prompt (chat models)"),
         device_option,
         dtype_option(),
         one_line_errors(*MODEL_ERRORS),
@@ -75,9 +76,23 @@ def load(ckpt: Path, device: str, dtype: str) -> LoadedModel:
 
 
 def params_from(num_samples: int = 1, **kw) -> SamplingParams:
-    return SamplingParams(max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"], top_k=kw["top_k"],
-                          top_p=kw["top_p"], repetition_penalty=kw["repetition_penalty"], seed=kw["seed"],
-                          num_samples=num_samples)
+    try:
+        return SamplingParams(max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"], top_k=kw["top_k"],
+                              top_p=kw["top_p"], repetition_penalty=kw["repetition_penalty"], seed=kw["seed"],
+                              num_samples=num_samples)
+    except ValueError as e:  # e.g. --temperature nan, which click's ranges let through
+        raise click.UsageError(str(e)) from None
+
+
+def utf8_text(ctx, param, value):
+    """Refuse text that is not UTF-8 (bytes the shell passed undecodable), naming the option."""
+    for text in (value if isinstance(value, tuple) else (value,)):
+        if text is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise click.BadParameter("is not valid UTF-8 text", ctx=ctx, param=param) from None
+    return value
 
 
 def prompt_ids(loaded: LoadedModel, prompt: str, system: str | None) -> list[int]:
@@ -99,7 +114,8 @@ def ended(reason: str, stop: int | None, tok) -> str:
 
 
 @cli.command()
-@click.option("--prompt", default="数学是", show_default=True, help="text to continue, or the user message for a chat model")
+@click.option("--prompt", default="数学是", show_default=True, callback=utf8_text,
+              help="text to continue, or the user message for a chat model")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True,
               help="samples of the same prompt, generated as one batch")
 @model_options
@@ -124,7 +140,7 @@ def sample(ckpt: Path, prompt: str, num_samples: int, device: str, dtype: str, s
         except KeyboardInterrupt:
             click.echo("")
             console.print("[yellow](interrupted)[/]")
-            return
+            raise SystemExit(130) from None  # 128 + SIGINT, as training and prep exit
         click.echo("")
         n_new = run.n_new[0]
         reasons = [ended(run.finish[0], run.stop_token[0], tok)]
@@ -142,7 +158,7 @@ def sample(ckpt: Path, prompt: str, num_samples: int, device: str, dtype: str, s
 
 
 @cli.command()
-@click.option("--message", "messages", multiple=True,
+@click.option("--message", "messages", multiple=True, callback=utf8_text,
               help="send this message instead of reading the terminal (repeatable; /reset and /exit work too)")
 @model_options
 def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system: str | None, **kw) -> None:

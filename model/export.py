@@ -29,16 +29,15 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from model.gpt import GPT
-from model.io import is_chat, load_model, read_model_info, stop_ids
+from model.io import is_chat, load_model, read_model_info, save_weights, stop_ids
 from model.loader import load_tokenizer_for
 from model.runtime import TORCH_DTYPES, dtype_name
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import save_hf_tokenizer
-from prep.outputs import OutputFolder
+from prep.outputs import OutputFolder, read_json
 from prep.tokenizer import IM_END, Tokenizer
 
 CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
@@ -135,7 +134,7 @@ def _chat_tokenizer_files(folder: Path) -> None:
 def _legacy_export_files(folder: Path) -> set[str] | None:
     """An export written before folders had a manifest: config.json carries our marker."""
     try:
-        ours = json.loads((folder / "config.json").read_text("utf-8")).get(MARKER)
+        ours = read_json(folder / "config.json").get(MARKER)
     except (OSError, ValueError, AttributeError):
         return None
     return EXPORT_FILES if ours else None
@@ -156,7 +155,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp3
     stops = stop_ids(tok, chat)
     ids = {"eot": tok.eot_id, "eos": stops[0]}
     with OutputFolder(out, "hf-export", "Hugging Face export", _legacy_export_files) as folder:
-        save_file(gpt2_state_dict(model, torch_dtype), folder.path("model.safetensors"), metadata={"format": "pt"})
+        save_weights(gpt2_state_dict(model, torch_dtype), folder.path("model.safetensors"), {"format": "pt"})
         folder.path("model.safetensors").chmod(0o644)  # safetensors writes 0600; a shared folder needs to be read
         _write_json(folder.path("config.json"), gpt2_config(model, ids, torch_dtype))
         _write_json(folder.path("generation_config.json"),

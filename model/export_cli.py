@@ -17,7 +17,7 @@ from model.cli_common import MODEL_ERRORS, console, dtype_option, with_hint
 from model.export import export_hf
 from model.gguf_export import GGUF_TYPES, GGUFExportError, export_gguf
 from model.io import CheckpointError
-from model.ollama import ModelfileError, ollama_model_name, write_modelfile
+from model.ollama import ollama_model_name, write_modelfile
 from prep.cli_common import one_line_errors
 
 
@@ -91,7 +91,7 @@ def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="GGUF weights: f32, f16 or q8_0")
-@one_line_errors(*MODEL_ERRORS, GGUFExportError, ModelfileError)
+@one_line_errors(*MODEL_ERRORS, GGUFExportError)
 def ollama(ckpt: Path, type_name: str) -> None:
     """Write the GGUF and an Ollama Modelfile beside it, then print the `ollama create` command."""
     s = write_gguf_file(ckpt, None, type_name)

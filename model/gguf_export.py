@@ -44,7 +44,7 @@ from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import vocab_and_merges
-from prep.outputs import atomic_file, output_lock
+from prep.outputs import atomic_file, check_replaceable_file, output_lock
 from prep.tokenizer import QwenTiktokenTokenizer, Tokenizer, load_tokenizer
 
 ARCH = "gpt2"
@@ -210,14 +210,6 @@ def is_our_gguf(path: Path) -> bool:
     return False
 
 
-def check_destination(out: Path) -> None:
-    """Refuse to replace anything but an earlier export of ours."""
-    if out.is_dir():
-        raise GGUFExportError(f"{out}: is a folder; give the path of the .gguf file to write")
-    if out.exists() and not is_our_gguf(out):
-        raise GGUFExportError(f"{out}: exists and is not a GGUF written by zh-mini-llm; choose another path or remove it")
-
-
 def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str, name: str,
                progress: Progress | None = None) -> int:
     """Write the GGUF beside `out` and rename it into place (`prep.outputs.atomic_file`); returns its size."""
@@ -261,7 +253,7 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, t
     qwen2_ranks(tok)  # a tokenizer without a GGUF vocabulary is refused before the weights are read
     out = Path(out) if out is not None else RunFolder.of(resolve_model_dir(ckpt)).path / f"model-{type_name}.gguf"
     with output_lock(out, "GGUF export"):
-        check_destination(out)
+        check_replaceable_file(out, is_our_gguf, "GGUF")
         model, info = load_model(ckpt, "cpu")
         name = model_name(ckpt, info)
         size = write_gguf(model, info, tok, out, type_name, name, progress)

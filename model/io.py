@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from model.gpt import GPT, GPTConfig
+from prep.outputs import JSONFileError, read_json
 
 WEIGHTS_NAME = "model.safetensors"
 INFO_NAME = "model.json"
@@ -80,13 +82,26 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{path}: no {INFO_NAME} here or in {path / CHECKPOINT_DIR}; not a finished checkpoint")
 
 
+def save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file` that reports a failed write (a full disk) as the OSError it is, so
+    the folder being built can become one line and leave the previous one (safetensors raises its own
+    error type, with the system's error number in its message)."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code:
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
+        raise
+
+
 def save_model(folder: str | os.PathLike, model: GPT, tokenizer: dict, data_kind: str, step: int,
                extra: dict | None = None) -> None:
     """Write the weights (fp32, contiguous, the tied output layer once) and ``model.json`` into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, folder / WEIGHTS_NAME, metadata={"format": FORMAT})
+    save_weights(state, folder / WEIGHTS_NAME, {"format": FORMAT})
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,9 +119,9 @@ def read_model_info(path: str | os.PathLike) -> dict:
     folder = resolve_model_dir(path)
     info_path = folder / INFO_NAME
     try:
-        info = json.loads(info_path.read_text("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{info_path}: not valid JSON ({e})") from e
+        info = read_json(info_path)
+    except JSONFileError as e:
+        raise CheckpointError(str(e)) from None
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
         got = f"{info.get('format')!r} v{info.get('format_version')}" if isinstance(info, dict) else "not an object"
         raise CheckpointError(f"{info_path}: format {got}, expected {FORMAT!r} v{FORMAT_VERSION}")
@@ -117,6 +132,10 @@ def read_model_info(path: str | os.PathLike) -> dict:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info_path}: bad model config ({e})") from e
     _check_sizes(config, info_path)
+    tok = info.get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("len"), int) and tok["len"] > config.vocab_size:
+        raise CheckpointError(f"{info_path}: the tokenizer has {tok['len']:,} ids but the model only "
+                              f"{config.vocab_size:,} rows; the checkpoint is damaged")
     return info
 
 

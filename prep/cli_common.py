@@ -41,7 +41,8 @@ def os_error_line(e: OSError) -> str:
 
 
 def one_line_errors(*error_types: type[BaseException]) -> Callable:
-    """Decorate a click command so that `error_types`, `OSError` and interrupts end it with one line."""
+    """Decorate a click command so that `error_types`, `OSError` and interrupts end it with one line (an
+    interrupt exits 130, or 128 + the signal's number where the command says which)."""
 
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
@@ -49,7 +50,9 @@ def one_line_errors(*error_types: type[BaseException]) -> Callable:
             try:
                 return command(*args, **kwargs)
             except PrepInterrupted as e:
-                raise CommandError(str(e), 130) from None
+                raise CommandError(str(e), e.exit_code) from None
+            except KeyboardInterrupt:
+                raise CommandError("interrupted", 130) from None
             except error_types as e:
                 raise CommandError(str(e)) from None
             except OSError as e:

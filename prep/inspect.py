@@ -79,11 +79,14 @@ def inspect_folder(folder: str | Path, split: str = "train", doc_index: int = 0,
     meta = tf.meta
     ident = meta["tokenizer"]
     console.print(f"[bold]{folder}[/]: kind {tf.kind}, tokenizer {ident['name']} ({ident['len']:,} ids, "
-                  f"fingerprint {ident['fingerprint']}), format {meta['format_version']}")
-    options = ", ".join(f"{k}={v}" for k, v in sorted(meta.get("options", {}).items()))
-    if options:
-        console.print(f"options: {options}")
-    console.print(summary_table(meta))
+                  f"fingerprint {ident.get('fingerprint')}), format {meta['format_version']}")
+    options = meta.get("options")
+    if isinstance(options, dict) and options:
+        console.print(f"options: {', '.join(f'{k}={v}' for k, v in sorted(options.items()))}")
+    try:
+        console.print(summary_table(meta))
+    except (TypeError, KeyError, AttributeError, ValueError) as e:  # counts a hand-edited meta.json broke
+        console.print(f"[yellow]meta.json's counts cannot be summarised ({type(e).__name__}: {e})[/]")
     lengths = np.diff(np.asarray(s.doc_starts, dtype=np.int64))
     if len(lengths):
         console.print(f"{split}: {s.n_docs:,} documents, tokens per document: min {lengths.min():,}, "

@@ -55,7 +55,7 @@ def json_objects(chunk: Chunk) -> Iterator[tuple[str, dict] | Skipped | Repaired
             continue
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested absurdly deep
             yield Skipped("truncated_last_line" if is_last_unterminated else "invalid_json", loc)
             continue
         if is_last_unterminated:

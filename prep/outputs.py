@@ -38,6 +38,21 @@ class OutputError(Exception):
     """An output cannot be written: refused (not ours, in use) or the disk said no. One line."""
 
 
+class JSONFileError(ValueError):
+    """A JSON file that cannot be read back: missing, not UTF-8, not JSON, or nested absurdly deep."""
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """A JSON file of ours (meta.json, model.json, ...), which a user or a crash may have damaged."""
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except FileNotFoundError:
+        raise JSONFileError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise JSONFileError(f"{path}: not valid JSON ({reason})") from None
+
+
 def disk_error(e: OSError, what: str) -> OutputError | None:
     """A one-line `OutputError` for a full, read-only or forbidden disk; None for other errors."""
     if e.errno not in DISK_ERRNOS:
@@ -151,6 +166,30 @@ def write_json_atomic(path: str | os.PathLike, obj: object, default: Callable | 
         os.fsync(f.fileno())
 
 
+def check_replaceable_file(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse (one line, nothing touched) to write a file over anything but an earlier one of ours."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give the path of the {what} file to write")
+    if path.exists() and not is_ours(path):
+        raise OutputError(f"{path}: exists and is not a {what} written by this project; choose another path "
+                          "(nothing was changed)")
+
+
+def json_with_keys(*keys: str) -> Callable[[Path], bool]:
+    """`is_ours` for JSON outputs: the file is a JSON object (or a list of them) holding all of `keys`."""
+
+    def is_ours(path: Path) -> bool:
+        try:
+            obj = read_json(path)
+        except (OSError, ValueError):
+            return False
+        items = obj if isinstance(obj, list) else [obj]
+        return bool(items) and all(isinstance(i, dict) and all(k in i for k in keys) for i in items)
+
+    return is_ours
+
+
 def check_free_space(path: str | os.PathLike, n_bytes: int, what: str) -> None:
     """Refuse up front when the disk holding `path` has less than `n_bytes` free."""
     probe = Path(path)
@@ -158,8 +197,12 @@ def check_free_space(path: str | os.PathLike, n_bytes: int, what: str) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < n_bytes:
-        raise OutputError(f"{path}: {what} needs about {n_bytes / 1e9:,.2f} GB but the disk has "
-                          f"{free / 1e9:,.2f} GB free; free some space or choose another folder")
+        raise OutputError(f"{path}: {what} needs about {_size(n_bytes)} but the disk has {_size(free)} free; "
+                          "free some space or choose another folder")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e8 else f"{n / 1e6:,.2f} MB"
 
 
 # -- folders ---------------------------------------------------------------------------------------
@@ -167,7 +210,7 @@ def check_free_space(path: str | os.PathLike, n_bytes: int, what: str) -> None:
 
 def read_manifest(folder: Path) -> dict | None:
     try:
-        manifest = json.loads((folder / MANIFEST).read_text("utf-8"))
+        manifest = read_json(folder / MANIFEST)
     except (OSError, ValueError):
         return None
     ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), list)

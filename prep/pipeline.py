@@ -50,6 +50,8 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped, StopSignal
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import TokenFolderWriter
@@ -124,6 +126,7 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         for sig in _STOP_SIGNALS:  # the parent's handler (see _stop_signals_interrupt) is not for us
             signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *_STOP_SIGNALS})  # held while forking
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
     _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction, near)
@@ -226,7 +229,7 @@ def _stop_signals_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise StopSignal(signum)
 
     previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
     try:
@@ -246,12 +249,21 @@ def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
         _init_worker(*init_args, None)
         yield None
         return
-    pool = mp.get_context(_start_method()).Pool(workers, _init_worker, (*init_args, os.getpid()))
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker killed mid-task (SIGTERM or SIGHUP sent to
+    # the whole process group) breaks the executor, which stops the others, where a Pool deadlocks on the
+    # queue lock the dead worker held. A stop signal that lands while the workers are being forked would
+    # interrupt that half way: the signals wait until the pool exists, then arrive inside the try below.
+    held = {signal.SIGINT, *_STOP_SIGNALS}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_start_method()), initializer=_init_worker,
+                                   initargs=(*init_args, os.getpid()))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
     try:
         yield pool
     finally:
-        pool.terminate()
-        pool.join()
+        pool.shutdown(wait=True, cancel_futures=True)  # the running chunks finish (a second at most)
 
 
 def encoded_chunks(source: Source, pool: Any, workers: int) -> Iterator[Encoded]:
@@ -262,11 +274,11 @@ def encoded_chunks(source: Source, pool: Any, workers: int) -> Iterator[Encoded]
         return
     window: deque = deque()
     for chunk in source.chunks():
-        window.append(pool.apply_async(encode_chunk, (chunk,)))
+        window.append(pool.submit(encode_chunk, chunk))
         if len(window) >= 2 * workers + 2:
-            yield window.popleft().get()
+            yield window.popleft().result()
     while window:
-        yield window.popleft().get()
+        yield window.popleft().result()
 
 
 @dataclass
@@ -311,9 +323,11 @@ def run_prep(job: PrepJob, console=None) -> dict:
     try:
         with _stop_signals_interrupt():
             meta = _write(job, writer, stats, init_args, workers, console)
-    except KeyboardInterrupt:
-        raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)") \
-            from None
+    except KeyboardInterrupt as e:
+        raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)",
+                              getattr(e, "signum", signal.SIGINT)) from None
+    except BrokenProcessPool:
+        raise PrepError(f"a worker process died (killed, or out of memory?): nothing written to {job.out}") from None
     print_summary(meta, time.perf_counter() - started, job.out, console)
     return meta
 

@@ -19,7 +19,20 @@ class PrepError(Exception):
 
 
 class PrepInterrupted(PrepError):
-    """Ctrl-C or SIGTERM: the workers are stopped and the partial folder is gone (exit code 130)."""
+    """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the partial folder is gone. The command exits
+    128 + the signal's number (130, 143, 129), as shells expect."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) turned into an interrupt, remembering which signal it was."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass(frozen=True)

@@ -134,11 +134,15 @@ class _ArrayReader:
             try:
                 element, end = self.decoder.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
-                # Maybe only cut off by the buffer: read more and retry, up to a sane element size.
-                if not self.eof and len(self.buf) - self.pos < _MAX_ELEMENT and self.refill():
+                # Maybe only cut off by the buffer: read more and decode again, up to a sane element size
+                # (at the end of the file, again all the same, so that e.pos is a position in this buffer).
+                if not self.eof and len(self.buf) - self.pos < _MAX_ELEMENT:
+                    self.refill()
                     continue
                 line = self.line + self.buf.count("\n", self.pos, e.pos)
                 raise self.fail(f"invalid JSON in the array ({e.msg})", line) from e
+            except RecursionError:
+                raise self.fail("an array element is nested too deeply to be a record") from None
             if end == len(self.buf) and not self.eof:  # a number may continue past the buffer; make sure
                 self.refill()
                 continue

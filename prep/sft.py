@@ -84,7 +84,7 @@ def _jsonl_format(path: Path) -> str:
                     return
                 try:
                     yield json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
-                except ValueError:  # invalid JSON or UTF-8: counted later, when the row is parsed
+                except (ValueError, RecursionError):  # bad JSON or UTF-8: counted later, when the row is parsed
                     continue
 
     return detect_row_format(rows()) or "unknown"

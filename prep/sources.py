@@ -64,7 +64,8 @@ def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) 
     if root.is_file():
         return [(root, root.name)]
     if not root.is_dir():
-        raise PrepError(f"{path}: no such file or folder")
+        what = "is not a regular file or a folder" if root.exists() else "no such file or folder"
+        raise PrepError(f"{path}: {what}")
     found: dict[str, Path] = {}
     for pattern in patterns:
         for p in root.rglob(pattern):

@@ -19,7 +19,7 @@ This module is the only code that opens these files; the trainer reads through `
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.outputs import OutputError, OutputFolder, write_json_atomic
+from prep.outputs import JSONFileError, OutputError, OutputFolder, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -36,6 +36,7 @@ META_NAME = "meta.json"
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_DTYPE = np.dtype("<u8")
 MASK_DTYPE = np.dtype("u1")
+MAX_VOCAB = 1 << 24  # a tokenizer length beyond this is a damaged meta.json, not a vocabulary
 
 
 class TokenFileError(ValueError):
@@ -53,7 +54,7 @@ def _legacy_token_files(kind: str) -> Callable[[Path], set[str] | None]:
 
     def files(folder: Path) -> set[str] | None:
         try:
-            meta = json.loads((folder / META_NAME).read_text("utf-8"))
+            meta = read_json(folder / META_NAME)
         except (OSError, ValueError):
             return None
         if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
@@ -104,9 +105,11 @@ class _SplitWriter:
         return stats
 
     def abandon(self) -> None:
+        """Close without caring about buffered data (a full disk would fail the flush again)."""
         for f in (self.tokens, self.doc_starts, self.mask, self.turns):
             if f is not None and not f.closed:
-                f.close()
+                with contextlib.suppress(OSError):
+                    f.close()
 
 
 class TokenFolderWriter:
@@ -246,9 +249,9 @@ class TokenFolder:
                 "or not a token folder; rerun prep"
             )
         try:
-            self.meta = json.loads(meta_path.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TokenFileError(f"{meta_path}: not valid JSON ({e}); rerun prep") from e
+            self.meta = read_json(meta_path)
+        except JSONFileError as e:
+            raise TokenFileError(f"{e}; rerun prep") from None
         self._check_meta(meta_path)
         self._splits: dict[str, Split] = {}
 
@@ -264,7 +267,8 @@ class TokenFolder:
         tok = meta.get("tokenizer")
         if not isinstance(tok, dict) or not isinstance(tok.get("name"), str):
             raise TokenFileError(f"{meta_path}: expected a 'tokenizer' object with a 'name'; rerun prep")
-        _count(tok, "len", f"{meta_path}: tokenizer")
+        if not 0 < _count(tok, "len", f"{meta_path}: tokenizer") <= MAX_VOCAB:
+            raise TokenFileError(f"{meta_path}: tokenizer len {tok['len']:,} is not a vocabulary size; rerun prep")
         if not isinstance(meta.get("splits"), dict):
             raise TokenFileError(f"{meta_path}: expected a 'splits' object; rerun prep")
 

@@ -22,10 +22,11 @@ so a model is never paired with the wrong ids.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -240,6 +241,20 @@ def gpt2_char_to_byte() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """No request to the hub at all while loading: ``local_files_only`` alone still lets huggingface_hub
+    ask the hub things (its user-agent detection); this is the switch ``HF_HUB_OFFLINE=1`` sets."""
+    import huggingface_hub.constants as hub
+
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = before
+
+
 class HFTokenizer(Tokenizer):
     """A tokenizer loaded with transformers' `AutoTokenizer` from a hub name or a local folder."""
 
@@ -247,8 +262,9 @@ class HFTokenizer(Tokenizer):
         from transformers import AutoTokenizer
 
         try:
-            self.hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False,
-                                                    local_files_only=local_only)
+            with _hub_offline() if local_only else contextlib.nullcontext():
+                self.hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False,
+                                                        local_files_only=local_only)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "not loadable"
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TokenizerError(f"cannot load tokenizer {name_or_path!r}: {first_line}") from e

@@ -18,14 +18,13 @@ run's work. Everything loaded from a checkpoint is checked against the model bef
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from model.gpt import GPT
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, read_model_info, save_model
-from prep.outputs import OutputFolder, write_json_atomic
+from prep.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
 from prep.tokenizer import TokenizerError, check_identity
 
 TRAINER_STATE = "trainer.pt"
@@ -119,13 +118,15 @@ def check_optimizer_state(state: dict, model: GPT, info_step: int, where: Path) 
 
 
 def read_run_info(ckpt: Path) -> dict:
+    """``train_config.json``: how the run was started (stage, data, init) and its whole config."""
     path = ckpt / TRAIN_CONFIG
     try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+        info = read_json(path)
+    except JSONFileError as e:
+        raise CheckpointError(f"{e}; the checkpoint is incomplete or damaged") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise CheckpointError(f"{path}: expected an object with a 'config' object; the checkpoint is damaged")
+    return info
 
 
 def check_resumable(ckpt: Path, stage: str, identity: dict, shape: dict) -> dict:

@@ -41,7 +41,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
     sample_prompt: str = "数学是"  # pretraining: text to continue; SFT: a user message (ChatML-wrapped)
-    sample_tokens: int = 32
+    sample_tokens: int = 32  # 0: no sample at evals
     log_every: int = 1
     ckpt_every: int = 500
     # runtime (names: model.runtime)
@@ -217,8 +217,14 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"dropout must be in [0, 1), got {m.dropout}")
     if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or config.warmup_steps < 0:
         raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0")
-    if config.seed < 0:
-        raise ValueError(f"seed must be >= 0, got {config.seed}")
+    if not 0 <= config.seed < 2**63:
+        raise ValueError(f"seed must be from 0 to 2**63 - 1, got {config.seed}")
+    if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1):
+        raise ValueError(f"beta1 and beta2 must be in [0, 1), got {config.beta1} and {config.beta2}")
+    if config.weight_decay < 0 or config.grad_clip <= 0:
+        raise ValueError(f"need weight_decay >= 0 and grad_clip > 0, got {config.weight_decay} and {config.grad_clip}")
+    if config.sample_tokens < 0:
+        raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.compile not in ("auto", "on", "off"):

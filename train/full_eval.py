@@ -26,7 +26,7 @@ from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_
 from model.loader import load_on_device
 from model.runtime import RuntimeChoiceError
 from prep.cli_common import one_line_errors
-from prep.outputs import OutputError, write_json_atomic
+from prep.outputs import OutputError, check_replaceable_file, json_with_keys, write_json_atomic
 from prep.tokenfile import TokenFileError, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 from train.data import tiling_starts
@@ -103,8 +103,8 @@ def eval_command(ckpt: Path, data: Path, split: str, batch_size: int, device: st
     """Loss, perplexity and bits per byte of a checkpoint over a whole split (non-overlapping blocks)."""
     err = Console(stderr=True)
     out = out or RunFolder.of(resolve_model_dir(ckpt)).eval_result(data, split)
-    if out.is_dir():  # found out now, not after evaluating the whole split
-        raise OutputError(f"--out {out}: is a folder; give a file name for the JSON result")
+    # found out now, not after evaluating the whole split; never over a file that is not an eval result
+    check_replaceable_file(out, json_with_keys("checkpoint", "split", "loss"), "eval result")
     result = evaluate_checkpoint(ckpt, data, split, batch_size, device, dtype, console=err)
     print_table(result, Console())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,17 +21,22 @@ from prep.outputs import atomic_file, json_safe
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records of a metrics file; a line cut short by a kill (or not an object) is skipped."""
+    """The records of a metrics file; a line cut short by a kill (or otherwise not a record) is skipped."""
     records = []
     if path.is_file():
-        for line in path.read_text("utf-8").splitlines():
+        for line in path.read_bytes().splitlines():
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
-            if isinstance(rec, dict):
-                records.append(rec)
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                records.append({k: v for k, v in rec.items() if k in ("step", "sources") or _is_figure(v)})
     return records
+
+
+def _is_figure(value: object) -> bool:
+    """A value a metrics record may hold (a hand-edited "1.2" or true is dropped, not trusted)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def strict_json(record: dict) -> str:

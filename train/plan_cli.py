@@ -101,7 +101,7 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
               help=f"field values to start from: {', '.join(PRESETS)}")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="override a config field, as in `train pretrain` (micro_batch_size=auto: the largest that fits)")
-@click.option("--vocab", type=int, default=GPTConfig.vocab_size, show_default=True,
+@click.option("--vocab", type=click.IntRange(min=1), default=GPTConfig.vocab_size, show_default=True,
               help="padded vocabulary size (the Qwen2 tokenizer's by default; 384 for the bytes tokenizer)")
 @click.option("--gpu-mem", help="plan for a CUDA card with this much memory, e.g. 24GB (default: this machine)")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="processes (GPUs), as torchrun's")

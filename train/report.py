@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from model.gpt import GPTConfig
 from model.io import CheckpointError, RunFolder, is_chat, read_model_info
 from prep.cli_common import one_line_errors
 from train.metrics import read_records
@@ -34,7 +35,8 @@ def summarize(path: Path) -> dict:
     return {
         "kind": "chat model (sft)" if is_chat(info) else "base model (pretrain)",
         "step": info.get("step"),
-        "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(**info["config"]),
+        "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
+            **GPTConfig.from_dict(info["config"]).to_dict()),
         "val_first": (first.get("step"), first.get("val_loss")),
         "val_last": (last.get("step"), last.get("val_loss"), last.get("val_bpb")),
         "val_best": (best.get("step"), best.get("val_loss")),

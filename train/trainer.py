@@ -44,7 +44,7 @@ from train.evaluate import bits_per_byte, evaluate_windows, sample_text
 from train.metrics import LiveView, MetricsLog
 from train.optim import lr_at
 from train.perf import PeakMeter
-from train.plan import cuda_memory_check, resolve_micro_batch
+from train.plan import Setup, cuda_memory_check, fmt, free_memory, param_counts, resolve_micro_batch
 from train.step import Stepper, StepStats
 
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
@@ -122,6 +122,11 @@ def train(cfg: TrainConfig, spec: RunSpec, console: Console | None = None) -> Ru
         with lock:
             trainer = Trainer(cfg, spec, d, console or Console(stderr=True))
             return trainer.run()
+    except (torch.OutOfMemoryError, RuntimeError) as e:  # RuntimeError: the CPU allocator's own
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        raise TrainError(f"out of memory on {d.device} ({str(e).splitlines()[0][:160]}); `make plan` shows what a "
+                         "step needs: lower micro_batch_size (or set it to auto) or loss_chunk_tokens") from None
     finally:
         dist.teardown()
 
@@ -157,8 +162,7 @@ class Trainer:
         self.train_split, self.val_split = folder.split("train"), folder.split("val")
         if self.train_split.n_tokens < 2:
             raise TrainError(f"{spec.data}: the train split has {self.train_split.n_tokens} tokens; nothing to train on")
-        targets = self.train_split.stats.get("target_tokens")
-        if self.sft and (targets == 0 or (targets is None and not self.train_split.mask.any())):
+        if self.sft and not self.train_split.mask.any():  # the mask itself, not meta.json's count of it
             raise TrainError(f"{spec.data}: no token of the train split is a training target (every loss-mask entry "
                              "is 0), so there is nothing to learn; check the prep sft output with `prep inspect`")
 
@@ -219,6 +223,7 @@ class Trainer:
     def _build(self) -> None:
         """The model (fresh, from --init or from OUT's checkpoint), its step, the data and the metrics."""
         cfg, d = self.cfg, self.d
+        self._check_model_fits()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = GPT(cfg.model)
         if self.ckpt is not None or self.init is not None:
@@ -237,6 +242,15 @@ class Trainer:
         if self.main:
             check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
             self._announce()
+
+    def _check_model_fits(self) -> None:
+        """Refuse at once a model whose weights, gradients and AdamW state alone exceed the free memory."""
+        m = self.cfg.model
+        params, _ = param_counts(Setup(m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.bias))
+        need, free = 16 * params, free_memory(self.d.device)
+        if need > free:
+            raise TrainError(f"{params / 1e6:,.0f}M parameters need {fmt(need)} for weights, gradients and AdamW "
+                             f"state, but {fmt(free)} is free on {self.d.device}; `make plan` shows what fits")
 
     def _load_trainer_state(self) -> int:
         state = load_trainer_state(self.ckpt)
@@ -306,7 +320,7 @@ class Trainer:
     def _eval_line(self) -> str:
         cfg = self.cfg
         sample = ""
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and cfg.sample_tokens > 0:
             sample = sample_text(self.model, self.tokenizer, cfg.sample_prompt, self.sft, cfg.sample_tokens,
                                  self.stepper.autocast, cfg.seed)
         bpb = f"{self.val_bpb:.3f}" if self.val_bpb is not None else "n/a"

@@ -198,10 +198,10 @@ def qwen_run(tmp_path_factory):
 def test_foreign_file_is_refused_and_our_own_replaced(qwen_run):
     foreign = qwen_run / "notes.gguf"
     foreign.write_text("my notes")
-    with pytest.raises(GGUFExportError, match="not a GGUF written by zh-mini-llm"):
+    with pytest.raises(OutputError, match="not a GGUF written by this project"):
         export_gguf(qwen_run, foreign, "q8_0")
     assert foreign.read_text() == "my notes"
-    with pytest.raises(GGUFExportError, match="is a folder"):
+    with pytest.raises(OutputError, match="is a folder"):
         export_gguf(qwen_run, qwen_run, "q8_0")
     first = export_gguf(qwen_run, qwen_run / "m.gguf", "q8_0")
     second = export_gguf(qwen_run, qwen_run / "m.gguf", "f16")  # an earlier export: replaced

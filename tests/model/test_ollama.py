@@ -20,12 +20,12 @@ from model.cli import cli
 from model.ollama import (
     CHATML_GO_TEMPLATE,
     RAW_TEMPLATE,
-    ModelfileError,
     modelfile_text,
     ollama_model_name,
     write_modelfile,
 )
 from prep.chat_template import chatml_text
+from prep.outputs import OutputError
 from tests.model.conftest import save_tiny
 
 GO_RENDER = r"""
@@ -75,7 +75,7 @@ def test_base_modelfile_has_the_raw_prompt_template():
 def test_foreign_modelfile_is_refused_ours_replaced(tmp_path):
     gguf_file = tmp_path / "model-f16.gguf"
     (tmp_path / "Modelfile").write_text("FROM llama3\n")
-    with pytest.raises(ModelfileError, match="was not written by zh-mini-llm"):
+    with pytest.raises(OutputError, match="not a Modelfile written by this project"):
         write_modelfile(gguf_file, True, 64, "runs/sft")
     assert (tmp_path / "Modelfile").read_text() == "FROM llama3\n"
     (tmp_path / "Modelfile").unlink()

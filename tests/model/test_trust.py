@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +20,8 @@ from tests.conftest import ROOT
 from tests.model.conftest import save_tiny
 
 
-def run_model(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT)}  # as a user without the offline flag
+def run_model(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "PYTHONPATH": str(ROOT), **(env or {})}  # no offline flag
     return subprocess.run([sys.executable, "-m", "model", *map(str, args)], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -51,12 +54,39 @@ def test_a_tokenizer_folder_with_custom_code_is_never_run(tmp_path):
     assert not (tmp_path / "ran").exists() and not (tmp_path / "hf").exists()
 
 
-def test_a_hub_name_in_model_json_is_not_fetched(tmp_path):
+@pytest.fixture
+def network_watch():
+    """A local proxy that records every connection attempt (HTTP(S)_PROXY point at it) and drops it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    seen: list[bytes] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    seen.append(conn.recv(200))
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield {"HTTP_PROXY": url, "HTTPS_PROXY": url, "http_proxy": url, "https_proxy": url, "NO_PROXY": ""}, seen
+    server.close()
+
+
+def test_a_hub_name_in_model_json_is_not_fetched(tmp_path, network_watch):
+    proxy, seen = network_watch
     run = save_tiny(tmp_path / "run")
     name_tokenizer(run, "someone/some-tokenizer")
     started = time.monotonic()
-    err = one_line(run_model("sample", "--ckpt", run, "--max-new-tokens", "2", timeout=60))
+    err = one_line(run_model("sample", "--ckpt", run, "--max-new-tokens", "2", timeout=60, env=proxy))
     assert "someone/some-tokenizer" in err and time.monotonic() - started < 30
+    assert not seen, f"contacted the network: {seen}"
 
 
 @pytest.mark.parametrize("field, value, message", [
