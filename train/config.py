@@ -90,13 +90,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        """The inverse of `to_dict`; also reads the flat layout of checkpoints written before `model` nested."""
-        d = dict(d)
-        model_names = {f.name for f in fields(GPTConfig)}
-        model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_names}
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} and k not in model_names}
-        d["set_fields"] = tuple(d.get("set_fields", ()))
-        return cls(model=GPTConfig.from_dict({k: v for k, v in model.items() if k in model_names}), **d)
+        """The inverse of `to_dict`; also reads the flat layout of checkpoints written before `model` nested.
+
+        Raises ValueError for anything else (a damaged train_config.json)."""
+        try:
+            d = dict(d)
+            model_names = {f.name for f in fields(GPTConfig)}
+            model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_names}
+            d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} and k not in model_names}
+            d["set_fields"] = tuple(d.get("set_fields", ()))
+            return cls(model=GPTConfig.from_dict({k: v for k, v in model.items() if k in model_names}), **d)
+        except (TypeError, AttributeError) as e:
+            raise ValueError(f"not a training config ({e})") from None
 
 
 # The dataclass defaults are the `mini` preset, the model of record: GPT-2 small's body (85M) with the

@@ -285,10 +285,11 @@ class Trainer:
 
     def _print_changes(self) -> None:
         """A resumed run says which settings differ from the run it continues."""
-        saved = read_run_info(self.ckpt).get("config")
-        if not isinstance(saved, dict):
+        try:
+            before = TrainConfig.from_dict(read_run_info(self.ckpt).get("config")).to_dict()
+        except ValueError:  # a damaged train_config.json: nothing to compare with (the run itself is checked)
             return
-        before, now = TrainConfig.from_dict(saved).to_dict(), self.cfg.to_dict()
+        now = self.cfg.to_dict()
         skip = {"set_fields", "model"}
         changes = [f"{k} {before[k]} -> {now[k]}" for k in now if k not in skip and before.get(k) != now[k]]
         if changes:
