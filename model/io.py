@@ -64,6 +64,16 @@ class RunFolder:
         return self.path / "loss.png"
 
     @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (``train --log tensorboard``)."""
+        return self.path / "tb"
+
+    @property
+    def wandb_id(self) -> Path:
+        """The run's Weights & Biases id (``train --log wandb``), so a resumed run continues the same one."""
+        return self.path / "wandb_id.txt"
+
+    @property
     def export(self) -> Path:
         """The default Hugging Face export folder."""
         return self.path / "hf"
