@@ -97,15 +97,16 @@ def _evaluate_splits(model, splits: list[Split], starts: list, batch_size: int, 
 
 
 def print_table(result: dict, console: Console) -> None:
-    """One row for a folder; for a mixture a row per folder and the weighted mixture's."""
+    """One row for a folder; for a mixture a row per folder and the mixture's (weight-averaged)."""
     table = Table(title=f"{result['checkpoint']} (step {result['step']}) on {result['data']} [{result['split']}]")
     sources = result.get("sources")
     if sources:
         table.add_column("data")
         table.add_column("weight", justify="right")
-    for name in ("loss (nats/token)", "perplexity", "bits per byte", "target tokens", "blocks"):
+    table.caption = "loss: mean nats per target token"
+    for name in ("loss", "perplexity", "bits/byte", "target tokens", "blocks"):
         table.add_column(name, justify="right")
-    rows = [([name, f"{f['weight']:.3g}"], f) for name, f in sources.items()] + [(["mixture (weighted)", "1"], result)] \
+    rows = [([name, f"{f['weight']:.3g}"], f) for name, f in sources.items()] + [(["weighted", "1"], result)] \
         if sources else [([], result)]
     for head, f in rows:
         bpb, ppl = f["bits_per_byte"], f["perplexity"]

@@ -50,12 +50,14 @@ def strict_json(record: dict) -> str:
 
 
 def source_figures(sources: dict | None) -> str:
-    """`` [wiki 3.104/1.213, web 3.602/1.387]``: each folder's val loss / bpb, or "" for one folder."""
+    """`` (wiki 3.104/1.213, web 3.602/1.387)``: each folder's val loss / bpb, or "" for one folder.
+
+    In round brackets: the live view prints through rich, which would take square ones for markup."""
     if not sources:
         return ""
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    return " [" + ", ".join(f"{name} {fmt(f.get('val_loss'), '.3f')}/{fmt(f.get('val_bpb'), '.3f')}"
-                            for name, f in sources.items()) + "]"
+    return " (" + ", ".join(f"{name} {fmt(f.get('val_loss'), '.3f')}/{fmt(f.get('val_bpb'), '.3f')}"
+                            for name, f in sources.items()) + ")"
 
 
 class MetricsLog:
@@ -105,9 +107,9 @@ class MetricsLog:
             mixed = any("sources" in r for r in self.records)
             ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.5, markersize=3,
                     label="val (weighted mean)" if mixed else "val")
-        for name, points in _source_curves(self.records).items():
-            steps, losses = zip(*points, strict=True)
-            ax.plot(steps, losses, "s--", linewidth=1, markersize=2.5, label=f"val {name}")
+        for i, (name, points) in enumerate(_source_curves(self.records).items()):
+            steps, losses = zip(*points, strict=True)  # colours C2.. : C0 and C1 are train and val
+            ax.plot(steps, losses, "s--", color=f"C{2 + i % 8}", linewidth=1, markersize=2.5, label=f"val {name}")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats per target token)")
         ax.grid(alpha=0.3)

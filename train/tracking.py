@@ -40,9 +40,13 @@ def check_available(kinds: Sequence[str]) -> None:
     for kind in kinds:
         if kind not in TRACKERS:
             raise TrackingError(f"--log {kind}: unknown tracker; choose from {', '.join(TRACKERS)}")
-        if importlib.util.find_spec(kind) is None:
+        if not installed(kind):
             raise TrackingError(f"--log {kind}: the {kind} package is not installed; pip install {kind} "
                                 "(or pip install -e '.[track]' for both trackers)")
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
 def scalars(record: dict) -> tuple[int, dict[str, float]]:
