@@ -29,20 +29,21 @@ from prep.tokenfile import Split
 
 
 def read_windows(split: Split, starts: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x, y, mask)`` of shape (len(starts), block_size) for windows at `starts`; padding has mask 0."""
+    """``(x, y, mask)`` of shape (len(starts), block_size) for windows at `starts`; padding has mask 0.
+
+    One gather for all windows (a Python loop over rows cost ~10 µs a row, most of the sampler's time):
+    position ``j`` of the window at ``i`` is real while its target ``i + j + 1`` is inside the split.
+    """
     n, T = split.n_tokens, block_size
-    x = np.zeros((len(starts), T), dtype=np.int64)
-    y = np.zeros((len(starts), T), dtype=np.int64)
-    mask = np.zeros((len(starts), T), dtype=bool)
-    for row, i in enumerate(starts.tolist()):
-        window = np.asarray(split.tokens[i : min(i + T + 1, n)], dtype=np.int64)
-        x[row, : len(window) - 1] = window[:-1]
-        y[row, : len(window) - 1] = window[1:]
-        if split.mask is None:
-            mask[row, : len(window) - 1] = True
-        else:
-            mask[row, : len(window) - 1] = split.mask[i + 1 : i + len(window)] != 0
-    return x, y, mask
+    if n == 0 or not len(starts):
+        return (np.zeros((len(starts), T), np.int64), np.zeros((len(starts), T), np.int64),
+                np.zeros((len(starts), T), bool))
+    positions = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(T + 1)  # x at [:-1], y at [1:]
+    inside = positions < n
+    tokens = np.asarray(split.tokens[np.minimum(positions, n - 1)], dtype=np.int64) * inside
+    real = inside[:, 1:]  # the target exists
+    mask = real if split.mask is None else real & (split.mask[np.minimum(positions[:, 1:], n - 1)] != 0)
+    return tokens[:, :-1] * real, np.ascontiguousarray(tokens[:, 1:]), np.ascontiguousarray(mask)
 
 
 def window_starts(split: Split, block_size: int, sft: bool) -> np.ndarray | None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from model.io import load_model
 from prep.tokenfile import open_token_folder
 from prep.tokenizer import load_tokenizer
+from tests.test_make import make, make_ready  # noqa: F401 - make_ready: a fixture, used by name
 from tests.train.conftest import TINY_SET, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_trust import one_line
 from train.cli import cli
@@ -267,3 +268,15 @@ def test_a_reprepped_folder_is_a_change_and_a_moved_one_is_not(mixed_run, folder
     err = one_line(run_cli("pretrain", *tiny_args("--data", f"{moved / 'wiki'}:0.25,{folders['web']}:0.75",
                                                   "--out", str(out), "--max-steps", "12")))
     assert f"{moved / 'wiki'} is not the folder it was (meta.json sha256" in err and "--allow-data-change" in err
+
+
+@pytest.mark.usefixtures("make_ready")
+def test_make_hands_a_mixture_with_spaces_and_colons_to_the_program(mixed_run, folders, tmp_path):
+    odd = tmp_path / "corpora $HOME" / "we:b 2"
+    shutil.copytree(folders["web"], odd)
+    out = tmp_path / "eval.json"
+    r = make("eval", f"CKPT={mixed_run}", f"DATA={folders['wiki']}:0.25, {odd}:0.75", f"ARGS=--out '{out}'",
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(out.read_text())
+    assert result["sources"]["we:b 2"]["path"] == str(odd) and result["sources"]["we:b 2"]["weight"] == 0.75
