@@ -280,3 +280,13 @@ def test_make_hands_a_mixture_with_spaces_and_colons_to_the_program(mixed_run, f
     assert r.returncode == 0, r.stderr
     result = json.loads(out.read_text())
     assert result["sources"]["we:b 2"]["path"] == str(odd) and result["sources"]["we:b 2"]["weight"] == 0.75
+
+
+def test_a_checkpoint_from_before_mixtures_were_recorded_resumes(mixed_run, folders, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(mixed_run, out)
+    config = out / "checkpoint" / "train_config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "mixture"}))
+    result = train(cfg("max_steps=11"), RunSpec("pretrain", spec(folders, {"wiki": 0.5, "web": 0.5}), out), quiet())
+    assert result.step == 11  # nothing to compare with: resumed, and the mixture is recorded from now on
+    assert json.loads(config.read_text())["mixture"] == open_mixture(spec(folders, {"wiki": 0.5, "web": 0.5})).record()
