@@ -50,9 +50,7 @@ def strict_json(record: dict) -> str:
 
 
 def source_figures(sources: dict | None) -> str:
-    """`` (wiki 3.104/1.213, web 3.602/1.387)``: each folder's val loss / bpb, or "" for one folder.
-
-    In round brackets: the live view prints through rich, which would take square ones for markup."""
+    """`` (wiki 3.104/1.213, web 3.602/1.387)``: each folder's val loss / bpb, or "" for one folder."""
     if not sources:
         return ""
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from model.gpt import GPT
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
@@ -217,7 +218,7 @@ class Trainer:
         if self.main and (changes or moves):
             notes = [*changes, *(f"moved {m}" for m in moves)]
             self.console.print(f"[yellow]data changed since the checkpoint{' (allowed)' if changes else ''}: "
-                               f"{'; '.join(notes)}[/]")
+                               f"{escape('; '.join(notes))}[/]")
 
     def _existing_checkpoint(self) -> Path | None:
         """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
@@ -292,7 +293,7 @@ class Trainer:
             f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
             f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
             f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
-            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {self._data_line()}; "
+            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {escape(self._data_line())}; "
             f"MFU vs {self.peak.note}")
         if self.auto is not None:
             self.console.print(self.auto.note)
@@ -354,7 +355,7 @@ class Trainer:
         if self.main:
             self.metrics.write(record)
             self.metrics.plot()
-            self.live.print(self._eval_line())
+            self.live.print(self._eval_line(), markup=False)  # a sample or a folder name may hold "[/x]"
 
     def _eval_line(self) -> str:
         cfg = self.cfg
@@ -461,7 +462,7 @@ def _summary(console: Console, r: RunResult, run: RunFolder) -> None:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     console.print(
         f"[bold green]{what}[/] at step {r.step} in {r.wall_s:.0f}s: train loss {fmt(r.train_loss, '.4f')}, "
-        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')}{source_figures(r.val_sources)} "
+        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')}{escape(source_figures(r.val_sources))} "
         f"(eval at step {fmt(r.val_step, 'd')}), "
         f"{fmt(r.tokens_per_s, ',.0f')} tokens/s. "
         f"Checkpoint {run.checkpoint}, metrics {run.metrics}, plot {run.plot}"

@@ -257,17 +257,19 @@ def test_resuming_on_another_mixture_is_refused_unless_allowed(mixed_run, folder
 
 
 def test_a_reprepped_folder_is_a_change_and_a_moved_one_is_not(mixed_run, folders, tmp_path):
-    out, moved = tmp_path / "run", tmp_path / "moved"
+    out, moved = tmp_path / "run", tmp_path / "moved" / "[b]old wiki"  # a name rich would take for markup
     shutil.copytree(mixed_run, out)
-    shutil.copytree(folders["wiki"], moved / "wiki")
+    shutil.copytree(folders["wiki"], moved)
     console = quiet()
-    train(cfg("max_steps=11"), RunSpec("pretrain", f"{moved / 'wiki'}:0.25,{folders['web']}:0.75", out), console)
-    assert f"moved {folders['wiki']} -> {moved / 'wiki'}" in " ".join(console.file.getvalue().split())
-    shutil.rmtree(moved / "wiki")
-    write_pretrain(moved / "wiki", n_docs=41)
-    err = one_line(run_cli("pretrain", *tiny_args("--data", f"{moved / 'wiki'}:0.25,{folders['web']}:0.75",
+    train(cfg("max_steps=11"), RunSpec("pretrain", f"{moved}:0.25,{folders['web']}:0.75", out), console)
+    printed = " ".join(console.file.getvalue().split())
+    assert f"moved {folders['wiki']} -> {moved}" in printed
+    assert "step 11: train loss" in printed and "([b]old wiki " in printed, printed  # the eval line, names as they are
+    shutil.rmtree(moved)
+    write_pretrain(moved, n_docs=41)
+    err = one_line(run_cli("pretrain", *tiny_args("--data", f"{moved}:0.25,{folders['web']}:0.75",
                                                   "--out", str(out), "--max-steps", "12")))
-    assert f"{moved / 'wiki'} is not the folder it was (meta.json sha256" in err and "--allow-data-change" in err
+    assert f"{moved} is not the folder it was (meta.json sha256" in err and "--allow-data-change" in err
 
 
 @pytest.mark.usefixtures("make_ready")
