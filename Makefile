@@ -70,7 +70,7 @@ pretrain: OUT ?= runs/pretrain
 pretrain: export MK_DATA = $(call verbatim,DATA)
 pretrain: export MK_OUT = $(call verbatim,OUT)
 pretrain: export MK_PRESET = $(call verbatim,PRESET)
-pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
+pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki | "a:0.3,b:0.7"] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
 
@@ -145,7 +145,7 @@ eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki
 eval: export MK_CKPT = $(call verbatim,CKPT)
 eval: export MK_DATA = $(call verbatim,DATA)
-eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=...]
+eval: $(STAMP) ## loss / perplexity / bits per byte on the val split: [CKPT=...] [DATA=folder or mixture]
 	$(PY) -m train eval --ckpt "$$MK_CKPT" --data "$$MK_DATA"
 
 harness: CKPT ?= runs/sft

@@ -4,12 +4,16 @@
     python -m bench.train --preset mini --steps 20         # the model of record (meant for a GPU)
     python -m bench.train --preset mini --steps 2 --warmup 1 --micro-steps 1 --set micro_batch_size=4   # CPU
     python -m bench.train --data data_bin/wiki             # real token files
+    python -m bench.train --mix 3                          # a 3-folder mixture (synthetic), its sampler vs one folder's
+    python -m bench.train --data "data_bin/wiki:0.3,data_bin/web:0.7"
 
 It times exactly the optimizer step that training runs (`train.step.Stepper`: compile, autocast, fused
 AdamW, DDP-free single process) after a few warm-up steps (compilation happens there). MFU is
 flops_per_token x tokens/s over the peak: on CUDA the device's dense bf16 datasheet figure, on a CPU
 a fp32 matmul timed in this same run. The sampler (memmap reads, padding, masks) runs on a background
-thread during training; here it is also timed alone, as a share of the step it must hide behind.
+thread during training; here it is also timed alone, as a share of the step it must hide behind, and
+beside it (the baseline, in the same run) the sampler of the first folder alone: for a mixture the
+ratio is what drawing each block's source costs on top.
 """
 
 from __future__ import annotations
@@ -28,20 +32,21 @@ from rich.table import Table
 
 from model.gpt import GPT
 from model.runtime import pick_device
-from prep.tokenfile import TokenFolderWriter, open_token_folder
+from prep.tokenfile import TokenFolderWriter
 from prep.tokenizer import pad_vocab_size
 from train.config import TrainConfig, apply_overrides, preset
-from train.data import BlockSampler, StepLoader
+from train.data import BlockSampler, StepLoader, make_sampler
 from train.dist import Dist
+from train.mixture import Mixture, open_mixture
 from train.perf import peak_flops
 from train.step import Stepper
 
 QWEN2_LEN = 151646
 
 
-def synthetic_folder(folder: Path, n_tokens: int, vocab_len: int) -> Path:
+def synthetic_folder(folder: Path, n_tokens: int, vocab_len: int, seed: int = 0) -> Path:
     """A pretraining token folder of random ids (throughput does not depend on what the ids are)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     identity = {"name": "synthetic", "fingerprint": "-", "len": vocab_len, "special_ids": {},
                 "vocab_size": (vocab_len + 127) // 128 * 128}
     with TokenFolderWriter(folder, "pretrain", identity) as w:
@@ -53,14 +58,16 @@ def synthetic_folder(folder: Path, n_tokens: int, vocab_len: int) -> Path:
 
 @click.command()
 @click.option("--preset", "preset_name", default="tiny", show_default=True, help="tiny, mini, ...")
-@click.option("--data", type=click.Path(path_type=Path), help="a token folder (default: synthetic Qwen2-sized ids)")
+@click.option("--data", help="a token folder or a mixture a:0.3,b:0.7 (default: synthetic Qwen2-sized ids)")
+@click.option("--mix", type=click.IntRange(min=1), default=1, show_default=True,
+              help="without --data: a mixture of this many synthetic folders, weighted 1:2:3...")
 @click.option("--steps", default=10, show_default=True, help="timed optimizer steps")
 @click.option("--warmup", default=3, show_default=True, help="untimed steps first (compilation, caches)")
 @click.option("--micro-steps", type=int, help="micro-batches per step (default: the preset's accumulation)")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=None, help="default: on for CUDA")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="override a config field")
-def main(preset_name, data, steps, warmup, micro_steps, device, compile_, assignments) -> None:
+def main(preset_name, data, mix, steps, warmup, micro_steps, device, compile_, assignments) -> None:
     console = Console()
     items = list(assignments) + [f"device={device}"]
     if compile_ is not None:
@@ -74,20 +81,40 @@ def main(preset_name, data, steps, warmup, micro_steps, device, compile_, assign
     with tempfile.TemporaryDirectory() as tmp:
         T = cfg.model.block_size
         n_tokens = max(200_000, 4 * cfg.micro_batch_size * (T + 1))
-        folder = open_token_folder(data or synthetic_folder(Path(tmp) / "synthetic", n_tokens, QWEN2_LEN))
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                                 vocab_size=pad_vocab_size(folder.tokenizer["len"])))
+        mixture = open_mixture(data or synthetic_mixture(Path(tmp), mix, n_tokens))
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, vocab_size=pad_vocab_size(mixture.tokenizer["len"])))
         torch.manual_seed(cfg.seed)
         model = GPT(cfg.model).to(dev)
         stepper = Stepper(model, cfg, Dist(0, 0, 1, dev))
-        sampler = BlockSampler(folder.split("train"), T, cfg.micro_batch_size, cfg.seed, folder.kind == "sft")
-        loader = StepLoader(sampler, 0, micro_steps, 0, dev)
+        splits = [source.split("train") for source in mixture.sources]
+        sft = mixture.kind == "sft"
+        loader = StepLoader(make_sampler(splits, mixture.weights, T, cfg.micro_batch_size, cfg.seed, sft), 0,
+                            micro_steps, 0, dev)
         try:
             times = time_steps(stepper, loader, cfg.lr, warmup, steps, dev, console)
         finally:
             loader.close()
-        sampler_s = float(np.median([time_call(lambda s=s: loader.host_batch(10_000 + s)) for s in range(5)]))
-    report(console, preset_name, cfg, model, stepper, micro_steps, float(np.median(times)), sampler_s, steps)
+        sampler_s = sampler_seconds(loader)
+        one = StepLoader(BlockSampler(splits[0], T, cfg.micro_batch_size, cfg.seed, sft), 0, micro_steps, 0, dev, 1)
+        one.close()  # only its host_batch is timed
+        baseline_s = sampler_seconds(one)
+    report(console, preset_name, cfg, model, stepper, micro_steps, float(np.median(times)), steps, mixture,
+           sampler_s, baseline_s)
+
+
+def synthetic_mixture(root: Path, n_folders: int, n_tokens: int) -> str:
+    """``--data`` for `n_folders` synthetic folders of `n_tokens` each (so the first alone is a fair
+    baseline for the sampler), weighted 1:2:3..."""
+    if n_folders == 1:
+        return str(synthetic_folder(root / "synthetic", n_tokens, QWEN2_LEN))
+    return ",".join(f"{synthetic_folder(root / f'synthetic{k}', n_tokens, QWEN2_LEN, seed=k)}:{k}"
+                    for k in range(1, n_folders + 1))
+
+
+def sampler_seconds(loader: StepLoader, repeats: int = 15) -> float:
+    """Median seconds to prepare one step's micro-batches on the host (what the loader thread does)."""
+    return float(np.median([time_call(lambda s=s: loader.host_batch(10_000 + s)) for s in range(repeats)]))
 
 
 def time_call(fn) -> float:
@@ -116,7 +143,7 @@ def time_steps(stepper: Stepper, loader: StepLoader, lr: float, warmup: int, ste
 
 
 def report(console: Console, preset_name: str, cfg: TrainConfig, model: GPT, stepper: Stepper, micro_steps: int,
-           step_s: float, sampler_s: float, steps: int) -> None:
+           step_s: float, steps: int, mixture: Mixture, sampler_s: float, baseline_s: float) -> None:
     m, dev = cfg.model, stepper.d.device
     peak, peak_note = peak_flops(dev, stepper.precision.amp_dtype or torch.float32)
     tokens = micro_steps * cfg.micro_batch_size * m.block_size
@@ -134,7 +161,10 @@ def report(console: Console, preset_name: str, cfg: TrainConfig, model: GPT, ste
         ("FLOPs/token (6N + 12LCT)", f"{model.flops_per_token(m.block_size) / 1e6:,.1f} M"),
         ("peak", peak_note),
         ("MFU", f"{100 * mfu:.1f}%"),
-        ("sampler per step (background thread)", f"{1000 * sampler_s:.2f} ms = {100 * sampler_s / step_s:.2f}% of a step"),
+        ("data", ", ".join(f"{s.name} {100 * s.weight:.3g}%" for s in mixture.sources)),
+        ("sampler per step (background thread)", f"{1000 * sampler_s:.2f} ms = {100 * sampler_s / step_s:.2g}% of a step"),
+        ("sampler of the first folder alone", f"{1000 * baseline_s:.2f} ms: this sampler costs "
+                                              f"{sampler_s / baseline_s:.2f}x"),
     ]
     for row in rows:
         table.add_row(*row)

@@ -1,13 +1,6 @@
 """``python -m model``: see `model.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
 
-import sys
+from prep.cli_common import run_cli
 
 if __name__ == "__main__":
-    try:  # Ctrl-C while the imports below load torch is an interrupt too, not a traceback
-        from model.cli import cli
-        from prep.cli_common import main
-
-        main(cli, "python -m model")
-    except KeyboardInterrupt:
-        print("Error: interrupted", file=sys.stderr)  # before the command began: nothing was written
-        sys.exit(130)
+    run_cli("model.cli", "python -m model")

@@ -50,6 +50,8 @@ class RunFolder:
         self.plot = self.path / "loss.png"
         self.export = self.path / "hf"  # the default Hugging Face export
         self.harness = self.path / "harness"  # lm-eval results (`model.harness`)
+        self.tensorboard = self.path / "tb"  # `train --log tensorboard`
+        self.wandb_id = self.path / "wandb_id.txt"  # `train --log wandb`: a resumed run continues the same one
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:

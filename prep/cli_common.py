@@ -10,6 +10,7 @@ is one line too: the file and the system's reason.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shlex
 import sys
@@ -77,9 +78,16 @@ def make_args() -> list[str]:
         raise SystemExit(f"Error: ARGS={text!r}: {e} (unbalanced quotes?)") from None
 
 
-def main(group: click.Group, prog_name: str) -> None:
-    """Run a command group on the command line's arguments plus `make_args()`."""
-    group(args=sys.argv[1:] + make_args(), prog_name=prog_name)
+def run_cli(module: str, prog_name: str) -> None:
+    """``python -m PACKAGE``: import `module`'s command group (torch and all) and run it on the command
+    line's arguments plus `make_args()`. Ctrl-C before a command has begun (say, while torch loads) is
+    one line and exit 130 too, not a traceback."""
+    try:
+        group = importlib.import_module(module).cli
+        group(args=sys.argv[1:] + make_args(), prog_name=prog_name)
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def prep_options(f: Callable) -> Callable:

@@ -21,13 +21,17 @@ from prep.tokenfile import TokenFileError
 from prep.tokenizer import TokenizerError
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
+from train.mixture import MixtureError
 from train.plan import PlanError
 from train.plan_cli import plan_command
 from train.report import report_command
+from train.tracking import TRACKERS, TrackingError
 from train.trainer import RunSpec, TrainError, train
 
 TRAIN_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError, OutputError, RuntimeChoiceError,
-                PlanError)
+                PlanError, MixtureError, TrackingError)
+DATA_HELP = ("token folder (prep output), or a mixture of several with weights: FOLDER:0.3,FOLDER:0.7 (the part after "
+             "the last ':' is a weight when it is a number; a value naming an existing folder is that folder)")
 
 
 @click.group()
@@ -43,7 +47,7 @@ def run_options(f):
     options = [
         click.option("--preset", default="mini", show_default=True,
                      help=f"field values to start from: {', '.join(PRESETS)} (sft uses NAME-sft)"),
-        click.option("--data", required=True, type=click.Path(path_type=Path), help="token folder (prep output)"),
+        click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=click.Path(path_type=Path),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
@@ -57,6 +61,11 @@ def run_options(f):
                      help="torch.compile the model (default: on for CUDA, off elsewhere)"),
         click.option("--stop-at", type=click.IntRange(min=1),
                      help="checkpoint and exit after this step without changing the schedule (for time-limited jobs)"),
+        click.option("--allow-data-change", is_flag=True,
+                     help="resume even though --data differs from the checkpoint's (folders, weights or contents)"),
+        click.option("--log", "log", multiple=True, type=click.Choice(TRACKERS),
+                     help="also log the metrics to TensorBoard (RUN/tb) or Weights & Biases (repeatable; "
+                     "pip install -e '.[track]'; WANDB_MODE=offline works without network)"),
     ]
     for option in reversed(options):
         f = option(f)
@@ -73,14 +82,15 @@ def build_config(stage: str, preset_name: str, assignments, **plain):
 
 
 @one_line_errors(*TRAIN_ERRORS)
-def run(stage: str, preset_name: str, data: Path, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
+def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
+    allow_data_change, log = plain.pop("allow_data_change"), tuple(plain.pop("log"))
     compile_ = plain.pop("compile_")
     if compile_ is not None:
         plain["compile"] = "on" if compile_ else "off"
     plain["device"] = None if plain.get("device") == "auto" else plain.get("device")
     cfg = build_config(stage, preset_name, assignments, **plain)
     try:
-        result = train(cfg, RunSpec(stage, data, out, init, stop_at))
+        result = train(cfg, RunSpec(stage, data, out, init, stop_at, allow_data_change, log))
     except KeyboardInterrupt:
         raise CommandError("aborted by a second Ctrl-C; the last checkpoint in OUT is kept", 130) from None
     if result.signal is not None:
@@ -89,8 +99,8 @@ def run(stage: str, preset_name: str, data: Path, out: Path, init: Path | None, 
 
 @cli.command()
 @run_options
-def pretrain(preset: str, data: Path, out: Path, assignments, stop_at, **plain) -> None:
-    """Pretrain from scratch on a `prep wiki` token folder."""
+def pretrain(preset: str, data: str, out: Path, assignments, stop_at, **plain) -> None:
+    """Pretrain from scratch on a `prep wiki` / `prep text` token folder, or a weighted mixture of them."""
     run("pretrain", preset, data, out, None, assignments, stop_at, **plain)
 
 
@@ -98,8 +108,8 @@ def pretrain(preset: str, data: Path, out: Path, assignments, stop_at, **plain) 
 @run_options
 @click.option("--init", type=click.Path(path_type=Path),
               help="pretraining run (or checkpoint) folder whose weights SFT starts from")
-def sft(preset: str, data: Path, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
-    """Fine-tune on a `prep sft` token folder (loss on assistant replies only), starting from --init.
+def sft(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
+    """Fine-tune on a `prep sft` token folder or a mixture of them (loss on assistant replies only), from --init.
 
     The model shape comes from --init; the preset NAME means its NAME-sft variant.
     """

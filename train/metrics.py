@@ -2,8 +2,11 @@
 
 ``metrics.jsonl`` holds one strict JSON object per line (a non-finite value is written as null): train
 lines ``{"step", "loss", "lr", "tokens_per_s", "mfu", "grad_norm"}`` and eval lines ``{"step",
-"val_loss", "val_bpb"}``. On resume, lines after the checkpoint's step (written by the interrupted
-run, and about to be redone) are dropped, so the file reads as if the run had never stopped.
+"val_loss", "val_bpb"}``; a mixture's eval lines add each folder's figures, ``"sources": {"wiki":
+{"val_loss", "val_bpb"}, ...}`` (`train.mixture`). On resume, lines after the checkpoint's step
+(written by the interrupted run, and about to be redone) are dropped, so the file reads as if the
+run had never stopped. Every record written is also handed to the run's trackers (TensorBoard,
+wandb: `train.tracking`), the one place they are fed.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -30,8 +34,18 @@ def read_records(path: Path) -> list[dict]:
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                records.append({k: v for k, v in rec.items() if k in ("step", "sources") or _is_figure(v)})
+                records.append(_clean(rec))
     return records
+
+
+def _clean(rec: dict) -> dict:
+    """A record with only what a reader can use: figures, and a mixture's per-folder figures."""
+    out = {k: v for k, v in rec.items() if k == "step" or _is_figure(v)}
+    sources = rec.get("sources")
+    if isinstance(sources, dict):
+        out["sources"] = {name: {k: v for k, v in figs.items() if _is_figure(v)}
+                          for name, figs in sources.items() if isinstance(figs, dict)}
+    return out
 
 
 def _is_figure(value: object) -> bool:
@@ -40,14 +54,26 @@ def _is_figure(value: object) -> bool:
 
 
 def strict_json(record: dict) -> str:
-    """One JSON line; a non-finite number becomes null, so every reader can parse the file."""
+    """One JSON line; a non-finite number (at any depth) becomes null, so every reader can parse the file."""
     return json.dumps(json_safe(record), ensure_ascii=False, allow_nan=False)
 
 
-class MetricsLog:
-    """``metrics.jsonl`` of a run (rank 0): rewritten up to `resume_step` on resume, then appended."""
+def source_figures(sources: dict | None) -> str:
+    """`` (wiki 3.104/1.213, web 3.602/1.387)``: each folder's val loss / bpb, or "" for one folder."""
+    if not sources:
+        return ""
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    return " (" + ", ".join(f"{name} {fmt(f.get('val_loss'), '.3f')}/{fmt(f.get('val_bpb'), '.3f')}"
+                            for name, f in sources.items()) + ")"
 
-    def __init__(self, run: RunFolder, resume_step: int | None):
+
+class MetricsLog:
+    """``metrics.jsonl`` of a run (rank 0): rewritten up to `resume_step` on resume, then appended.
+
+    `trackers` (`train.tracking`) get every record written, and are closed with the log."""
+
+    def __init__(self, run: RunFolder, resume_step: int | None, trackers: Sequence = ()):
+        self.trackers = list(trackers)
         self.path = run.metrics
         self.plot_path = run.plot
         run.path.mkdir(parents=True, exist_ok=True)
@@ -61,12 +87,16 @@ class MetricsLog:
         self.records.append(record)
         self.file.write(strict_json(record) + "\n")
         self.file.flush()
+        for tracker in self.trackers:
+            tracker.log(record)
 
     def close(self) -> None:
         self.file.close()
+        for tracker in self.trackers:
+            tracker.close()
 
     def plot(self) -> None:
-        """Train loss (raw and smoothed) and val loss against step, to ``loss.png``."""
+        """Train loss (raw and smoothed) and val loss (and each folder's, for a mixture) against step, to ``loss.png``."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -81,7 +111,12 @@ class MetricsLog:
             ax.plot(steps, _ema(losses), color="tab:blue", linewidth=1.5, label="train (smoothed)")
         if val:
             steps, losses = zip(*val, strict=True)
-            ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.5, markersize=3, label="val")
+            mixed = any("sources" in r for r in self.records)
+            ax.plot(steps, losses, "o-", color="tab:orange", linewidth=1.5, markersize=3,
+                    label="val (weighted mean)" if mixed else "val")
+        for i, (name, points) in enumerate(_source_curves(self.records).items()):
+            steps, losses = zip(*points, strict=True)  # colours C2.. : C0 and C1 are train and val
+            ax.plot(steps, losses, "s--", color=f"C{2 + i % 8}", linewidth=1, markersize=2.5, label=f"val {name}")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats per target token)")
         ax.grid(alpha=0.3)
@@ -92,6 +127,17 @@ class MetricsLog:
                 fig.savefig(tmp, format="png")
         finally:
             plt.close(fig)
+
+
+def _source_curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """Each folder's (step, val loss) points, in the order the folders first appear."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        for name, figures in (r.get("sources") or {}).items():
+            loss = figures.get("val_loss") if isinstance(figures, dict) else None
+            if isinstance(loss, (int, float)) and math.isfinite(loss):
+                curves.setdefault(name, []).append((r["step"], loss))
+    return curves
 
 
 def _ema(values, alpha: float = 0.1) -> list[float]:

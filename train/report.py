@@ -25,29 +25,44 @@ def read_metrics(run: RunFolder) -> tuple[list[dict], list[dict]]:
 
 
 def summarize(path: Path) -> dict:
-    """The figures `report` prints for one run (a run folder or its checkpoint folder)."""
+    """The figures `report` prints for one run (a run folder or its checkpoint folder).
+
+    ``val_sources`` holds the same first / last / best figures for each folder of a mixture."""
     run = RunFolder.of(path)
     info = read_model_info(path)
     train, evals = read_metrics(run)
-    evals = [e for e in evals if e.get("val_loss") is not None]
-    first, last = (evals[0], evals[-1]) if evals else ({}, {})
-    best = min(evals, key=lambda r: r["val_loss"]) if evals else {}
+    names = dict.fromkeys(name for e in evals for name in (e.get("sources") or {}))
+    by_source = {name: [{"step": e.get("step"), **(e.get("sources") or {}).get(name, {})} for e in evals]
+                 for name in names}
     return {
         "kind": "chat model (sft)" if is_chat(info) else "base model (pretrain)",
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
             **GPTConfig.from_dict(info["config"]).to_dict()),
-        "val_first": (first.get("step"), first.get("val_loss")),
-        "val_last": (last.get("step"), last.get("val_loss"), last.get("val_bpb")),
-        "val_best": (best.get("step"), best.get("val_loss")),
+        **_curve(evals),
+        "val_sources": {name: _curve(points) for name, points in by_source.items()},
         "train_last": train[-1].get("loss") if train else None,
         "files": {"checkpoint": run.checkpoint, "metrics": run.metrics, "plot": run.plot},
     }
 
 
+def _curve(evals: list[dict]) -> dict:
+    """First, last and best (step, val_loss[, val_bpb]) of eval records (those with a val_loss)."""
+    evals = [e for e in evals if isinstance(e.get("val_loss"), (int, float))]
+    first, last = (evals[0], evals[-1]) if evals else ({}, {})
+    best = min(evals, key=lambda r: r["val_loss"]) if evals else {}
+    return {"val_first": (first.get("step"), first.get("val_loss")),
+            "val_last": (last.get("step"), last.get("val_loss"), last.get("val_bpb")),
+            "val_best": (best.get("step"), best.get("val_loss"))}
+
+
 def _loss(step_and_loss: tuple) -> str:
     step, loss = step_and_loss[:2]
     return "-" if loss is None else f"{loss:.3f} (step {step})"
+
+
+def _val_row(curve: dict) -> str:
+    return f"{_loss(curve['val_first'])} -> {_loss(curve['val_last'])}, best {_loss(curve['val_best'])}"
 
 
 @click.command("report")
@@ -62,9 +77,13 @@ def report_command(runs: tuple[Path, ...]) -> None:
         table.add_column(style="bold")
         table.add_column()
         table.add_row("model", f"{s['shape']}, step {s['step']}")
-        table.add_row("val loss", f"{_loss(s['val_first'])} -> {_loss(s['val_last'])}, best {_loss(s['val_best'])}")
+        mixed = " (weighted)" if s["val_sources"] else ""
+        table.add_row(f"val loss{mixed}", _val_row(s))
         if s["val_last"][2] is not None:
-            table.add_row("val bits/byte", f"{s['val_last'][2]:.3f}")
+            table.add_row(f"val bits/byte{mixed}", f"{s['val_last'][2]:.3f}")
+        for name, curve in s["val_sources"].items():
+            bpb = curve["val_last"][2]
+            table.add_row(f"  {name}", _val_row(curve) + ("" if bpb is None else f"; {bpb:.3f} bits/byte"))
         if s["train_last"] is not None:
             table.add_row("train loss", f"{s['train_last']:.3f} (last step)")
         for name, path in s["files"].items():

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from model.gpt import GPT
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
 from prep.outputs import check_free_space, output_lock
-from prep.tokenfile import open_token_folder
+from prep.tokenfile import Split
 from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
 from train import dist
 from train.checkpoint import (
@@ -39,13 +40,15 @@ from train.checkpoint import (
     save_checkpoint,
 )
 from train.config import TrainConfig
-from train.data import BlockSampler, StepLoader, eval_starts
+from train.data import StepLoader, eval_starts, make_sampler
 from train.evaluate import bits_per_byte, evaluate_windows, sample_text
-from train.metrics import LiveView, MetricsLog
+from train.metrics import LiveView, MetricsLog, source_figures
+from train.mixture import mixture_changes, mixture_figures, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
 from train.plan import Setup, cuda_memory_check, fmt, free_memory, param_counts, resolve_micro_batch
 from train.step import Stepper, StepStats
+from train.tracking import check_available, open_trackers
 
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
@@ -57,10 +60,12 @@ class TrainError(ValueError):
 @dataclass
 class RunSpec:
     stage: str  # "pretrain" or "sft"
-    data: Path
+    data: str | Path  # a token folder, or a mixture FOLDER:WEIGHT,FOLDER:WEIGHT (train.mixture)
     out: Path
     init: Path | None = None  # SFT: the pretrained run (or checkpoint) folder to start from
     stop_at: int | None = None  # checkpoint and exit after this step, keeping the schedule of max_steps
+    allow_data_change: bool = False  # resume on other data than the checkpoint's mixture
+    log: tuple[str, ...] = ()  # trackers fed beside metrics.jsonl: tensorboard, wandb (train.tracking)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class RunResult:
     tokens_per_s: float | None
     wall_s: float
     signal: int | None = None  # the signal that interrupted the run
+    val_sources: dict | None = None  # a mixture's last eval per folder: {name: {"val_loss", "val_bpb"}}
 
 
 class StopFlag:
@@ -143,27 +149,35 @@ class Trainer:
         self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
         self._build()
         self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
+        self.val_sources = None
         self.saved_step, self.rates = self.step, []
 
     # -- setup -------------------------------------------------------------------------------------
 
     def _open_data(self) -> None:
-        """The token folder: the kind this stage trains on, with something to learn."""
+        """The token folder(s): the kind this stage trains on, each with something to learn."""
         spec = self.spec
         if spec.out.exists() and not spec.out.is_dir():
             raise TrainError(f"{spec.out}: exists and is not a folder; --out must be a run folder")
-        folder = open_token_folder(spec.data)
+        check_available(spec.log)  # every rank, before anything starts
+        self.mixture = open_mixture(spec.data)
         want = "sft" if self.sft else "pretrain"
-        if folder.kind != want:
-            raise TrainError(f"{spec.data}: a {folder.kind!r} token folder, but `train {spec.stage}` needs a {want!r} "
-                             f"one (from `prep {'sft' if self.sft else 'wiki'}`)")
-        self.data_kind = folder.kind
-        self.identity = {**folder.tokenizer, "vocab_size": pad_vocab_size(folder.tokenizer["len"])}
-        self.train_split, self.val_split = folder.split("train"), folder.split("val")
-        if self.train_split.n_tokens < 2:
-            raise TrainError(f"{spec.data}: the train split has {self.train_split.n_tokens} tokens; nothing to train on")
-        if self.sft and not self.train_split.mask.any():  # the mask itself, not meta.json's count of it
-            raise TrainError(f"{spec.data}: no token of the train split is a training target (every loss-mask entry "
+        if self.mixture.kind != want:
+            raise TrainError(f"{spec.data}: a {self.mixture.kind!r} token folder, but `train {spec.stage}` needs a "
+                             f"{want!r} one (from `prep {'sft' if self.sft else 'wiki'}`)")
+        self.data_kind = self.mixture.kind
+        self.identity = {**self.mixture.tokenizer, "vocab_size": pad_vocab_size(self.mixture.tokenizer["len"])}
+        self.train_splits = [source.split("train") for source in self.mixture.sources]
+        self.val_splits = [source.split("val") for source in self.mixture.sources]
+        self.data_record = self.mixture.record()  # folders, weights, token counts, meta.json sha256s
+        for source, split in zip(self.mixture.sources, self.train_splits, strict=True):
+            self._check_trainable(source.path, split)
+
+    def _check_trainable(self, path: Path, split: Split) -> None:
+        if split.n_tokens < 2:
+            raise TrainError(f"{path}: the train split has {split.n_tokens} tokens; nothing to train on")
+        if self.sft and not split.mask.any():  # the mask itself, not meta.json's count of it
+            raise TrainError(f"{path}: no token of the train split is a training target (every loss-mask entry "
                              "is 0), so there is nothing to learn; check the prep sft output with `prep inspect`")
 
     def _resolve_model(self, cfg: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
@@ -187,6 +201,7 @@ class Trainer:
         wanted = {k: getattr(cfg.model, k) for k in (*SHAPE_FIELDS, "vocab_size")}
         if ckpt is not None:
             check_resumable(ckpt, self.spec.stage, self.identity, wanted)
+            self._check_same_data(ckpt)
         elif init is not None:
             info = read_model_info(init)
             try:
@@ -197,6 +212,17 @@ class Trainer:
         cfg, self.auto = resolve_micro_batch(cfg, self.d.world_size, self.d.device, self.identity["vocab_size"],
                                              ckpt=ckpt)
         return self._fit_to_ranks(cfg), ckpt, init
+
+    def _check_same_data(self, ckpt: Path) -> None:
+        """Refuse to resume on another mixture than the checkpoint's, unless --allow-data-change."""
+        changes, moves = mixture_changes(read_run_info(ckpt).get("mixture"), self.data_record)
+        if changes and not self.spec.allow_data_change:
+            raise TrainError(f"{ckpt}: the run was trained on other data: {'; '.join(changes)}. Resume with the same "
+                             "--data, or add --allow-data-change to continue on the new data")
+        if self.main and (changes or moves):
+            notes = [*changes, *(f"moved {m}" for m in moves)]
+            self.console.print(f"[yellow]data changed since the checkpoint{' (allowed)' if changes else ''}: "
+                               f"{escape('; '.join(notes))}[/]")
 
     def _existing_checkpoint(self) -> Path | None:
         """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
@@ -232,13 +258,14 @@ class Trainer:
         self.stepper = Stepper(self.model, cfg, d)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
         T = cfg.model.block_size
-        self.sampler = BlockSampler(self.train_split, T, cfg.micro_batch_size, cfg.seed, self.sft)
-        self.val_starts = (eval_starts(self.val_split, T, cfg.eval_blocks, self.sft) if self.val_split.n_tokens >= 2
-                           else np.zeros(0, np.int64))
+        self.sampler = make_sampler(self.train_splits, self.mixture.weights, T, cfg.micro_batch_size, cfg.seed,
+                                    self.sft)
+        self.val_starts = [eval_starts(split, T, cfg.eval_blocks, self.sft) if split.n_tokens >= 2
+                           else np.zeros(0, np.int64) for split in self.val_splits]  # cfg.eval_blocks per folder
         self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device)
         self.peak = PeakMeter(d.device, self.stepper.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
-        self.metrics = MetricsLog(self.run_folder, self.step if self.ckpt is not None else None) if self.main else None
+        self.metrics = self._metrics_log() if self.main else None
         if self.main:
             check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
             self._announce()
@@ -251,6 +278,13 @@ class Trainer:
         if need > free:
             raise TrainError(f"{params / 1e6:,.0f}M parameters need {fmt(need)} for weights, gradients and AdamW "
                              f"state, but {fmt(free)} is free on {self.d.device}; `make plan` shows what fits")
+
+    def _metrics_log(self) -> MetricsLog:
+        resume_step = self.step if self.ckpt is not None else None
+        config = {"stage": self.spec.stage, "data": str(self.spec.data), "config": self.cfg.to_dict(),
+                  "mixture": self.data_record}
+        return MetricsLog(self.run_folder, resume_step, open_trackers(self.spec.log, self.run_folder, config,
+                                                                      resume_step))
 
     def _load_trainer_state(self) -> int:
         state = load_trainer_state(self.ckpt)
@@ -273,8 +307,8 @@ class Trainer:
             f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
             f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
             f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
-            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train "
-            f"{self.train_split.n_tokens:,} tokens, val {len(self.val_starts)} blocks; MFU vs {self.peak.note}")
+            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {escape(self._data_line())}; "
+            f"MFU vs {self.peak.note}")
         if self.auto is not None:
             self.console.print(self.auto.note)
         if self.ckpt is not None:
@@ -282,6 +316,15 @@ class Trainer:
             self._print_changes()
         elif self.init is not None:
             self.console.print(f"starting from the weights of {self.init}")
+
+    def _data_line(self) -> str:
+        """``1,234 tokens, val 16 blocks``, or for a mixture each folder's share, tokens and val blocks."""
+        parts = [(s, split.n_tokens, len(starts)) for s, split, starts in
+                 zip(self.mixture.sources, self.train_splits, self.val_starts, strict=True)]
+        if len(parts) == 1:
+            return f"{parts[0][1]:,} tokens, val {parts[0][2]} blocks"
+        return f"{len(parts)} folders: " + ", ".join(
+            f"{s.name} {100 * s.weight:.3g}% ({n:,} tokens, val {b} blocks)" for s, n, b in parts)
 
     def _print_changes(self) -> None:
         """A resumed run says which settings differ from the run it continues."""
@@ -298,25 +341,36 @@ class Trainer:
     # -- evaluate, save, step ------------------------------------------------------------------------
 
     def evaluate(self) -> None:
-        """Val loss and bits per byte on the fixed blocks (all ranks), logged with a sample on rank 0."""
+        """Val loss and bits per byte on each folder's fixed blocks (all ranks), logged with a sample on rank 0.
+
+        A mixture's val_loss / val_bpb are the weight-averaged per-folder figures (`train.mixture`)."""
         self.val_step = self.step
-        if not len(self.val_starts):
+        if not any(len(starts) for starts in self.val_starts):
             return
         d, T = self.d, self.cfg.model.block_size
-        s, n = evaluate_windows(self.model, self.val_split, self.val_starts, T, self.cfg.micro_batch_size, d.device,
-                                self.stepper.autocast, d.rank, d.world_size)
-        s, n = d.all_reduce_sum(torch.tensor([s, n], dtype=torch.float64, device=d.device)).tolist()
-        if n == 0:  # SFT blocks shorter than a user turn: nothing to score
+        sums: list[float] = []
+        for split, starts in zip(self.val_splits, self.val_starts, strict=True):
+            sums += evaluate_windows(self.model, split, starts, T, self.cfg.micro_batch_size, d.device,
+                                     self.stepper.autocast, d.rank, d.world_size)
+        sums = d.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=d.device)).tolist()
+        losses = [s / n if n else None for s, n in zip(sums[0::2], sums[1::2], strict=True)]
+        if all(loss is None for loss in losses):  # SFT blocks shorter than a user turn: nothing to score
             if self.main:
-                self.live.print(f"step {self.step}: the {len(self.val_starts)} eval blocks hold no target tokens; "
-                                "raise block_size")
+                self.live.print(f"step {self.step}: the {sum(map(len, self.val_starts))} eval blocks hold no target "
+                                "tokens; raise block_size")
             return
-        self.val_loss = s / n
-        self.val_bpb = bits_per_byte(self.val_loss, self.val_split)
+        bpbs = [None if loss is None else bits_per_byte(loss, split) for loss, split in zip(losses, self.val_splits,
+                                                                                            strict=True)]
+        self.val_loss, self.val_bpb = mixture_figures(losses, bpbs, self.mixture.weights)
+        record = {"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb}
+        if len(losses) > 1:
+            self.val_sources = {name: {"val_loss": loss, "val_bpb": bpb}
+                                for name, loss, bpb in zip(self.mixture.names, losses, bpbs, strict=True)}
+            record["sources"] = self.val_sources
         if self.main:
-            self.metrics.write({"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb})
+            self.metrics.write(record)
             self.metrics.plot()
-            self.live.print(self._eval_line())
+            self.live.print(self._eval_line(), markup=False)  # a sample or a folder name may hold "[/x]"
 
     def _eval_line(self) -> str:
         cfg = self.cfg
@@ -326,11 +380,12 @@ class Trainer:
                                  self.stepper.autocast, cfg.seed)
         bpb = f"{self.val_bpb:.3f}" if self.val_bpb is not None else "n/a"
         train = f"train loss {self.last_loss:.4f}  " if math.isfinite(self.last_loss) else ""
-        return f"step {self.step}: {train}val loss {self.val_loss:.4f}  val bpb {bpb}  | {cfg.sample_prompt!r} -> {sample!r}"
+        return (f"step {self.step}: {train}val loss {self.val_loss:.4f}  val bpb {bpb}{source_figures(self.val_sources)}"
+                f"  | {cfg.sample_prompt!r} -> {sample!r}")
 
     def save(self) -> None:
         if self.main:
-            run_info = {"stage": self.spec.stage, "data": str(self.spec.data),
+            run_info = {"stage": self.spec.stage, "data": str(self.spec.data), "mixture": self.data_record,
                         "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
@@ -410,7 +465,8 @@ class Trainer:
         steady = self.rates[1:] or self.rates  # the first step pays for compilation and warm-up
         result = RunResult(self.step, reason, None if math.isnan(self.last_loss) else self.last_loss, self.val_loss,
                            self.val_bpb, self.val_step, float(np.median(steady)) if steady else None,
-                           time.perf_counter() - self.wall_start, signum if reason == "interrupted" else None)
+                           time.perf_counter() - self.wall_start, signum if reason == "interrupted" else None,
+                           self.val_sources)
         if self.main:
             _summary(self.console, result, self.run_folder)
         return result
@@ -421,7 +477,8 @@ def _summary(console: Console, r: RunResult, run: RunFolder) -> None:
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     console.print(
         f"[bold green]{what}[/] at step {r.step} in {r.wall_s:.0f}s: train loss {fmt(r.train_loss, '.4f')}, "
-        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')} (eval at step {fmt(r.val_step, 'd')}), "
+        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')}{escape(source_figures(r.val_sources))} "
+        f"(eval at step {fmt(r.val_step, 'd')}), "
         f"{fmt(r.tokens_per_s, ',.0f')} tokens/s. "
         f"Checkpoint {run.checkpoint}, metrics {run.metrics}, plot {run.plot}"
     )

@@ -37,10 +37,11 @@ def texts(n: int, seed: int) -> list[str]:
     return ["".join(rng.choice(words, size=rng.integers(20, 60))) for _ in range(n)]
 
 
-def write_pretrain(path: Path, n_docs: int = 40, tokenizer: str = "bytes") -> Path:
+def write_pretrain(path: Path, n_docs: int = 40, tokenizer: str = "bytes", seed: int = 0,
+                   identity: dict | None = None) -> Path:
     tok = load_tokenizer(tokenizer)
-    with TokenFolderWriter(path, "pretrain", tok.identity()) as w:
-        for i, text in enumerate(texts(n_docs, seed=0)):
+    with TokenFolderWriter(path, "pretrain", identity or tok.identity()) as w:
+        for i, text in enumerate(texts(n_docs, seed=seed)):
             ids = tok.encode(text) + [tok.eot_id]
             w.add("val" if i % 8 == 0 else "train", ids, n_bytes=len(text.encode()))
         w.finish()

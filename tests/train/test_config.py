@@ -47,7 +47,9 @@ def test_overrides_are_typed_from_the_dataclass():
     ("n_head=5", "multiple of n_head"),
     ("dtype=fp8", "dtype must be"),
     ("vocab_size=100", "comes from the data's tokenizer"),
-    ("seed=-1", "seed must be >= 0"),
+    ("seed=-1", "seed must be from 0"),
+    ("beta1=2", "beta1 and beta2 must be in"),
+    ("grad_clip=-1", "grad_clip > 0"),
     ("batch_size=0", "batch_size must be positive"),
 ])
 def test_bad_overrides_name_the_field(item, message):
