@@ -138,3 +138,11 @@ def test_streaming_real_tokenizer_split_characters(qwen):
 
 def test_invalid_bytes_still_show_up_at_the_end(byte_tokenizer):
     assert "".join(stream_text([0xE6, 0x95], byte_tokenizer)) == "\ufffd"  # a cut-off character is not hidden
+
+
+def test_a_character_cut_by_the_token_limit_is_dropped_not_garbled(byte_tokenizer):
+    """Eval samples end at a token limit, often inside a character: they leave it out, not print U+FFFD."""
+    ids = list("数学".encode())  # six byte tokens, two characters
+    assert "".join(stream_text(ids[:4], byte_tokenizer, final=False)) == "数"
+    assert "".join(stream_text(ids[:4], byte_tokenizer)) == "数\ufffd"  # a finished stream shows the broken bytes
+    assert "".join(stream_text(ids, byte_tokenizer, final=False)) == "数学"
