@@ -35,6 +35,8 @@ from model.loader import load_on_device, load_tokenizer_for
 from model.runtime import TORCH_DTYPES, pick_device, precision
 from model.scoring import Backend, GPTBackend, HFBackend, Row, score_rows
 from model.texts import read_documents
+from prep.records import first_line
+from prep.tokenizer import hub_offline
 
 HF_CONTEXT_CAP = 2048  # default window for Hugging Face models with longer contexts (logits cost memory)
 
@@ -92,12 +94,11 @@ def _load_hf(folder: Path, device: str, dtype: str) -> ScoredModel:
     dtype_key = "torch_dtype" if transformers.__version__.startswith("4.") else "dtype"
     kw = {"local_files_only": True, "trust_remote_code": False}
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(folder, **kw)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, **kw, **{dtype_key: weights_dtype})
+        with hub_offline():  # a local folder: nothing to ask the hub
+            tok = transformers.AutoTokenizer.from_pretrained(folder, **kw)
+            model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kw, **{dtype_key: weights_dtype})
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot load"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BpbError(f"{folder}: cannot load as a Hugging Face causal LM: {first}") from None
+        raise BpbError(f"{folder}: cannot load as a Hugging Face causal LM: {first_line(e)}") from None
     tok.model_max_length = 1 << 62  # we cut windows ourselves; silence the "too long" warning
     config = model.config
     context = next((v for v in (getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx"))

@@ -14,8 +14,8 @@ Two things differ from a textbook GPT, both for the 151,680-wide Qwen2 vocabular
   number of trained tokens in the whole effective batch (all micro-steps, all ranks), which makes
   masked SFT and DDP exact.
 * Attention takes an optional `KVCache`, so generation (`model.generate`) processes a prompt once and
-  then one token at a time. A server decoding several requests at once gives one start position per row instead
-  (rows of different lengths in one cache; see `KVCache`).
+  then one token at a time. A server decoding several requests at once gives one start position per
+  row instead (rows of different lengths in one cache; see `KVCache`).
 
 No training or sampling code lives here.
 """

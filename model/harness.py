@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from model.io import RunFolder, resolve_model_dir
+from prep.records import first_line
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 HUB_PROBE_SECONDS = 3.0
@@ -149,7 +150,7 @@ def run_harness(ckpt: str | os.PathLike, tasks: list[str], *, limit: float | Non
 
 
 def _data_error(e: Exception, tasks: list[str], offline: str | None) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e)
     where = (f"the hub is offline here ({offline}); real tasks download their data once, then it is cached: "
              "run once where huggingface.co is reachable") if offline else "check the task's dataset_path and data_files"
     return f"cannot load the data of {', '.join(tasks)}: {first}; {where}"

@@ -18,6 +18,12 @@ class PrepError(Exception):
     """A one-line, user-facing reason why prep cannot produce a folder (the CLI prints it, exit code 1)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception from a library (transformers, datasets) whose messages run long."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class PrepInterrupted(PrepError):
     """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the partial folder is gone. The command exits
     128 + the signal's number (130, 143, 129), as shells expect."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from prep.jsonl import json_objects
-from prep.records import PrepError, Repaired, Skipped
+from prep.records import PrepError, Repaired, Skipped, first_line
 from prep.sources import Chunk, SourceInput, discover_files
 from prep.streams import DECOMPRESS_ERRORS, open_input
 
@@ -186,7 +186,7 @@ def hub_rows(name: str, split: str = "train", config: str | None = None,
         rows = iter(dataset)
         first = next(rows, None)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; all mean "cannot load"
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = first_line(e)
         hint = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
         raise PrepError(f"{label}: cannot load this dataset through `datasets`{hint}: {text}") from e
     if first is None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from prep.records import first_line
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -242,7 +244,7 @@ def gpt2_char_to_byte() -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
+def hub_offline() -> Iterator[None]:
     """No request to the hub at all while loading: ``local_files_only`` alone still lets huggingface_hub
     ask the hub things (its user-agent detection); this is the switch ``HF_HUB_OFFLINE=1`` sets."""
     import huggingface_hub.constants as hub
@@ -262,12 +264,11 @@ class HFTokenizer(Tokenizer):
         from transformers import AutoTokenizer
 
         try:
-            with _hub_offline() if local_only else contextlib.nullcontext():
+            with hub_offline() if local_only else contextlib.nullcontext():
                 self.hf = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False,
                                                         local_files_only=local_only)
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "not loadable"
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TokenizerError(f"cannot load tokenizer {name_or_path!r}: {first_line}") from e
+            raise TokenizerError(f"cannot load tokenizer {name_or_path!r}: {first_line(e)}") from e
         self.name = name_or_path
         ids = {}
         for text in SPECIAL_TOKENS:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from model.gpt import GPT
-from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, read_model_info, save_model
+from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
 from prep.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
 from prep.tokenizer import TokenizerError, check_identity
 
@@ -129,10 +129,11 @@ def read_run_info(ckpt: Path) -> dict:
     return info
 
 
-def check_resumable(ckpt: Path, stage: str, identity: dict, shape: dict) -> dict:
-    """The checkpoint's model.json, once it is known to be this stage's, tokenizer's and shape's."""
-    info = read_model_info(ckpt)
-    run_stage = read_run_info(ckpt).get("stage", info["data_kind"])
+def check_resumable(ckpt: Path, info: dict, stage: str, identity: dict, shape: dict) -> dict:
+    """The checkpoint's train_config.json, once its model (`info`, its model.json) is known to be this
+    stage's, tokenizer's and shape's."""
+    run_info = read_run_info(ckpt)
+    run_stage = run_info.get("stage", info["data_kind"])
     if run_stage != stage:
         raise CheckpointError(f"{ckpt}: holds a {run_stage} run; `train {stage}` would overwrite it. Use another "
                               f"--out for {stage} (nothing was changed)")
@@ -141,7 +142,7 @@ def check_resumable(ckpt: Path, stage: str, identity: dict, shape: dict) -> dict
     except TokenizerError as e:
         raise CheckpointError(str(e)) from None
     check_shape(info["config"], shape, str(ckpt / INFO_NAME))
-    return info
+    return run_info
 
 
 def check_shape(model_config: dict, wanted: dict, where: str) -> None:

@@ -36,7 +36,6 @@ from train.checkpoint import (
     checkpoint_bytes,
     find_checkpoint,
     load_trainer_state,
-    read_run_info,
     save_checkpoint,
 )
 from train.config import TrainConfig
@@ -193,17 +192,19 @@ class Trainer:
                 raise TrainError("train sft needs --init <pretraining run folder> (e.g. runs/pretrain)")
             init = resolve_model_dir(self.spec.init)
         source = ckpt or init
-        if source is not None and self.sft:
-            shape = {k: v for k, v in read_model_info(source)["config"].items() if k in SHAPE_FIELDS}
+        info = read_model_info(source) if source is not None else None  # its model.json
+        if info is not None and self.sft:
+            shape = {k: v for k, v in info["config"].items() if k in SHAPE_FIELDS}
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(
                 cfg.model, **{k: v for k, v in shape.items() if k not in cfg.set_fields}))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.identity["vocab_size"]))
         wanted = {k: getattr(cfg.model, k) for k in (*SHAPE_FIELDS, "vocab_size")}
+        self.saved_run = self.ckpt_step = None  # the checkpoint's train_config.json and step, when resuming
         if ckpt is not None:
-            check_resumable(ckpt, self.spec.stage, self.identity, wanted)
+            self.saved_run = check_resumable(ckpt, info, self.spec.stage, self.identity, wanted)
+            self.ckpt_step = info["step"]
             self._check_same_data(ckpt)
         elif init is not None:
-            info = read_model_info(init)
             try:
                 check_identity(info["tokenizer"], self.identity, f"{init} (--init)", "the data's tokenizer")
             except TokenizerError as e:
@@ -215,7 +216,7 @@ class Trainer:
 
     def _check_same_data(self, ckpt: Path) -> None:
         """Refuse to resume on another mixture than the checkpoint's, unless --allow-data-change."""
-        changes, moves = mixture_changes(read_run_info(ckpt).get("mixture"), self.data_record)
+        changes, moves = mixture_changes(self.saved_run.get("mixture"), self.data_record)
         if changes and not self.spec.allow_data_change:
             raise TrainError(f"{ckpt}: the run was trained on other data: {'; '.join(changes)}. Resume with the same "
                              "--data, or add --allow-data-change to continue on the new data")
@@ -288,7 +289,7 @@ class Trainer:
 
     def _load_trainer_state(self) -> int:
         state = load_trainer_state(self.ckpt)
-        check_optimizer_state(state, self.model, read_model_info(self.ckpt)["step"], self.ckpt)
+        check_optimizer_state(state, self.model, self.ckpt_step, self.ckpt)
         self.stepper.load_state(state)
         return int(state["step"])
 
@@ -329,7 +330,7 @@ class Trainer:
     def _print_changes(self) -> None:
         """A resumed run says which settings differ from the run it continues."""
         try:
-            before = TrainConfig.from_dict(read_run_info(self.ckpt).get("config")).to_dict()
+            before = TrainConfig.from_dict(self.saved_run.get("config")).to_dict()
         except ValueError:  # a damaged train_config.json: nothing to compare with (the run itself is checked)
             return
         now = self.cfg.to_dict()
