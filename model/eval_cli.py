@@ -25,7 +25,7 @@ from model.io import CheckpointError
 from model.runtime import RuntimeChoiceError
 from model.texts import TextError, total_raw_bytes
 from prep.cli_common import one_line_errors
-from prep.outputs import OutputError, atomic_file, write_json_atomic
+from prep.outputs import OutputError, atomic_file, check_replaceable_file, json_with_keys, write_json_atomic
 from prep.tokenizer import TokenizerError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -69,6 +69,7 @@ def harness(ckpt: Path, tasks: str, include_paths: tuple[Path, ...], subtasks: b
     t0 = time.perf_counter()
     try:
         out = out or default_out(ckpt, names)
+        check_replaceable_file(out, json_with_keys("zh_mini_llm", "results"), "harness result")  # before the run
         results = run_harness(ckpt, names, include_paths=list(include_paths), console=err, **kw)
     except CheckpointError as e:
         hint = "; train one first (make pretrain, make sft) or pass --ckpt" if not ckpt.exists() else ""
@@ -136,6 +137,8 @@ def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int |
         dtype: str, out: Path | None) -> None:
     """Bits per byte (and loss per token) of models on the same raw text: comparable across tokenizers."""
     results = []
+    if out:  # found out now, not after scoring; never over a file that is not a bpb result
+        check_replaceable_file(out, json_with_keys("model", "bits_per_byte"), "bpb result")
     total = total_raw_bytes(text)
     for path in models:
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from model.sampling import SamplingParams
-from prep.outputs import atomic_file, check_replaceable_file
+from prep.outputs import atomic_file, check_replaceable_file, output_lock
 from prep.tokenizer import ENDOFTEXT, IM_END
 
 HEADER = "# Ollama Modelfile written by zh-mini-llm"  # a Modelfile that starts so may be replaced
@@ -68,7 +68,8 @@ def write_modelfile(gguf_path: str | os.PathLike, chat: bool, context: int, sour
     """Write ``Modelfile`` beside `gguf_path` (temporary file, then rename); refuse to replace a foreign one."""
     gguf_path = Path(gguf_path)
     out = gguf_path.parent / MODELFILE
-    check_replaceable_file(out, lambda p: p.read_text("utf-8", errors="replace").startswith(HEADER), "Modelfile")
-    with atomic_file(out) as tmp:
-        tmp.write_text(modelfile_text(gguf_path.name, chat, context, source), "utf-8")
+    with output_lock(out, "Modelfile export"):
+        check_replaceable_file(out, lambda p: p.read_text("utf-8", errors="replace").startswith(HEADER), "Modelfile")
+        with atomic_file(out) as tmp:
+            tmp.write_text(modelfile_text(gguf_path.name, chat, context, source), "utf-8")
     return out

@@ -155,3 +155,12 @@ def test_bpb_errors_are_one_line(tmp_path, qwen_run):
         r = CliRunner().invoke(cli, ["bpb", *map(str, args)])
         assert r.exit_code == 1 and message in r.stderr, r.output
         assert len(r.stderr.strip().splitlines()) == 1  # (a failed write comes after the table, on stdout)
+
+
+def test_bpb_out_never_replaces_a_file_that_is_not_a_bpb_result(tmp_path, qwen_run):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    r = CliRunner().invoke(cli, ["bpb", "--model", str(qwen_run / "run"), "--text", str(qwen_run / "wiki_00"),
+                                 "--out", str(mine)])
+    assert r.exit_code == 1 and "not a bpb result written by this project" in r.stderr, r.output
+    assert mine.read_text() == '{"mine": true}'
