@@ -32,9 +32,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.export import export_hf
+from model.arch import build as build_model
+from model.arch import config_from_dict
+from model.export.hf import export_hf
 from model.generate import Engine
-from model.gpt import GPT, GPTConfig
 from model.io import load_model, save_model
 from model.loader import load_tokenizer_for
 from model.runtime import pick_device
@@ -76,7 +77,7 @@ def build(ckpt: Path | None, shape: dict, folder: Path, console: Console):
     if ckpt is None:
         tok = load_tokenizer("qwen2")
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=pad_vocab_size(len(tok)), **shape))
+        model = build_model(config_from_dict({"vocab_size": pad_vocab_size(len(tok)), **shape}))
         ckpt = folder / "ckpt"
         save_model(ckpt, model, tok.identity(), "pretrain", step=0)
     with console.status("exporting to Hugging Face format ..."):

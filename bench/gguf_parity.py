@@ -4,7 +4,7 @@
     PYTHONPATH=.venv/llama python -m bench.gguf_parity           # ... and llama.cpp (after `make gguf-check` built it)
     PYTHONPATH=.venv/llama python -m bench.gguf_parity --ckpt runs/sft
 
-For every type (f32, f16, q8_0) the file is written with `model.gguf_export.export_gguf`. Where
+For every type (f32, f16, q8_0) the file is written with `model.export.gguf.export_gguf`. Where
 llama-cpp-python imports, llama.cpp then runs it against our model on the checkpoint (fp32, CPU):
 
 * logits of a `block_size`-token prompt of sample Wikipedia text: max |difference| and how often the
@@ -27,10 +27,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from model.arch import build, config_from_dict
+from model.export.gguf import GGUF_TYPES, export_gguf
 from model.generate import Engine, row_tokens
-from model.gguf_export import GGUF_TYPES, export_gguf
-from model.gpt import GPT, GPTConfig
 from model.io import load_model, save_model
+from model.lm import CausalLM
 from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams
 from prep.tokenizer import load_tokenizer, pad_vocab_size
@@ -58,7 +59,7 @@ def timed_steps(steps: Iterator[int], n: int) -> tuple[list[int], float]:
     return tokens, (n - 1) / (time.perf_counter() - t0)
 
 
-def llama_figures(llama_cpp, path: str, model: GPT, n_vocab: int, ids: list[int], new: int) -> dict:
+def llama_figures(llama_cpp, path: str, model: CausalLM, n_vocab: int, ids: list[int], new: int) -> dict:
     c = model.config
     llm = llama_cpp.Llama(model_path=path, n_ctx=c.block_size, n_batch=c.block_size, n_threads=THREADS,
                           logits_all=True, verbose=False)
@@ -91,7 +92,7 @@ def main(ckpt: Path | None, new_tokens: int) -> None:
             tok = load_tokenizer("qwen2")
             torch.manual_seed(0)
             ckpt = Path(tmp) / "mini"
-            save_model(ckpt / "checkpoint", GPT(GPTConfig(vocab_size=pad_vocab_size(len(tok)))), tok.identity(),
+            save_model(ckpt / "checkpoint", build(config_from_dict({"vocab_size": pad_vocab_size(len(tok))})), tok.identity(),
                        "pretrain", step=0)
         model, info = load_model(ckpt)
         tok = load_tokenizer_for(info, str(ckpt))

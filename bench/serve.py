@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.generate import prompt_texts
-from model.gpt import GPT, GPTConfig
+from model.arch import build, config_from_dict
 from model.io import save_model
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 
@@ -128,7 +128,7 @@ async def serve_all(api: str, items: list[str], clients: int, new_tokens: int) -
 def make_checkpoint(folder: Path, shape: dict) -> Path:
     tok = load_tokenizer("qwen2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=pad_vocab_size(len(tok)), **shape))
+    model = build(config_from_dict({"vocab_size": pad_vocab_size(len(tok)), **shape}))
     save_model(folder / "checkpoint", model, tok.identity(), "sft", step=0)
     return folder
 

@@ -30,8 +30,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.gpt import GPT
-from model.runtime import pick_device
+from model.arch import build
+from model.lm import CausalLM
+from model.runtime import pick_device, precision
 from prep.tokenfile import TokenFolderWriter
 from prep.tokenizer import pad_vocab_size
 from train.config import TrainConfig, apply_overrides, preset
@@ -39,6 +40,7 @@ from train.data import BlockSampler, StepLoader, make_sampler
 from train.dist import Dist
 from train.mixture import Mixture, open_mixture
 from train.perf import peak_flops
+from train.stage import get as get_stage
 from train.step import Stepper
 
 QWEN2_LEN = 151646
@@ -85,8 +87,8 @@ def main(preset_name, data, mix, steps, warmup, micro_steps, device, compile_, a
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, vocab_size=pad_vocab_size(mixture.tokenizer["len"])))
         torch.manual_seed(cfg.seed)
-        model = GPT(cfg.model).to(dev)
-        stepper = Stepper(model, cfg, Dist(0, 0, 1, dev))
+        model = build(cfg.model).to(dev)
+        stepper = Stepper(model, cfg, Dist(0, 0, 1, dev), precision(dev, cfg.dtype), get_stage(mixture.kind))
         splits = [source.split("train") for source in mixture.sources]
         sft = mixture.kind == "sft"
         loader = StepLoader(make_sampler(splits, mixture.weights, T, cfg.micro_batch_size, cfg.seed, sft), 0,
@@ -96,7 +98,7 @@ def main(preset_name, data, mix, steps, warmup, micro_steps, device, compile_, a
         finally:
             loader.close()
         sampler_s = sampler_seconds(loader)
-        one = StepLoader(BlockSampler(splits[0], T, cfg.micro_batch_size, cfg.seed, sft), 0, micro_steps, 0, dev, 1)
+        one = StepLoader(BlockSampler(splits[0], T, cfg.micro_batch_size, cfg.seed, sft), 0, micro_steps, 0, dev, depth=1)
         one.close()  # only its host_batch is timed
         baseline_s = sampler_seconds(one)
     report(console, preset_name, cfg, model, stepper, micro_steps, float(np.median(times)), steps, mixture,
@@ -142,7 +144,7 @@ def time_steps(stepper: Stepper, loader: StepLoader, lr: float, warmup: int, ste
     return times
 
 
-def report(console: Console, preset_name: str, cfg: TrainConfig, model: GPT, stepper: Stepper, micro_steps: int,
+def report(console: Console, preset_name: str, cfg: TrainConfig, model: CausalLM, stepper: Stepper, micro_steps: int,
            step_s: float, steps: int, mixture: Mixture, sampler_s: float, baseline_s: float) -> None:
     m, dev = cfg.model, stepper.d.device
     peak, peak_note = peak_flops(dev, stepper.precision.amp_dtype or torch.float32)

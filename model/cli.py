@@ -1,6 +1,6 @@
 """``python -m model sample|chat|serve|export|gguf|ollama|harness|bpb``: thin Click commands over
-`model.generate`, `model.chat` and `model.serve` (here), the export formats (`model.export_cli`) and
-the measures (`model.eval_cli`).
+`model.generate`, `model.chat` and `model.serve.server` (here), the export formats (`model.export.cli`) and
+the measures (`model.measure.cli`).
 
 Conversation text goes to stdout as it is generated; notes and summaries go to stderr, so
 ``python -m model sample ... > out.txt`` keeps only the text. Errors a user can fix are one line.
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import click
 
+from common.cli import one_line_errors
 from model.chat import ChatSession, run_chat
-from model.cli_common import MODEL_ERRORS, console, device_option, dtype_option, with_hint
-from model.eval_cli import bpb, harness
-from model.export_cli import export, gguf, ollama
+from model.cli_common import console, device_option, dtype_option, with_hint
+from model.export.cli import export, gguf, ollama
 from model.generate import row_tokens, stream_text
 from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
+from model.measure.cli import bpb, harness
 from model.sampling import SamplingParams
 from prep.chat_template import ChatFormatError, render_prompt
-from prep.cli_common import one_line_errors
 
 DEFAULTS = SamplingParams()
 MAX_SEED = 2**63 - 1  # torch.Generator seeds are 64-bit
@@ -56,7 +56,7 @@ def model_options(f):
         click.option("--system", default=None, callback=utf8_text, help="system prompt (chat models)"),
         device_option,
         dtype_option(),
-        one_line_errors(*MODEL_ERRORS),
+        one_line_errors,
     ]
     for option in reversed(options):
         f = option(f)
@@ -210,7 +210,7 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 @dtype_option()
 @click.option("--log-level", type=click.Choice(["warning", "info", "debug"]), default="warning", show_default=True,
               help="uvicorn's log level (info logs every request)")
-@one_line_errors(*MODEL_ERRORS)
+@one_line_errors
 def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | None, max_batch: int, max_queue: int,
           max_tokens: int, max_body_kb: int, allow_origin: tuple[str, ...], group_size: int | None,
           threads: int | None, device: str, dtype: str, log_level: str) -> None:
@@ -219,7 +219,15 @@ def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | Non
     Requests that arrive together are decoded together in one batch. Any OpenAI client or chat
     front-end works with the base URL printed at the start.
     """
-    from model.serve import ServeError, ServeOptions, bind, create_app, run_identity, serve_forever, urls
+    from model.serve.server import (
+        ServeError,
+        ServeOptions,
+        bind,
+        create_app,
+        run_identity,
+        serve_forever,
+        urls,
+    )
 
     loaded = load(ckpt, device, dtype)
     served, created = run_identity(ckpt)

@@ -12,11 +12,8 @@ import click
 from rich.console import Console
 
 from model.io import CheckpointError
-from model.runtime import DEVICE_NAMES, DTYPES, RuntimeChoiceError, dtype_name
-from prep.outputs import OutputError
-from prep.tokenizer import TokenizerError
+from model.runtime import DEVICE_NAMES, DTYPES, dtype_name
 
-MODEL_ERRORS = (CheckpointError, TokenizerError, OutputError, RuntimeChoiceError)  # printed as one line
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # notes and summaries; stdout is for text
 
 

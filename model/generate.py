@@ -113,7 +113,7 @@ class Generation:
             logits = self.feed()
         self.end()
 
-    # The steps of `__iter__`, public so that a scheduler (`model.batching`) can run many generations
+    # The steps of `__iter__`, public so that a scheduler (`model.serve.batching`) can run many generations
     # and decode their next tokens together. Grad mode and autocast are thread-wide, so they are
     # entered around each computation and never held across a `yield` (they would leak into the
     # caller's code).

@@ -2,7 +2,7 @@
 
 Checkpoints, sampling, chat, export and serving all go through `save_model` / `load_model`. Weights are
 safetensors (never pickle, so loading a downloaded checkpoint cannot run code); ``model.json`` holds
-the `GPTConfig`, the identity of the tokenizer the model was trained with (see
+the model's config (its ``arch`` says which architecture, `model.arch`), the identity of the tokenizer the model was trained with (see
 `prep.tokenizer.Tokenizer.identity`), the kind of data it last trained on and the step. Before any
 memory is allocated, the config is checked for sane sizes and against the shapes stored in the
 weights file, so a damaged or hostile ``model.json`` is one line, not a 512 GB allocation.
@@ -22,21 +22,26 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from model.gpt import GPT, GPTConfig
-from prep.outputs import JSONFileError, read_json
+from common.errors import UserError
+from common.outputs import JSONFileError, read_json
+from model.arch import build, config_from_dict
+from model.lm import CausalLM, ModelConfig
+from prep.tokenfile import KINDS as DATA_KINDS
 
 WEIGHTS_NAME = "model.safetensors"
 INFO_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "zh-mini-llm-gpt"
 FORMAT_VERSION = 1
-DATA_KINDS = ("pretrain", "sft")
 # Generous bounds a real config never reaches; beyond them model.json is damaged, not ambitious.
 SIZE_LIMITS = {"n_layer": 1024, "n_head": 1024, "n_embd": 65536, "block_size": 1 << 20, "vocab_size": 1 << 24,
                "loss_chunk_tokens": 1 << 24}
 
 
-class CheckpointError(ValueError):
+LAYER_INDEX = re.compile(r"\.(?:h|layers)\.(\d+)\.")  # a block's tensors: transformer.h.3.*, model.layers.3.*
+
+
+class CheckpointError(UserError, ValueError):
     """A model folder is missing, incomplete or does not fit what it is used with."""
 
 
@@ -49,7 +54,7 @@ class RunFolder:
         self.metrics = self.path / "metrics.jsonl"
         self.plot = self.path / "loss.png"
         self.export = self.path / "hf"  # the default Hugging Face export
-        self.harness = self.path / "harness"  # lm-eval results (`model.harness`)
+        self.harness = self.path / "harness"  # lm-eval results (`model.measure.harness`)
         self.tensorboard = self.path / "tb"  # `train --log tensorboard`
         self.wandb_id = self.path / "wandb_id.txt"  # `train --log wandb`: a resumed run continues the same one
 
@@ -63,9 +68,14 @@ class RunFolder:
         return self.path / f"eval_{Path(data).resolve().name}_{split}.json"
 
 
+CHAT_TEMPLATE = "chatml"  # the one template chat models are trained with (prep.chat_template)
+
+
 def is_chat(info: dict) -> bool:
-    """A model whose last training data was SFT is a chat model (ChatML prompts, stops at <|im_end|>)."""
-    return info.get("data_kind") == "sft"
+    """A chat model (ChatML prompts, stops at <|im_end|>): model.json's ``chat``; a checkpoint written
+    before that field existed is a chat model when its last training data was SFT."""
+    chat = info.get("chat")
+    return chat if isinstance(chat, bool) else info.get("data_kind") == "sft"
 
 
 def stop_ids(tokenizer, chat: bool) -> list[int]:
@@ -97,9 +107,13 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         raise
 
 
-def save_model(folder: str | os.PathLike, model: GPT, tokenizer: dict, data_kind: str, step: int,
-               extra: dict | None = None) -> None:
-    """Write the weights (fp32, contiguous, the tied output layer once) and ``model.json`` into `folder`."""
+def save_model(folder: str | os.PathLike, model: CausalLM, tokenizer: dict, data_kind: str, step: int,
+               chat: bool | None = None, extra: dict | None = None) -> None:
+    """Write the weights (fp32, contiguous, the tied output layer once) and ``model.json`` into `folder`.
+
+    `chat` (a chat model, trained on ChatML) is recorded as given; None means a chat model when the data
+    was SFT dialogs (what tests and benchmarks that write a model by hand want)."""
+    chat = data_kind == "sft" if chat is None else chat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -110,6 +124,8 @@ def save_model(folder: str | os.PathLike, model: GPT, tokenizer: dict, data_kind
         "config": model.config.to_dict(),
         "tokenizer": tokenizer,
         "data_kind": data_kind,
+        "chat": chat,
+        "template": CHAT_TEMPLATE if chat else None,
         "step": step,
         **(extra or {}),
     }
@@ -130,7 +146,7 @@ def read_model_info(path: str | os.PathLike) -> dict:
     if info.get("data_kind") not in DATA_KINDS:
         raise CheckpointError(f"{info_path}: data_kind {info.get('data_kind')!r}, expected one of {DATA_KINDS}")
     try:
-        config = GPTConfig.from_dict(info["config"])
+        config = config_from_dict(info["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info_path}: bad model config ({e})") from e
     _check_sizes(config, info_path)
@@ -141,24 +157,22 @@ def read_model_info(path: str | os.PathLike) -> dict:
     return info
 
 
-def _check_sizes(config: GPTConfig, where: Path) -> None:
+def _check_sizes(config: ModelConfig, where: Path) -> None:
     for name, limit in SIZE_LIMITS.items():
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
             raise CheckpointError(f"{where}: {name} = {value!r}, expected an integer from 1 to {limit:,}")
 
 
-def _check_stored_shapes(model_dir: Path, config: GPTConfig) -> None:
+def _check_stored_shapes(model_dir: Path, config: ModelConfig) -> None:
     """Compare the weights file's tensor shapes with the config before building (allocating) the model."""
-    expected = {"transformer.wte.weight": [config.vocab_size, config.n_embd],
-                "transformer.wpe.weight": [config.block_size, config.n_embd],
-                "transformer.h.0.attn.c_attn.weight": [3 * config.n_embd, config.n_embd]}
+    expected = config.expected_shapes()
     path = model_dir / WEIGHTS_NAME
     try:
         with safe_open(path, framework="pt") as f:
             keys = set(f.keys())
             stored = {name: f.get_slice(name).get_shape() for name in expected if name in keys}
-            n_blocks = len({k.split(".")[2] for k in keys if k.startswith("transformer.h.")})
+            n_blocks = len({m.group(1) for k in keys if (m := LAYER_INDEX.search(k))})
     except (FileNotFoundError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from e
     for name, shape in expected.items():
@@ -176,7 +190,7 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: cannot read weights ({e})") from e
 
 
-def load_weights_into(model: GPT, path: str | os.PathLike) -> None:
+def load_weights_into(model: CausalLM, path: str | os.PathLike) -> None:
     """Copy a checkpoint's weights into `model`, refusing any missing, extra, misshapen or non-finite tensor."""
     state = load_state_dict(path)
     own = model.state_dict()
@@ -194,11 +208,11 @@ def load_weights_into(model: GPT, path: str | os.PathLike) -> None:
     model.load_state_dict(state)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[GPT, dict]:
-    """Build the GPT a checkpoint describes and load its weights: ``(model in eval mode, model.json)``."""
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[CausalLM, dict]:
+    """Build the model a checkpoint describes and load its weights: ``(model in eval mode, model.json)``."""
     info = read_model_info(path)
-    config = GPTConfig.from_dict(info["config"])
+    config = config_from_dict(info["config"])
     _check_stored_shapes(resolve_model_dir(path), config)
-    model = GPT(config)
+    model = build(config)
     load_weights_into(model, path)
     return model.to(device).eval(), info

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import torch
 
+from common.errors import UserError
+
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class RuntimeChoiceError(ValueError):
+class RuntimeChoiceError(UserError, ValueError):
     """A device or dtype this machine cannot provide (one line)."""
 
 
@@ -92,12 +94,16 @@ class Precision:
 
 def precision(device: torch.device, choice: str = "auto") -> Precision:
     """The precision for `choice` on `device` (``auto``: bf16 > fp16 on CUDA, fp32 elsewhere)."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return Precision(resolve_dtype(device.type, choice, bf16), device.type)
+
+
+def resolve_dtype(device_type: str, choice: str, bf16_supported: bool) -> str:
+    """The policy itself, on names (so `train plan` applies it to a card it only knows by its size):
+    ``auto`` is bf16 on CUDA cards that have it, fp16 on older ones (pre-Ampere), fp32 elsewhere."""
     name = dtype_name(choice)
     if name == "auto":
-        if device.type != "cuda":
-            name = "fp32"
-        else:
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 on pre-Ampere GPUs
-    if name == "fp16" and device.type != "cuda":
-        raise RuntimeChoiceError(f"dtype fp16 needs a CUDA device, not {device.type}; use bf16 or fp32")
-    return Precision(name, device.type)
+        name = ("bf16" if bf16_supported else "fp16") if device_type == "cuda" else "fp32"
+    if name == "fp16" and device_type != "cuda":
+        raise RuntimeChoiceError(f"dtype fp16 needs a CUDA device, not {device_type}; use bf16 or fp32")
+    return name

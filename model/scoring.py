@@ -60,7 +60,7 @@ class GPTBackend:
     def logprobs(self, x, lengths, rows, cols, targets):
         with torch.no_grad(), self.autocast():
             h = self.model.hidden_states(x)[rows, cols]
-            weight = self.model.transformer.wte.weight
+            weight = self.model.output_weight()
             out_lp, out_top = [], []
             for s in range(0, h.size(0), OUTPUT_CHUNK):
                 logits = F.linear(h[s : s + OUTPUT_CHUNK], weight).float()

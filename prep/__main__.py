@@ -1,6 +1,6 @@
 """``python -m prep``: see `prep.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
 
-from prep.cli_common import run_cli
+from common.cli import run_cli
 
 if __name__ == "__main__":
     run_cli("prep.cli", "python -m prep")

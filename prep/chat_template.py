@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
+from common.errors import UserError
 from prep.records import Piece
 from prep.tokenizer import SpecialIds
 
@@ -45,7 +46,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ChatFormatError(ValueError):
+class ChatFormatError(UserError, ValueError):
     """Messages that ChatML cannot express as given (an unknown role, a system message after the first)."""
 
 

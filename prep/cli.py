@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
+from common.cli import one_line_errors
+from prep.cli_common import prep_options
 from prep.sft_command import sft
 from prep.text_command import text
 from prep.wiki import DEFAULT_MIN_CHARS
@@ -29,7 +30,7 @@ def cli() -> None:
               help="Drop articles whose body (the text after the leading title) has fewer characters: "
               "title-only stubs and empty disambiguation pages.")
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
-@one_line_errors(*PREP_ERRORS)
+@one_line_errors
 def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, min_chars: int,
          to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
@@ -62,7 +63,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
               help="Document to show (negative counts from the end).")
 @click.option("--tokens", "n_tokens", type=click.IntRange(min=1), default=200, show_default=True,
               help="Show the first N tokens of that document.")
-@one_line_errors(*PREP_ERRORS)
+@one_line_errors
 def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None:
     """Summarise a token folder: counts, tokens-per-document histogram, one document decoded.
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.errors import Interrupted, UserError
 
-class PrepError(Exception):
+
+class PrepError(UserError):
     """A one-line, user-facing reason why prep cannot produce a folder (the CLI prints it, exit code 1)."""
 
 
@@ -24,13 +26,8 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-class PrepInterrupted(PrepError):
-    """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the partial folder is gone. The command exits
-    128 + the signal's number (130, 143, 129), as shells expect."""
-
-    def __init__(self, message: str, signum: int = 2):
-        super().__init__(message)
-        self.exit_code = 128 + signum
+class PrepInterrupted(PrepError, Interrupted):
+    """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the partial folder is gone."""
 
 
 class StopSignal(KeyboardInterrupt):

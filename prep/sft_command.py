@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
+from common.cli import one_line_errors
+from prep.cli_common import prep_options
 
 
 @click.command()
@@ -16,7 +17,7 @@ from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
 @prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
-@one_line_errors(*PREP_ERRORS)
+@one_line_errors
 def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 

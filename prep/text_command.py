@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from prep.cli_common import PREP_ERRORS, one_line_errors, prep_options
+from common.cli import one_line_errors
+from prep.cli_common import prep_options
 from prep.text_sources import DEFAULT_PATTERNS, TXT_DOCS
 from prep.wiki import DEFAULT_MIN_CHARS
 
@@ -52,7 +53,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
               "kept documents: 3.3 GB at --threshold 0.8-0.9, 2.0 GB at 0.95, 4.6 GB at 0.6-0.75, ~6.3 GB below.")
 @click.option("--threshold", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.8, show_default=True,
               help="--near-dedup: estimated Jaccard similarity of 5-gram sets at which a document is a duplicate.")
-@one_line_errors(*PREP_ERRORS)
+@one_line_errors
 def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None,
          fields: tuple[str, ...], id_field: str | None, patterns: tuple[str, ...], txt_docs: str, hub: bool,
          min_chars: int, to_simplified: bool, min_cjk: float | None, max_repeated_lines: float | None,

@@ -9,7 +9,7 @@ A dataset is a folder holding, for each split (``train``, ``val``):
   inside a dialog longer than the block;
 
 and ``meta.json``, written last. A folder without ``meta.json`` is unfinished and every reader
-refuses it. The writer builds the folder with `prep.outputs.OutputFolder` (beside the target, swapped
+refuses it. The writer builds the folder with `common.outputs.OutputFolder` (beside the target, swapped
 in when complete, locked, typed ``tokens/pretrain`` or ``tokens/sft``), so an interrupted run (Ctrl-C,
 kill -9, a full disk) never touches a previous good folder and never leaves one that looks finished,
 and a typo in ``--out`` never replaces anything but a token folder of the same kind.
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.outputs import JSONFileError, OutputError, OutputFolder, read_json, write_json_atomic
+from common.errors import UserError
+from common.outputs import JSONFileError, OutputError, OutputFolder, read_json, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-KINDS = ("pretrain", "sft")
+KINDS = ("pretrain", "sft", "pref")  # pref: preference pairs, two dialogs each (see the module docstring)
 META_NAME = "meta.json"
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_DTYPE = np.dtype("<u8")
@@ -39,7 +40,7 @@ MASK_DTYPE = np.dtype("u1")
 MAX_VOCAB = 1 << 24  # a tokenizer length beyond this is a damaged meta.json, not a vocabulary
 
 
-class TokenFileError(ValueError):
+class TokenFileError(UserError, ValueError):
     """A token folder is missing, unfinished or inconsistent."""
 
 

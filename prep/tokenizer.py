@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+from common.errors import UserError
 from prep.records import first_line
 
 ENDOFTEXT = "<|endoftext|>"
@@ -48,7 +49,7 @@ QWEN2_SPLIT_PATTERN = (
 DEFAULT_TOKENIZER = "qwen2"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer could not be loaded or does not fit this pipeline."""
 
 

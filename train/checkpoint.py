@@ -7,7 +7,7 @@
       train_config.json   the full TrainConfig and how the run was started (stage, data, init)
 
 The sampler and the dropout RNG are pure functions of (seed, step, rank), so the step *is* their
-state. A checkpoint is built beside the old one and swapped in (`prep.outputs.OutputFolder`, kind
+state. A checkpoint is built beside the old one and swapped in (`common.outputs.OutputFolder`, kind
 ``checkpoint``), so a crash at any moment leaves the previous checkpoint or the new one, never a mix,
 and a full disk leaves the previous one intact.
 
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from model.gpt import GPT
+from common.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
+from model.arch import config_from_dict
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
-from prep.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
+from model.lm import CausalLM
 from prep.tokenizer import TokenizerError, check_identity
 
 TRAINER_STATE = "trainer.pt"
@@ -50,13 +51,13 @@ def find_checkpoint(run: RunFolder) -> Path | None:
     return run.checkpoint if (run.checkpoint / INFO_NAME).is_file() else None
 
 
-def checkpoint_bytes(model: GPT) -> int:
+def checkpoint_bytes(model: CausalLM) -> int:
     """About what one checkpoint of `model` takes on disk (checked free before training starts)."""
     return int(BYTES_PER_PARAM * model.num_params() * 1.02) + CHECKPOINT_SLACK
 
 
-def save_checkpoint(run: RunFolder, model: GPT, optimizer: torch.optim.Optimizer, scaler, step: int,
-                    tokenizer: dict, data_kind: str, run_info: dict) -> Path:
+def save_checkpoint(run: RunFolder, model: CausalLM, optimizer: torch.optim.Optimizer, scaler, step: int,
+                    tokenizer: dict, data_kind: str, chat: bool, run_info: dict) -> Path:
     """Write the checkpoint for `step` (rank 0 only) and swap it in atomically."""
     state = {
         "step": step,
@@ -64,7 +65,7 @@ def save_checkpoint(run: RunFolder, model: GPT, optimizer: torch.optim.Optimizer
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     with checkpoint_folder(run) as folder:
-        save_model(folder.partial, model, tokenizer, data_kind, step)
+        save_model(folder.partial, model, tokenizer, data_kind, step, chat)
         _save_torch(state, folder.path(TRAINER_STATE))
         write_json_atomic(folder.path(TRAIN_CONFIG), run_info)
         return folder.commit()
@@ -96,7 +97,7 @@ def load_trainer_state(ckpt: Path) -> dict:
     return state
 
 
-def check_optimizer_state(state: dict, model: GPT, info_step: int, where: Path) -> None:
+def check_optimizer_state(state: dict, model: CausalLM, info_step: int, where: Path) -> None:
     """Refuse optimizer state that does not belong to `model` (e.g. a trainer.pt copied from another run)."""
     if state["step"] != info_step:
         raise CheckpointError(f"{where}: trainer.pt is at step {state['step']} but model.json at step {info_step}; "
@@ -146,7 +147,11 @@ def check_resumable(ckpt: Path, info: dict, stage: str, identity: dict, shape: d
 
 
 def check_shape(model_config: dict, wanted: dict, where: str) -> None:
-    """Refuse a checkpoint whose model shape differs from the one this run asks for."""
-    diffs = [f"{k}={model_config.get(k)} (run wants {v})" for k, v in wanted.items() if model_config.get(k) != v]
+    """Refuse a checkpoint whose model (architecture, shape, vocabulary) differs from the one this run asks for."""
+    try:
+        recorded = config_from_dict(model_config).to_dict()  # a model.json without arch is gpt2
+    except ValueError as e:
+        raise CheckpointError(f"{where}: bad model config ({e})") from None
+    diffs = [f"{k}={recorded.get(k)} (run wants {v})" for k, v in wanted.items() if recorded.get(k) != v]
     if diffs:
         raise CheckpointError(f"{where}: checkpoint model has {', '.join(diffs)}")

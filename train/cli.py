@@ -12,24 +12,15 @@ from pathlib import Path
 
 import click
 
-from model.cli_common import device_option
-from model.io import CheckpointError
-from model.runtime import RuntimeChoiceError
-from prep.cli_common import CommandError, one_line_errors
-from prep.outputs import OutputError
-from prep.tokenfile import TokenFileError
-from prep.tokenizer import TokenizerError
+from common.cli import CommandError, one_line_errors
+from model.cli_common import device_option, dtype_option
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
-from train.mixture import MixtureError
-from train.plan import PlanError
 from train.plan_cli import plan_command
 from train.report import report_command
-from train.tracking import TRACKERS, TrackingError
-from train.trainer import RunSpec, TrainError, train
+from train.tracking import TRACKERS
+from train.trainer import RunSpec, train
 
-TRAIN_ERRORS = (TrainError, TokenFileError, CheckpointError, TokenizerError, OutputError, RuntimeChoiceError,
-                PlanError, MixtureError, TrackingError)
 DATA_HELP = ("token folder (prep output), or a mixture of several with weights: FOLDER:0.3,FOLDER:0.7 (the part after "
              "the last ':' is a weight when it is a number; a value naming an existing folder is that folder)")
 
@@ -57,6 +48,8 @@ def run_options(f):
         click.option("--ckpt-every", type=int, help="steps between checkpoints"),
         click.option("--seed", type=int, help="seed of the initial weights and the batch order"),
         device_option,
+        dtype_option(default=None, help="the step's precision (default: the preset's, auto: bf16 on GPUs that have "
+                     "it, fp16 on older ones, fp32 on a CPU); the same as --set dtype=..."),
         click.option("--compile/--no-compile", "compile_", default=None,
                      help="torch.compile the model (default: on for CUDA, off elsewhere)"),
         click.option("--stop-at", type=click.IntRange(min=1),
@@ -81,7 +74,7 @@ def build_config(stage: str, preset_name: str, assignments, **plain):
         raise click.UsageError(str(e)) from None
 
 
-@one_line_errors(*TRAIN_ERRORS)
+@one_line_errors
 def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
     allow_data_change, log = plain.pop("allow_data_change"), tuple(plain.pop("log"))
     compile_ = plain.pop("compile_")

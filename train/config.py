@@ -1,12 +1,14 @@
 """Every training knob in one dataclass, the presets, and ``--set key=value`` overrides.
 
-`TrainConfig` holds the model's own `GPTConfig` (``cfg.model``) and the training fields. A preset is
-a named set of field values; the command line can change any field, model fields included
-(``--set n_layer=6``), except the vocabulary size, which always comes from the data's tokenizer.
-Which fields the command line set travels with the config (`TrainConfig.set_fields`): SFT takes the
-model shape from its --init model unless the user set it, and a resumed run says what changed.
-Pretraining and SFT share the dataclass: ``train sft --preset mini`` uses the SFT variant
-``mini-sft`` (same model shape, a learning rate for fine-tuning).
+`TrainConfig` holds the model's own config (``cfg.model``, a `model.lm.ModelConfig` of the architecture
+named by its ``arch`` field, `model.arch`) and the training fields. A preset is a named set of field
+values; the command line can change any field, model fields included (``--set n_layer=6``,
+``--set arch=qwen3``), except the vocabulary size, which always comes from the data's tokenizer. A
+field the chosen architecture does not have is an error. Which fields the command line set travels
+with the config (`TrainConfig.set_fields`): a stage that starts from --init takes the model shape from
+that model unless the user set it, and a resumed run says what changed. All stages share the
+dataclass: ``train sft --preset mini`` uses the stage's variant ``mini-sft`` (same model shape, a
+learning rate for fine-tuning) where it exists (`train.stage`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from model.arch import ARCHS, ArchError, config_for, config_from_dict, get
 from model.gpt import GPTConfig
+from model.lm import ModelConfig
 from model.runtime import DTYPES
+from train.stage import get as get_stage
 
 AUTO = "auto"  # micro_batch_size=auto: the largest that fits, chosen at run start (train.plan.resolve_micro_batch)
 
 
 @dataclass
 class TrainConfig:
-    model: GPTConfig = field(default_factory=GPTConfig)  # vocab_size is replaced by the data's at run time
+    model: ModelConfig = field(default_factory=GPTConfig)  # vocab_size is replaced by the data's at run time
     # batch: sequences per optimizer step over all ranks, and per forward pass on one rank
     batch_size: int = 256
     micro_batch_size: int | str = 32  # or AUTO
@@ -95,13 +100,20 @@ class TrainConfig:
         Raises ValueError for anything else (a damaged train_config.json)."""
         try:
             d = dict(d)
-            model_names = {f.name for f in fields(GPTConfig)}
-            model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in model_names}
-            d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} and k not in model_names}
+            flat_names = GPTConfig.field_names()  # the flat layout predates other architectures
+            model = d.pop("model", None) or {k: d.pop(k) for k in list(d) if k in flat_names}
+            d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)} and k not in flat_names}
             d["set_fields"] = tuple(d.get("set_fields", ()))
-            return cls(model=GPTConfig.from_dict({k: v for k, v in model.items() if k in model_names}), **d)
+            return cls(model=_known_fields_config(model), **d)
         except (TypeError, AttributeError) as e:
             raise ValueError(f"not a training config ({e})") from None
+
+
+def _known_fields_config(model: dict) -> ModelConfig:
+    """A recorded model config, dropping fields its architecture no longer has."""
+    model = dict(model)
+    cls = get(model.get("arch", "gpt2")).config
+    return config_from_dict({k: v for k, v in model.items() if k in cls.field_names()})
 
 
 # The dataclass defaults are the `mini` preset, the model of record: GPT-2 small's body (85M) with the
@@ -134,25 +146,33 @@ PRESETS: dict[str, dict] = {
 
 
 def preset(name: str, stage: str = "pretrain") -> TrainConfig:
-    """The preset `name`; for SFT a plain name (``mini``) means its SFT variant (``mini-sft``)."""
-    if stage == "sft" and not name.endswith("-sft") and f"{name}-sft" in PRESETS:
-        name = f"{name}-sft"
+    """The preset `name`, or the stage's variant of it where that exists (sft: tiny -> tiny-sft; `train.stage`)."""
+
+    suffix = get_stage(stage).preset_suffix
+    if suffix and not name.endswith(suffix) and f"{name}{suffix}" in PRESETS:
+        name = f"{name}{suffix}"
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return _set(TrainConfig(), PRESETS[name])
 
 
 def _set(config: TrainConfig, values: dict) -> TrainConfig:
-    """`config` with `values` applied, model fields going to ``config.model``."""
-    model_names = {f.name for f in fields(GPTConfig)}
-    model = dataclasses.replace(config.model, **{k: v for k, v in values.items() if k in model_names})
-    rest = {k: v for k, v in values.items() if k not in model_names}
-    return dataclasses.replace(config, model=model, **rest)
+    """`config` with `values` applied, model fields going to ``config.model`` (of the architecture
+    ``values["arch"]`` names, if it names one)."""
+    own = _train_fields()
+    model_values = {k: v for k, v in values.items() if k not in own}
+    arch = model_values.pop("arch", config.model.arch)
+    model = config_for(arch, config.model, model_values)  # ValueError for a combination it cannot build
+    return dataclasses.replace(config, model=model, **{k: v for k, v in values.items() if k in own})
 
 
-def _settable_fields() -> dict[str, dataclasses.Field]:
-    own = {f.name: f for f in fields(TrainConfig) if f.name not in ("model", "set_fields")}
-    return own | {f.name: f for f in fields(GPTConfig) if f.name != "vocab_size"}
+def _train_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(TrainConfig) if f.name not in ("model", "set_fields")}
+
+
+def _settable_fields(arch_config: type[ModelConfig]) -> dict[str, dataclasses.Field]:
+    """The fields --set can change: the training fields and those of the architecture being set."""
+    return _train_fields() | {f.name: f for f in fields(arch_config) if f.name != "vocab_size"}
 
 
 def _parse(field: dataclasses.Field, text: str):
@@ -185,7 +205,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
 
     The keys join `set_fields`, so the run knows what the user chose.
     """
-    settable = _settable_fields()
+    settable = _settable_fields(_target_arch(config, assignments))
     changes = {}
     for item in assignments:
         key, sep, text = item.partition("=")
@@ -195,6 +215,9 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
         if key == "vocab_size":
             raise ValueError(f"--set {item!r}: vocab_size comes from the data's tokenizer and cannot be set")
         if key not in settable:
+            if key in _any_model_field():
+                raise ValueError(f"--set {item!r}: arch {_target_arch(config, assignments).arch_name()} has no field "
+                                 f"{key!r} (its model fields: {', '.join(sorted(settable.keys() - _train_fields().keys()))})")
             raise ValueError(f"--set {item!r}: unknown field {key!r}; fields are {', '.join(settable)}")
         try:
             changes[key] = _parse(settable[key], text)
@@ -202,6 +225,42 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
             raise ValueError(f"--set {item!r}: {e}") from None
     set_fields = tuple(dict.fromkeys([*config.set_fields, *changes]))
     return validate(dataclasses.replace(_set(config, changes), set_fields=set_fields))
+
+
+def shape_of(model: ModelConfig) -> dict:
+    """What a checkpoint's model must match to continue or start from it: architecture, shape, vocabulary."""
+    return {"arch": model.arch, **{k: getattr(model, k) for k in model.SHAPE_FIELDS}, "vocab_size": model.vocab_size}
+
+
+def inherit_shape(model: ModelConfig, init: dict, set_fields: tuple[str, ...]) -> ModelConfig:
+    """`model` with the architecture and shape fields of a recorded `init` config, except those the user set
+    (they must then agree with it: `train.checkpoint.check_shape`); the other fields (dropout, ...) stay
+    `model`'s where the architecture has them."""
+    recorded = config_from_dict(init)
+    if "arch" in set_fields and model.arch != recorded.arch:
+        return model  # the user's architecture; the shape check names the difference
+    keep = {k: getattr(model, k) for k in set_fields if k in recorded.field_names() and k != "arch"}
+    keep |= {k: getattr(model, k) for k in recorded.field_names() - {"arch", "vocab_size", *recorded.SHAPE_FIELDS}
+             if hasattr(model, k) and k not in keep}
+    return dataclasses.replace(recorded, **keep)
+
+
+def _target_arch(config: TrainConfig, assignments) -> type[ModelConfig]:
+    """The config class of the architecture after `assignments` (the last ``arch=`` among them wins)."""
+    name = config.model.arch
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if sep and key.strip() == "arch":
+            name = text.strip()
+    try:
+        return get(name).config
+    except ArchError as e:
+        raise ValueError(f"--set arch={name}: {e}") from None
+
+
+def _any_model_field() -> set[str]:
+    get("gpt2")  # the built-in architectures are registered
+    return set().union(*(a.config.field_names() for a in ARCHS.values()))
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -216,8 +275,6 @@ def validate(config: TrainConfig) -> TrainConfig:
             continue
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
-    if m.n_embd % m.n_head:
-        raise ValueError(f"n_embd ({m.n_embd}) must be a multiple of n_head ({m.n_head})")
     if not 0 <= m.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {m.dropout}")
     if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or config.warmup_steps < 0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,8 +160,10 @@ class StepLoader:
     """
 
     def __init__(self, sampler: BlockSampler | MixtureSampler, rank: int, accumulation: int, first_step: int,
-                 device: torch.device, depth: int = 2):
+                 device: torch.device, count: Callable[[tuple[np.ndarray, ...]], int] = lambda micro: int(micro[2].sum()),
+                 depth: int = 2):
         self.sampler, self.rank, self.accumulation, self.device = sampler, rank, accumulation, device
+        self.count = count  # what a micro-batch's loss is summed over (`train.stage`): its target tokens by default
         self.pin = device.type == "cuda"
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
@@ -171,9 +173,9 @@ class StepLoader:
     def host_batch(self, step: int) -> tuple[list[tuple[torch.Tensor, ...]], int]:
         micro, n_targets = [], 0
         for i in range(self.accumulation):
-            x, y, mask = self.sampler.micro_batch(step, self.rank * self.accumulation + i)
-            n_targets += int(mask.sum())
-            tensors = tuple(torch.from_numpy(a) for a in (x, y, mask))
+            arrays = self.sampler.micro_batch(step, self.rank * self.accumulation + i)
+            n_targets += self.count(arrays)
+            tensors = tuple(torch.from_numpy(a) for a in arrays)
             micro.append(tuple(t.pin_memory() for t in tensors) if self.pin else tensors)
         return micro, n_targets
 

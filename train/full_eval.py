@@ -25,17 +25,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from common.cli import one_line_errors
+from common.outputs import check_replaceable_file, json_with_keys, write_json_atomic
 from model.cli_common import device_option, dtype_option
-from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_dir
+from model.io import RunFolder, read_model_info, resolve_model_dir
 from model.loader import load_on_device
-from model.runtime import RuntimeChoiceError
-from prep.cli_common import one_line_errors
-from prep.outputs import OutputError, check_replaceable_file, json_with_keys, write_json_atomic
 from prep.tokenfile import Split, TokenFileError
-from prep.tokenizer import TokenizerError, check_identity
+from prep.tokenizer import check_identity
 from train.data import tiling_starts
 from train.evaluate import bits_per_byte, evaluate_windows
-from train.mixture import MixtureError, mixture_figures, open_mixture
+from train.mixture import mixture_figures, open_mixture
 
 
 def evaluate_checkpoint(ckpt: str | os.PathLike, data: str | os.PathLike, split: str = "val", batch_size: int = 16,
@@ -126,7 +125,7 @@ def print_table(result: dict, console: Console) -> None:
 @dtype_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
-@one_line_errors(CheckpointError, TokenFileError, TokenizerError, OutputError, RuntimeChoiceError, MixtureError)
+@one_line_errors
 def eval_command(ckpt: Path, data: str, split: str, batch_size: int, device: str, dtype: str, out: Path | None) -> None:
     """Loss, perplexity and bits per byte of a checkpoint over a whole split (non-overlapping blocks)."""
     err = Console(stderr=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from common.outputs import atomic_file, json_safe
 from model.io import RunFolder
-from prep.outputs import atomic_file, json_safe
 
 
 def read_records(path: Path) -> list[dict]:

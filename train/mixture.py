@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from prep.tokenfile import META_NAME, Split, TokenFolder, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 
@@ -41,7 +42,7 @@ from prep.tokenizer import TokenizerError, check_identity
 WEIGHT = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-class MixtureError(ValueError):
+class MixtureError(UserError, ValueError):
     """A --data value that names no usable mixture, or a resume on other data. One line."""
 
 

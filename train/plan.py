@@ -59,17 +59,15 @@ second step (the first has no AdamW moments yet) beside the plan's figure.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from model.gpt import GPT, GPTConfig
-from model.runtime import RuntimeChoiceError, precision
+from common.errors import UserError
+from model.lm import ModelConfig
 from train.checkpoint import read_run_info
 from train.config import AUTO, TrainConfig
 
@@ -79,7 +77,7 @@ SAFETY = 0.85  # use at most this share of the free memory: allocator slack, lib
 FREE_MEMORY_ENV = "TRAIN_FREE_MEMORY"  # e.g. 6GB: pretend this much memory is free (tests, shared machines)
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """Memory that cannot hold a step, or cannot be measured; the message says what to do."""
 
 
@@ -87,23 +85,20 @@ class PlanError(ValueError):
 class Setup:
     """Everything the memory of a step depends on, besides the micro-batch and the accumulation."""
 
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    vocab_size: int
-    bias: bool = True
-    dropout: float = 0.0
-    loss_chunk_tokens: int = 1024
+    model: ModelConfig  # its architecture answers for its parameters and what a layer saves (model.lm)
     dtype: str = "fp32"  # the step's precision: fp32 | bf16 | fp16 (autocast; master weights stay fp32)
     device: str = "cpu"  # cpu | cuda | mps: decides the attention kernel and the dropout mask's size
     world_size: int = 1
 
     @classmethod
     def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
-        m = cfg.model
-        return cls(m.n_layer, m.n_head, m.n_embd, m.block_size, vocab_size, m.bias, m.dropout, m.loss_chunk_tokens,
-                   dtype, device, world_size)
+        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size)
+
+    def __getattr__(self, name: str):
+        """The model's fields (block_size, n_embd, vocab_size, dropout, loss_chunk_tokens, ...) read through."""
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     @property
     def amp(self) -> bool:
@@ -138,40 +133,14 @@ class StepPlan:
         return self.micro * self.accumulation * self.setup.world_size * self.setup.block_size
 
 
-@functools.lru_cache(maxsize=64)
 def param_counts(s: Setup) -> tuple[int, int]:
-    """(P, P_lin): all parameters, and those of the blocks' Linear layers, of a weightless GPT."""
-    with torch.device("meta"):  # the real module tree, no memory: stays true if model/gpt.py changes
-        model = GPT(GPTConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size,
-                              vocab_size=s.vocab_size, bias=s.bias))
-    linear = sum(p.numel() for m in model.transformer.h.modules() if isinstance(m, nn.Linear) for p in m.parameters())
-    return model.num_params(), linear
+    """(P, P_lin): all parameters, and those of the blocks' matmuls, by the architecture's arithmetic."""
+    return s.model.param_counts()
 
 
 def layer_activations(s: Setup, micro: int) -> dict[str, int]:
-    """Bytes one block saves for its backward, tensor by tensor (see the module docstring)."""
-    N, C, H, T = micro * s.block_size, s.n_embd, s.n_head, s.block_size
-    a = s.matmul_bytes
-    stats = 2 * N * 4  # LayerNorm's mean and rstd, fp32
-    mask = 1 if s.device == "cuda" else a  # a dropout mask: bool from native_dropout, else a noise tensor
-    saved = {"ln_1 input (the residual stream, fp32)": 4 * N * C + stats, "c_attn input (ln_1 output)": a * N * C}
-    if s.math_attention:
-        saved["q, k, v copies for the attention matmuls"] = 3 * a * N * C
-        # softmax runs in fp32 under autocast, and the dropped probabilities get a bf16 copy for the matmul
-        scores = (4 + 4 + 4 + 2) if s.amp else 3 * 4
-        saved["attention buffers: T x T probabilities, dropout noise, dropped"] = scores * micro * H * T * T
-        saved["c_proj input (attention output made contiguous)"] = a * N * C
-    else:
-        saved["qkv (c_attn output; q, k, v are views of it)"] = 3 * a * N * C
-        saved["attention output (c_proj input)"] = a * N * C
-        saved["attention buffers: logsumexp"] = 4 * N * H
-    saved["ln_2 input (fp32)"] = 4 * N * C + stats
-    saved["c_fc input (ln_2 output)"] = a * N * C
-    saved["GELU input (c_fc output)"] = 4 * a * N * C
-    saved["c_proj input (GELU output)"] = 4 * a * N * C
-    if s.dropout > 0:
-        saved["dropout masks of the two residual branches"] = 2 * mask * N * C
-    return saved
+    """Bytes one block saves for its backward, tensor by tensor: the architecture's own formula."""
+    return s.model.layer_activations(s, micro)
 
 
 def _output_layer_chunk(s: Setup, micro: int) -> int:
@@ -261,14 +230,6 @@ def free_memory(device: torch.device) -> int:
                     f"{FREE_MEMORY_ENV}=8GB")
 
 
-def step_dtype(cfg: TrainConfig, device: torch.device) -> str:
-    """The precision `train.step` will use on `device`: fp32, bf16 or fp16."""
-    try:
-        return precision(device, cfg.dtype).name
-    except RuntimeChoiceError as e:
-        raise PlanError(str(e)) from None
-
-
 @dataclass
 class AutoChoice:
     """What ``micro_batch_size=auto`` chose, and why (printed at run start, saved in train_config.json)."""
@@ -293,7 +254,7 @@ def _min_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device, vocab_size: int,
+def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device, vocab_size: int, dtype: str,
                         free_bytes: int | None = None, ckpt: Path | None = None
                         ) -> tuple[TrainConfig, AutoChoice | None]:
     """Replace ``micro_batch_size=auto`` by the largest micro-batch whose step fits `SAFETY` x the free memory.
@@ -311,7 +272,7 @@ def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device,
             note = f"micro_batch_size=auto: {kept} x {per_rank // kept} accumulation, kept from the checkpoint"
             return replace(cfg, micro_batch_size=kept), AutoChoice(kept, per_rank // kept, None, None, note)
     free = _min_over_ranks(free_memory(device) if free_bytes is None else free_bytes, device)
-    setup = Setup.of(cfg, vocab_size, step_dtype(cfg, device), device.type, world_size)
+    setup = Setup.of(cfg, vocab_size, dtype, device.type, world_size)
     plan = largest_micro(setup, cfg.batch_size, int(free * SAFETY))
     if plan is None:
         need = plan_step(setup, 1, max(per_rank, 1)).peak
@@ -324,7 +285,7 @@ def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device,
 
 
 def cuda_memory_check(steps_run: int, cfg: TrainConfig, vocab_size: int, world_size: int, device: torch.device,
-                      compiled: bool) -> str | None:
+                      dtype: str, compiled: bool) -> str | None:
     """Call after each of the first steps on CUDA: after the 1st, resets the peak counter; after the 2nd,
     returns that step's measured peak beside the plan's figure (the 1st has no AdamW moments yet, and
     pays for compilation)."""
@@ -332,7 +293,7 @@ def cuda_memory_check(steps_run: int, cfg: TrainConfig, vocab_size: int, world_s
         torch.cuda.reset_peak_memory_stats(device)
     if steps_run != 2:
         return None
-    setup = Setup.of(cfg, vocab_size, step_dtype(cfg, device), device.type, world_size)
+    setup = Setup.of(cfg, vocab_size, dtype, device.type, world_size)
     plan = plan_step(setup, cfg.micro_batch_size, cfg.accumulation(world_size))
     measured = torch.cuda.max_memory_allocated(device)
     eager = "; planned for eager mode" if compiled else ""

@@ -10,14 +10,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import one_line_errors
 from model.cli_common import dtype_option
 from model.gpt import GPTConfig
-from prep.cli_common import one_line_errors
+from model.runtime import resolve_dtype
 from train.config import AUTO, PRESETS, apply_overrides, preset
 from train.plan import (
     CUDA_CONTEXT,
     SAFETY,
-    PlanError,
     Setup,
     StepPlan,
     fmt,
@@ -105,9 +105,10 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
               help="padded vocabulary size (the Qwen2 tokenizer's by default; 384 for the bytes tokenizer)")
 @click.option("--gpu-mem", help="plan for a CUDA card with this much memory, e.g. 24GB (default: this machine)")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="processes (GPUs), as torchrun's")
-@dtype_option(help="auto: bf16 on CUDA, fp32 on a CPU (as training picks)")
-@one_line_errors(PlanError)
-def plan_command(preset_name: str, assignments, vocab: int, gpu_mem: str | None, nproc: int, dtype: str) -> None:
+@dtype_option(default=None, help="the step's precision (default: the config's dtype, --set dtype=...); auto: as "
+              "training picks: bf16 on a card that has it (Ampere and later; give fp16 for older), fp32 on a CPU")
+@one_line_errors
+def plan_command(preset_name: str, assignments, vocab: int, gpu_mem: str | None, nproc: int, dtype: str | None) -> None:
     """How much memory one training step needs, and the largest micro-batch that fits.
 
     Computed from the model's tensors (the formulas are in train/plan.py), not measured: on CUDA the
@@ -118,8 +119,8 @@ def plan_command(preset_name: str, assignments, vocab: int, gpu_mem: str | None,
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     device, budget, where = _memory_target(gpu_mem)
-    if dtype == "auto":
-        dtype = "bf16" if device == "cuda" else "fp32"
+    bf16 = device == "cuda" and (gpu_mem is not None or torch.cuda.is_bf16_supported())
+    dtype = resolve_dtype(device, dtype or cfg.dtype, bf16)
     setup = Setup.of(cfg, vocab, dtype, device, nproc)
     fitting = largest_micro(setup, cfg.batch_size, budget)
     per_rank = cfg.batch_size // nproc

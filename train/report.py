@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from common.cli import one_line_errors
 from model.gpt import GPTConfig
-from model.io import CheckpointError, RunFolder, is_chat, read_model_info
-from prep.cli_common import one_line_errors
+from model.io import RunFolder, is_chat, read_model_info
 from train.metrics import read_records
 
 
@@ -67,7 +67,7 @@ def _val_row(curve: dict) -> str:
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@one_line_errors(CheckpointError)
+@one_line_errors
 def report_command(runs: tuple[Path, ...]) -> None:
     """Summarise run folders: model, steps, validation loss first / best / last, and their files."""
     console = Console()

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model.gpt import GPT
-from model.runtime import precision
+from model.lm import CausalLM
+from model.runtime import Precision
 from train.config import TrainConfig
 from train.data import StepBatch
 from train.dist import Dist
@@ -33,15 +33,15 @@ class StepStats:
     n_targets: float
     grad_norm: float  # before clipping
     stop_votes: float  # ranks that were asked to stop (Ctrl-C / SIGTERM)
+    metrics: dict[str, float] = field(default_factory=dict)  # the stage's metrics, means over the step's count
 
 
 class Stepper:
     """Runs optimizer steps of `model` on the batches of a `StepLoader`."""
 
-    def __init__(self, model: GPT, cfg: TrainConfig, d: Dist):
-        self.model, self.cfg, self.d = model, cfg, d
+    def __init__(self, model: CausalLM, cfg: TrainConfig, d: Dist, precision: Precision, stage):
+        self.model, self.cfg, self.d, self.precision, self.stage = model, cfg, d, precision, stage
         device = d.device
-        self.precision = precision(device, cfg.dtype)  # raises RuntimeChoiceError, e.g. fp16 on a CPU
         self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
         self.optimizer = build_optimizer(model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.needs_grad_scaler)
@@ -69,18 +69,23 @@ class Stepper:
         count = d.all_reduce_sum(torch.full((), float(batch.n_targets), device=device))
         scale = d.world_size / count.clamp(min=1.0)
         loss_sum = torch.zeros((), device=device)
-        for i, (x, y, mask) in enumerate(batch.micro):
+        metric_sums = torch.zeros(len(self.stage.metrics), device=device)
+        for i, micro in enumerate(batch.micro):
             sync = not d.enabled or i == len(batch.micro) - 1
             with contextlib.nullcontext() if sync else self.fwd.no_sync():
                 with self.autocast():
-                    micro_sum, _ = self.fwd(x, y, mask)
+                    micro_sum, metrics = self.stage.micro_loss(self.fwd, micro)
                 self.scaler.scale(micro_sum * scale).backward()
             loss_sum += micro_sum.detach()
+            if metrics:
+                metric_sums += torch.stack([metrics[name].detach().float() for name in self.stage.metrics])
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        votes = d.all_reduce_sum(torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)]))
-        total, stop_votes, n, gnorm = torch.cat([votes, count.view(1), grad_norm.view(1).float()]).tolist()
-        return StepStats(total / max(n, 1.0), n, gnorm, stop_votes)
+        votes = d.all_reduce_sum(torch.cat([torch.stack([loss_sum, torch.full((), float(stop_requested),
+                                                                               device=device)]), metric_sums]))
+        total, stop_votes, *sums, n, gnorm = torch.cat([votes, count.view(1), grad_norm.view(1).float()]).tolist()
+        metrics = {name: s / max(n, 1.0) for name, s in zip(self.stage.metrics, sums, strict=True)}
+        return StepStats(total / max(n, 1.0), n, gnorm, stop_votes, metrics)
 
     def divergence(self, stats: StepStats) -> str | None:
         """Why this step must not be applied, or None. A non-finite loss always diverged; a non-finite

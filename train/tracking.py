@@ -25,13 +25,14 @@ import os
 import secrets
 from collections.abc import Sequence
 
+from common.errors import UserError
+from common.outputs import atomic_file
 from model.io import RunFolder
-from prep.outputs import atomic_file
 
 TRACKERS = ("tensorboard", "wandb")
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """A tracker cannot start (package missing, wandb not logged in). One line."""
 
 

@@ -1,4 +1,4 @@
-"""The training run shared by pretraining and SFT (SFT = pretraining with masks and an initial model).
+"""The training run shared by every stage (pretraining, SFT, ...: `train.stage`).
 
 `train(cfg, spec)` joins the process group (under torchrun), takes the run folder's lock and hands
 over to a `Trainer`, whose life is: ``setup`` (check the data, any checkpoint in OUT and the --init
@@ -23,9 +23,11 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from model.gpt import GPT
+from common.errors import UserError
+from common.outputs import check_free_space, output_lock
+from model.arch import build
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
-from prep.outputs import check_free_space, output_lock
+from model.runtime import precision
 from prep.tokenfile import Split
 from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
 from train import dist
@@ -38,30 +40,29 @@ from train.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
-from train.config import TrainConfig
-from train.data import StepLoader, eval_starts, make_sampler
-from train.evaluate import bits_per_byte, evaluate_windows, sample_text
+from train.config import TrainConfig, inherit_shape, shape_of
+from train.data import StepLoader
+from train.evaluate import bits_per_byte, sample_text
 from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import mixture_changes, mixture_figures, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
-from train.plan import Setup, cuda_memory_check, fmt, free_memory, param_counts, resolve_micro_batch
+from train.plan import cuda_memory_check, fmt, free_memory, resolve_micro_batch
+from train.stage import get as get_stage
 from train.step import Stepper, StepStats
 from train.tracking import check_available, open_trackers
 
-SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
-
-class TrainError(ValueError):
+class TrainError(UserError, ValueError):
     """A problem the user can fix (bad data for the stage, a mismatched model, a diverged run)."""
 
 
 @dataclass
 class RunSpec:
-    stage: str  # "pretrain" or "sft"
+    stage: str  # a `train.stage` name: pretrain, sft, ...
     data: str | Path  # a token folder, or a mixture FOLDER:WEIGHT,FOLDER:WEIGHT (train.mixture)
     out: Path
-    init: Path | None = None  # SFT: the pretrained run (or checkpoint) folder to start from
+    init: Path | None = None  # a stage that needs one: the run (or checkpoint) folder to start from
     stop_at: int | None = None  # checkpoint and exit after this step, keeping the schedule of max_steps
     allow_data_change: bool = False  # resume on other data than the checkpoint's mixture
     log: tuple[str, ...] = ()  # trackers fed beside metrics.jsonl: tensorboard, wandb (train.tracking)
@@ -142,9 +143,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console):
         self.spec, self.d, self.console = spec, d, console
         self.run_folder = RunFolder(spec.out)
-        self.main, self.sft = d.is_main, spec.stage == "sft"
+        self.main, self.stage = d.is_main, get_stage(spec.stage)
         self.wall_start = time.perf_counter()
         self._open_data()
+        self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
         self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
         self._build()
         self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
@@ -160,10 +162,10 @@ class Trainer:
             raise TrainError(f"{spec.out}: exists and is not a folder; --out must be a run folder")
         check_available(spec.log)  # every rank, before anything starts
         self.mixture = open_mixture(spec.data)
-        want = "sft" if self.sft else "pretrain"
+        want = self.stage.data_kind
         if self.mixture.kind != want:
             raise TrainError(f"{spec.data}: a {self.mixture.kind!r} token folder, but `train {spec.stage}` needs a "
-                             f"{want!r} one (from `prep {'sft' if self.sft else 'wiki'}`)")
+                             f"{want!r} one (from `{self.stage.prep_command}`)")
         self.data_kind = self.mixture.kind
         self.identity = {**self.mixture.tokenizer, "vocab_size": pad_vocab_size(self.mixture.tokenizer["len"])}
         self.train_splits = [source.split("train") for source in self.mixture.sources]
@@ -175,30 +177,29 @@ class Trainer:
     def _check_trainable(self, path: Path, split: Split) -> None:
         if split.n_tokens < 2:
             raise TrainError(f"{path}: the train split has {split.n_tokens} tokens; nothing to train on")
-        if self.sft and not split.mask.any():  # the mask itself, not meta.json's count of it
-            raise TrainError(f"{path}: no token of the train split is a training target (every loss-mask entry "
-                             "is 0), so there is nothing to learn; check the prep sft output with `prep inspect`")
+        problem = self.stage.check_trainable(path, split)
+        if problem:
+            raise TrainError(problem)
 
     def _resolve_model(self, cfg: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
         """Check OUT's checkpoint and --init against the data; ``(config, checkpoint, init folder)``.
 
-        SFT takes the model shape from its --init (or its own checkpoint) unless a field was set on the
-        command line, in which case it must agree: a shape mismatch is an error, never a silent reshape.
+        A stage that starts from --init takes the model shape (architecture included) from it (or from its
+        own checkpoint) unless a field was set on the command line, in which case it must agree: a shape
+        mismatch is an error, never a silent reshape.
         """
         ckpt = self._existing_checkpoint()
         init = None
-        if ckpt is None and self.sft:
+        if ckpt is None and self.stage.needs_init:
             if self.spec.init is None:
-                raise TrainError("train sft needs --init <pretraining run folder> (e.g. runs/pretrain)")
+                raise TrainError(f"train {self.stage.name} needs --init <run folder to start from> (e.g. runs/pretrain)")
             init = resolve_model_dir(self.spec.init)
         source = ckpt or init
         info = read_model_info(source) if source is not None else None  # its model.json
-        if info is not None and self.sft:
-            shape = {k: v for k, v in info["config"].items() if k in SHAPE_FIELDS}
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-                cfg.model, **{k: v for k, v in shape.items() if k not in cfg.set_fields}))
+        if info is not None and self.stage.needs_init:
+            cfg = dataclasses.replace(cfg, model=inherit_shape(cfg.model, info["config"], cfg.set_fields))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.identity["vocab_size"]))
-        wanted = {k: getattr(cfg.model, k) for k in (*SHAPE_FIELDS, "vocab_size")}
+        wanted = shape_of(cfg.model)
         self.saved_run = self.ckpt_step = None  # the checkpoint's train_config.json and step, when resuming
         if ckpt is not None:
             self.saved_run = check_resumable(ckpt, info, self.spec.stage, self.identity, wanted)
@@ -211,7 +212,7 @@ class Trainer:
                 raise CheckpointError(str(e)) from None
             check_shape(info["config"], wanted, str(init / "model.json"))
         cfg, self.auto = resolve_micro_batch(cfg, self.d.world_size, self.d.device, self.identity["vocab_size"],
-                                             ckpt=ckpt)
+                                             self.precision.name, ckpt=ckpt)
         return self._fit_to_ranks(cfg), ckpt, init
 
     def _check_same_data(self, ckpt: Path) -> None:
@@ -252,19 +253,20 @@ class Trainer:
         cfg, d = self.cfg, self.d
         self._check_model_fits()
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        self.model = GPT(cfg.model)
+        self.model = build(cfg.model)
         if self.ckpt is not None or self.init is not None:
             load_weights_into(self.model, self.ckpt or self.init)
         self.model.to(d.device)
-        self.stepper = Stepper(self.model, cfg, d)
+        self.stepper = Stepper(self.model, cfg, d, self.precision, self.stage)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
         T = cfg.model.block_size
-        self.sampler = make_sampler(self.train_splits, self.mixture.weights, T, cfg.micro_batch_size, cfg.seed,
-                                    self.sft)
-        self.val_starts = [eval_starts(split, T, cfg.eval_blocks, self.sft) if split.n_tokens >= 2
+        self.sampler = self.stage.sampler(self.train_splits, self.mixture.weights, T, cfg.micro_batch_size, cfg.seed)
+        self.val_starts = [self.stage.eval_starts(split, T, cfg.eval_blocks) if split.n_tokens >= 2
                            else np.zeros(0, np.int64) for split in self.val_splits]  # cfg.eval_blocks per folder
-        self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device)
-        self.peak = PeakMeter(d.device, self.stepper.precision.amp_dtype or torch.float32, d.world_size)
+        self.stage.prepare(self)
+        self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device,
+                                 self.stage.count)
+        self.peak = PeakMeter(d.device, self.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
         self.metrics = self._metrics_log() if self.main else None
         if self.main:
@@ -273,8 +275,7 @@ class Trainer:
 
     def _check_model_fits(self) -> None:
         """Refuse at once a model whose weights, gradients and AdamW state alone exceed the free memory."""
-        m = self.cfg.model
-        params, _ = param_counts(Setup(m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size, m.bias))
+        params, _ = self.cfg.model.param_counts()
         need, free = 16 * params, free_memory(self.d.device)
         if need > free:
             raise TrainError(f"{params / 1e6:,.0f}M parameters need {fmt(need)} for weights, gradients and AdamW "
@@ -303,7 +304,7 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, d, m = self.cfg, self.d, self.cfg.model
-        prec = self.stepper.precision.name
+        prec = self.precision.name
         self.console.print(
             f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
             f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
@@ -348,22 +349,26 @@ class Trainer:
         self.val_step = self.step
         if not any(len(starts) for starts in self.val_starts):
             return
-        d, T = self.d, self.cfg.model.block_size
+        d, T, width = self.d, self.cfg.model.block_size, 2 + len(self.stage.val_metrics)
         sums: list[float] = []
         for split, starts in zip(self.val_splits, self.val_starts, strict=True):
-            sums += evaluate_windows(self.model, split, starts, T, self.cfg.micro_batch_size, d.device,
-                                     self.stepper.autocast, d.rank, d.world_size)
+            sums += self.stage.eval_sums(self.model, split, starts, T, self.cfg.micro_batch_size, d.device,
+                                         self.stepper.autocast, d.rank, d.world_size)
         sums = d.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=d.device)).tolist()
-        losses = [s / n if n else None for s, n in zip(sums[0::2], sums[1::2], strict=True)]
+        rows = [sums[i : i + width] for i in range(0, len(sums), width)]  # one per folder
+        losses = [row[0] / row[1] if row[1] else None for row in rows]
         if all(loss is None for loss in losses):  # SFT blocks shorter than a user turn: nothing to score
             if self.main:
                 self.live.print(f"step {self.step}: the {sum(map(len, self.val_starts))} eval blocks hold no target "
                                 "tokens; raise block_size")
             return
-        bpbs = [None if loss is None else bits_per_byte(loss, split) for loss, split in zip(losses, self.val_splits,
-                                                                                            strict=True)]
+        bpbs = [None if loss is None or not self.stage.bits_per_byte else bits_per_byte(loss, split)
+                for loss, split in zip(losses, self.val_splits, strict=True)]
         self.val_loss, self.val_bpb = mixture_figures(losses, bpbs, self.mixture.weights)
-        record = {"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb}
+        count = sum(row[1] for row in rows)
+        record = {"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb,
+                  **{f"val_{name}": sum(row[2 + j] for row in rows) / count
+                     for j, name in enumerate(self.stage.val_metrics)}}
         if len(losses) > 1:
             self.val_sources = {name: {"val_loss": loss, "val_bpb": bpb}
                                 for name, loss, bpb in zip(self.mixture.names, losses, bpbs, strict=True)}
@@ -377,7 +382,7 @@ class Trainer:
         cfg = self.cfg
         sample = ""
         if self.tokenizer is not None and cfg.sample_tokens > 0:
-            sample = sample_text(self.model, self.tokenizer, cfg.sample_prompt, self.sft, cfg.sample_tokens,
+            sample = sample_text(self.model, self.tokenizer, cfg.sample_prompt, self.stage.chat, cfg.sample_tokens,
                                  self.stepper.autocast, cfg.seed)
         bpb = f"{self.val_bpb:.3f}" if self.val_bpb is not None else "n/a"
         train = f"train loss {self.last_loss:.4f}  " if math.isfinite(self.last_loss) else ""
@@ -390,7 +395,7 @@ class Trainer:
                         "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, run_info)
+                            self.identity, self.data_kind, self.stage.chat, run_info)
         self.saved_step = self.step
 
     def train_step(self, stop_requested: bool) -> StepStats:
@@ -417,13 +422,13 @@ class Trainer:
         self.rates.append(tokens / seconds)
         flops = self.model.flops_per_token(self.cfg.model.block_size) * tokens / seconds
         rec = {"step": self.step, "loss": stats.loss, "lr": lr, "tokens_per_s": tokens / seconds,
-               "mfu": self.peak.utilisation(flops), "grad_norm": stats.grad_norm}
+               "mfu": self.peak.utilisation(flops), "grad_norm": stats.grad_norm, **stats.metrics}
         if self.main and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps):
             self.metrics.write(rec)
             self.live.update(rec)
         if self.main and self.d.device.type == "cuda" and (line := cuda_memory_check(
                 len(self.rates), self.cfg, self.cfg.model.vocab_size, self.d.world_size, self.d.device,
-                self.stepper.compiled)):
+                self.precision.name, self.stepper.compiled)):
             self.live.print(line)  # the measured peak beside the plan's
 
     # -- the loop ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from model.loader import LoadedModel, load_for_generation
-from model.serve import ServeOptions, Server, bind, create_app, run_identity
+from model.serve.server import ServeOptions, Server, bind, create_app, run_identity
 
 
 @dataclass

@@ -8,10 +8,10 @@ import queue
 import pytest
 import torch
 
-from model.batching import Failed, Finished, QueueFull, Scheduler, SchedulerClosed, Tokens
 from model.generate import Engine
-from model.replies import StopText
 from model.sampling import SamplingParams
+from model.serve.batching import Failed, Finished, QueueFull, Scheduler, SchedulerClosed, Tokens
+from model.serve.replies import StopText
 from tests.model.conftest import favour, tiny_model
 
 EOT, IM_END = 256, 258

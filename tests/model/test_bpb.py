@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from model.bpb import windows
 from model.cli import cli
-from model.export import export_hf
+from model.export.hf import export_hf
+from model.measure.bpb import windows
+from model.measure.texts import TextError, read_documents
 from model.scoring import HFBackend
-from model.texts import TextError, read_documents
 from tests.model.conftest import run_make, save_tiny, tiny_model
 
 transformers = pytest.importorskip("transformers")

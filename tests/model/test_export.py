@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from model.export import export_hf
+from common.outputs import OutputError
+from model.export.hf import export_hf
 from model.generate import Engine
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
-from prep.outputs import OutputError
 from tests.conftest import ROOT
 from tests.model.conftest import save_tiny, tiny_model
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.outputs import OutputError
 from model.cli import cli
-from model.gguf_export import (
+from model.export.gguf import (
     GGUFExportError,
     export_gguf,
     gguf_tensors,
@@ -27,7 +28,6 @@ from model.gguf_export import (
     storage_type,
 )
 from prep.chat_template import CHATML_TEMPLATE
-from prep.outputs import OutputError
 from prep.tokenizer import gpt2_char_to_byte, load_tokenizer
 from tests.conftest import shared_path
 from tests.model.conftest import save_tiny, tiny_model

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from model.export.gguf import export_gguf
 from model.generate import Engine
-from model.gguf_export import export_gguf
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
 from tests.model.conftest import save_tiny, tiny_model

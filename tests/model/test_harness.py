@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from model.cli import cli
-from model.harness import HarnessError, hub_offline_reason, require_lm_eval
+from model.measure.harness import HarnessError, hub_offline_reason, require_lm_eval
 from prep.chat_template import render_prompt
 from prep.tokenizer import load_tokenizer
 from tests.conftest import ROOT
@@ -166,7 +166,7 @@ def test_adapter_generation_rolling_and_long_contexts(tmp_path):
     from lm_eval.api.instance import Instance
 
     from model.generate import Engine
-    from model.lm_adapter import ZhMiniLM
+    from model.measure.lm_adapter import ZhMiniLM
     from model.sampling import SamplingParams
 
     model = tiny_model(block_size=64, seed=5)
@@ -193,7 +193,7 @@ def test_adapter_generation_rolling_and_long_contexts(tmp_path):
 
 @pytest.mark.parametrize("tokenizer", ["bytes", "qwen2"])
 def test_adapter_chat_text_round_trips_to_render_prompt(tmp_path, tokenizer):
-    from model.lm_adapter import ZhMiniLM
+    from model.measure.lm_adapter import ZhMiniLM
 
     vocab = 384 if tokenizer == "bytes" else 151680
     lm = ZhMiniLM(str(save_tiny(tmp_path / "run", "sft", tokenizer=tokenizer, vocab_size=vocab, std=0.02)),

@@ -16,8 +16,9 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
+from common.outputs import OutputError
 from model.cli import cli
-from model.ollama import (
+from model.export.ollama import (
     CHATML_GO_TEMPLATE,
     RAW_TEMPLATE,
     modelfile_text,
@@ -25,7 +26,6 @@ from model.ollama import (
     write_modelfile,
 )
 from prep.chat_template import chatml_text
-from prep.outputs import OutputError
 from tests.model.conftest import save_tiny
 
 GO_RENDER = r"""

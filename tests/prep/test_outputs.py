@@ -1,4 +1,4 @@
-"""prep.outputs: what every writer of the project relies on (typed folders, one writer, full disks)."""
+"""common.outputs: what every writer of the project relies on (typed folders, one writer, full disks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from prep.outputs import (
+from common.outputs import (
     MANIFEST,
     OutputError,
     OutputFolder,
@@ -75,7 +75,7 @@ def test_an_error_while_building_leaves_the_previous_folder(tmp_path):
 def test_a_second_writer_is_refused_at_once_with_the_holders_pid(tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from prep.outputs import output_lock\n"
+        [sys.executable, "-c", "import sys, time; from common.outputs import output_lock\n"
          "with output_lock(sys.argv[1], 'demo'):\n    print('held', flush=True); time.sleep(60)", str(out)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

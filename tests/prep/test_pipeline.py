@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from common.outputs import partial_path
 from prep.cli import cli
-from prep.outputs import partial_path
 from prep.pipeline import PrepJob, is_val, run_prep
 from prep.records import Document, Piece, Skipped
 from prep.sources import Chunk, SourceInput

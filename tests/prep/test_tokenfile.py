@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from prep.outputs import OutputError, partial_path
+from common.outputs import OutputError, partial_path
 from prep.tokenfile import (
     META_NAME,
     TokenFileError,
@@ -138,7 +138,7 @@ def test_mask_must_match_the_folder_kind(tmp_path):
 
 
 def test_previous_folder_is_restored_after_a_kill_between_the_two_renames(tmp_path):
-    from prep.outputs import retired_path
+    from common.outputs import retired_path
 
     out = tmp_path / "wiki"
     write_sample(out)

@@ -76,7 +76,7 @@ SLOW_RUN = """
 import functools, sys
 from pathlib import Path
 import click
-from prep.cli_common import PREP_ERRORS, one_line_errors
+from common.cli import one_line_errors
 from prep.pipeline import PrepJob, run_prep
 from prep.wiki import wiki_source
 from tests.prep.wiki_data import slow_parse
@@ -86,7 +86,7 @@ job = PrepJob(source=wiki_source(sys.argv[1], chunk_bytes=2048), parse=functools
               workers=2, show_progress=False)
 
 @click.command()
-@one_line_errors(*PREP_ERRORS)
+@one_line_errors
 def main():
     run_prep(job)
 

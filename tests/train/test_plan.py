@@ -21,7 +21,9 @@ import torch
 from click.testing import CliRunner
 from torch.profiler import ProfilerActivity, profile
 
+from model.arch import build
 from model.gpt import GPT, GPTConfig
+from model.runtime import precision
 from tests.train.conftest import tiny_args
 from train.cli import cli
 from train.config import AUTO, apply_overrides, preset
@@ -38,6 +40,7 @@ from train.plan import (
     plan_step,
     resolve_micro_batch,
 )
+from train.stage import PRETRAIN
 from train.step import Stepper
 
 CPU = torch.device("cpu")
@@ -60,6 +63,12 @@ def allocation_peak(prof) -> int:
     return max(total for _, total, _ in events) - before
 
 
+def gpt_setup(n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int, dtype: str = "fp32",
+              device: str = "cpu", **model) -> Setup:
+    return Setup(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, vocab_size=vocab_size,
+                           **model), dtype, device)
+
+
 def measured_peak(s: Setup, micro: int, accumulation: int) -> int:
     """Peak tensor bytes of the second optimizer step of a real `Stepper` (eager) for this setup."""
     cfg = apply_overrides(preset("tiny"), [
@@ -72,9 +81,8 @@ def measured_peak(s: Setup, micro: int, accumulation: int) -> int:
                           for _ in range(accumulation)], micro * accumulation * s.block_size)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         torch.manual_seed(0)
-        model = GPT(GPTConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block_size,
-                              vocab_size=s.vocab_size, loss_chunk_tokens=s.loss_chunk_tokens))
-        stepper = Stepper(model, cfg, Dist(0, 0, 1, CPU))
+        model = build(s.model)
+        stepper = Stepper(model, cfg, Dist(0, 0, 1, CPU), precision(CPU, s.dtype), PRETRAIN)
         for _ in range(2):
             stepper.forward_backward(batch, 1e-3)
             stepper.apply()
@@ -86,9 +94,9 @@ def measured_peak(s: Setup, micro: int, accumulation: int) -> int:
 # chunks at the larger micro-batch (output layer forward), a wide body on a 128-id vocabulary (the
 # blocks' backward), and deep-and-short sequences with a mid vocabulary (embedding / output backward).
 SHAPES = {
-    "qwen-vocab": (Setup(2, 2, 64, 64, 151680, loss_chunk_tokens=64), (1, 1), (2, 2)),
-    "wide-body": (Setup(2, 4, 256, 64, 128), (2, 1), (4, 2)),
-    "deep-short": (Setup(4, 4, 256, 16, 4096), (1, 1), (2, 2)),
+    "qwen-vocab": (gpt_setup(2, 2, 64, 64, 151680, loss_chunk_tokens=64), (1, 1), (2, 2)),
+    "wide-body": (gpt_setup(2, 4, 256, 64, 128), (2, 1), (4, 2)),
+    "deep-short": (gpt_setup(4, 4, 256, 16, 4096), (1, 1), (2, 2)),
 }
 
 
@@ -108,12 +116,12 @@ def test_the_shapes_cover_different_peak_moments():
 
 def test_plan_of_bf16_autocast_matches_a_measured_cpu_step():
     """Autocast on the CPU runs the same casts as on CUDA for this model: a check of the bf16 terms."""
-    setup = Setup(2, 4, 128, 64, 8192, dtype="bf16")
+    setup = gpt_setup(2, 4, 128, 64, 8192, dtype="bf16")
     assert plan_step(setup, 8, 2).peak == pytest.approx(measured_peak(setup, 8, 2), rel=0.15)
 
 
 def test_activations_grow_with_the_micro_batch_and_weights_do_not():
-    s = Setup(12, 12, 768, 256, 151680, dtype="bf16", device="cuda")
+    s = gpt_setup(12, 12, 768, 256, 151680, dtype="bf16", device="cuda")
     small, large = plan_step(s, 4, 8), plan_step(s, 8, 4)
     assert large.parts["activations"] == pytest.approx(2 * small.parts["activations"], rel=0.01)
     assert large.parts["weights"] == small.parts["weights"]
@@ -150,28 +158,28 @@ def free_for(micro: int, accumulation: int, cfg) -> int:
 def test_auto_takes_the_largest_micro_batch_that_fits_and_keeps_the_batch():
     cfg = tiny_cfg()
     assert cfg.micro_batch_size == AUTO
-    plenty, choice = resolve_micro_batch(cfg, 1, CPU, VOCAB, free_bytes=1 << 40)
+    plenty, choice = resolve_micro_batch(cfg, 1, CPU, VOCAB, "fp32", free_bytes=1 << 40)
     assert plenty.micro_batch_size == 8 and choice.accumulation == 1
-    scarce, choice = resolve_micro_batch(cfg, 1, CPU, VOCAB, free_bytes=free_for(2, 4, cfg))
+    scarce, choice = resolve_micro_batch(cfg, 1, CPU, VOCAB, "fp32", free_bytes=free_for(2, 4, cfg))
     assert (scarce.micro_batch_size, scarce.accumulation(1), scarce.batch_size) == (2, 4, 8)
     assert choice.planned_peak <= choice.free * SAFETY and "2 x 4 accumulation" in choice.note
-    two_ranks, _ = resolve_micro_batch(cfg, 2, CPU, VOCAB, free_bytes=1 << 40)
+    two_ranks, _ = resolve_micro_batch(cfg, 2, CPU, VOCAB, "fp32", free_bytes=1 << 40)
     assert two_ranks.micro_batch_size == 4  # batch 8 over 2 ranks
     fixed = apply_overrides(cfg, ["micro_batch_size=4"])
-    assert resolve_micro_batch(fixed, 1, CPU, VOCAB, free_bytes=1) == (fixed, None)  # a number is left alone
+    assert resolve_micro_batch(fixed, 1, CPU, VOCAB, "fp32", free_bytes=1) == (fixed, None)  # a number is left alone
     with pytest.raises(PlanError, match="even a micro-batch of 1 needs"):
-        resolve_micro_batch(cfg, 1, CPU, VOCAB, free_bytes=1 << 20)
+        resolve_micro_batch(cfg, 1, CPU, VOCAB, "fp32", free_bytes=1 << 20)
 
 
 def test_auto_reads_the_environment_override(monkeypatch):
     cfg = tiny_cfg()
     monkeypatch.setenv(FREE_MEMORY_ENV, str(free_for(1, 8, cfg)))
-    assert resolve_micro_batch(cfg, 1, CPU, VOCAB)[0].micro_batch_size == 1
+    assert resolve_micro_batch(cfg, 1, CPU, VOCAB, "fp32")[0].micro_batch_size == 1
 
 
 def test_auto_on_resume_keeps_the_checkpoints_micro_batch(tmp_path):
     (tmp_path / "train_config.json").write_text(json.dumps({"config": {"micro_batch_size": 2}}))
-    cfg, choice = resolve_micro_batch(tiny_cfg(), 1, CPU, VOCAB, free_bytes=1 << 40, ckpt=tmp_path)
+    cfg, choice = resolve_micro_batch(tiny_cfg(), 1, CPU, VOCAB, "fp32", free_bytes=1 << 40, ckpt=tmp_path)
     assert cfg.micro_batch_size == 2 and "kept from the checkpoint" in choice.note
 
 
@@ -210,7 +218,7 @@ def test_cuda_memory_check_resets_after_step_1_and_reports_step_2(monkeypatch):
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append("reset"))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 << 30)
     cfg = apply_overrides(preset("mini"), ["dtype=bf16"])
-    args = (cfg, 151680, 1, torch.device("cuda", 0), True)
+    args = (cfg, 151680, 1, torch.device("cuda", 0), "bf16", True)
     assert cuda_memory_check(1, *args) is None and calls == ["reset"]
     line = cuda_memory_check(2, *args)
     planned = plan_step(Setup.of(cfg, 151680, "bf16", "cuda"), 32, 8).peak

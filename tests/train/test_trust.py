@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.outputs import OutputError, output_lock
 from model.io import load_model
-from prep.outputs import OutputError, output_lock
 from tests.train.conftest import TINY_SET, run_cli, tiny_args, write_pretrain
 from train.config import apply_overrides, preset
 from train.perf import PeakMeter

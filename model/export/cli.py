@@ -13,12 +13,12 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from model.cli_common import MODEL_ERRORS, console, dtype_option, with_hint
-from model.export import export_hf
-from model.gguf_export import GGUF_TYPES, GGUFExportError, export_gguf
+from common.cli import one_line_errors
+from model.cli_common import console, dtype_option, with_hint
+from model.export.gguf import GGUF_TYPES, export_gguf
+from model.export.hf import export_hf
+from model.export.ollama import ollama_model_name, write_modelfile
 from model.io import CheckpointError
-from model.ollama import ollama_model_name, write_modelfile
-from prep.cli_common import one_line_errors
 
 
 @click.command()
@@ -27,7 +27,7 @@ from prep.cli_common import one_line_errors
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="folder to write (replaced only if it is an earlier export holding nothing else)")
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
-@one_line_errors(*MODEL_ERRORS)
+@one_line_errors
 def export(ckpt: Path, out: Path, dtype: str) -> None:
     """Write a Hugging Face GPT2LMHeadModel folder: config, weights, tokenizer, generation config."""
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
               help="GGUF file to write [default: <run folder>/model-<type>.gguf]; replaced only if an earlier export")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
-@one_line_errors(*MODEL_ERRORS, GGUFExportError)
+@one_line_errors
 def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
     """Write one GGUF file for llama.cpp, LM Studio and Ollama (architecture gpt2, Qwen2's vocabulary).
 
@@ -91,7 +91,7 @@ def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="GGUF weights: f32, f16 or q8_0")
-@one_line_errors(*MODEL_ERRORS, GGUFExportError)
+@one_line_errors
 def ollama(ckpt: Path, type_name: str) -> None:
     """Write the GGUF and an Ollama Modelfile beside it, then print the `ollama create` command."""
     s = write_gguf_file(ckpt, None, type_name)

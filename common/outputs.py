@@ -30,15 +30,17 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from common.errors import UserError
+
 MANIFEST = ".zh-mini-llm.json"
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """An output cannot be written: refused (not ours, in use) or the disk said no. One line."""
 
 
-class JSONFileError(ValueError):
+class JSONFileError(UserError, ValueError):
     """A JSON file that cannot be read back: missing, not UTF-8, not JSON, or nested absurdly deep."""
 
 

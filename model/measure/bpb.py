@@ -7,7 +7,7 @@ token a third of one), so models with different tokenizers are compared on the t
 
 What is scored, the same for both kinds of model:
 
-* Each document (`model.texts`) is tokenized on its own, with no special tokens added.
+* Each document (`model.measure.texts`) is tokenized on its own, with no special tokens added.
 * Its first token is predicted from the model's document-start token: ``<|endoftext|>`` for our
   checkpoints (training data separates documents with it) and, for a Hugging Face model, the
   ``bos_token_id`` of its config, else its tokenizer's BOS, else its EOS. A model that has none
@@ -30,18 +30,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from model.io import INFO_NAME
 from model.loader import load_on_device, load_tokenizer_for
+from model.measure.texts import read_documents
 from model.runtime import TORCH_DTYPES, pick_device, precision
 from model.scoring import Backend, GPTBackend, HFBackend, Row, score_rows
-from model.texts import read_documents
 from prep.records import first_line
 from prep.tokenizer import hub_offline
 
 HF_CONTEXT_CAP = 2048  # default window for Hugging Face models with longer contexts (logits cost memory)
 
 
-class BpbError(ValueError):
+class BpbError(UserError, ValueError):
     """A model or option that cannot be scored as asked."""
 
 

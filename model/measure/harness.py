@@ -2,7 +2,7 @@
 
 lm-eval owns everything that makes a figure comparable with published ones: the task configs,
 prompts, few-shot sampling, metrics and standard errors. We hand it our checkpoint through the
-``zh-mini-llm`` model type (`model.lm_adapter`, which says why it is an adapter and not the Hugging
+``zh-mini-llm`` model type (`model.measure.lm_adapter`, which says why it is an adapter and not the Hugging
 Face export), and add three things: a table with each metric's chance level, a results file under
 the run folder (``RUN/harness/<tasks>_<time>.json``, with lm-eval's version, every task's config and
 a hash of its prompts and targets, so two runs can be told comparable or not), and a quick, one-line
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from common.errors import UserError
 from model.io import RunFolder, resolve_model_dir
 from prep.records import first_line
 
@@ -35,7 +36,7 @@ OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 HUB_PROBE_SECONDS = 3.0
 
 
-class HarnessError(ValueError):
+class HarnessError(UserError, ValueError):
     """A harness run that cannot start or finish: lm-eval missing, unknown tasks, data out of reach."""
 
 
@@ -134,7 +135,7 @@ def run_harness(ckpt: str | os.PathLike, tasks: list[str], *, limit: float | Non
     offline = hub_offline_reason()
     import lm_eval
 
-    from model.lm_adapter import ZhMiniLM
+    from model.measure.lm_adapter import ZhMiniLM
 
     lm = ZhMiniLM(str(ckpt), device=device, dtype=dtype, batch_size=batch_size, console=console)
     manager = task_manager(tasks, list(include_paths))

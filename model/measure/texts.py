@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import UserError
 from prep.tokenizer import nfc
 
 
-class TextError(ValueError):
+class TextError(UserError, ValueError):
     """Text that cannot be read as documents (missing, not UTF-8, a bad JSON line)."""
 
 

@@ -38,13 +38,14 @@ import gguf
 import numpy as np
 import torch
 
+from common.errors import UserError
+from common.outputs import atomic_file, check_replaceable_file, output_lock
 from model.gpt import GPT
 from model.io import RunFolder, is_chat, load_model, read_model_info, resolve_model_dir, stop_ids
 from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import vocab_and_merges
-from prep.outputs import atomic_file, check_replaceable_file, output_lock
 from prep.tokenizer import QwenTiktokenTokenizer, Tokenizer, load_tokenizer
 
 ARCH = "gpt2"
@@ -62,7 +63,7 @@ BLOCK_TENSORS = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": 
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
 
-class GGUFExportError(ValueError):
+class GGUFExportError(UserError, ValueError):
     """The GGUF cannot be written: a tokenizer without a GGUF vocabulary, or an output that is not ours."""
 
 
@@ -212,7 +213,7 @@ def is_our_gguf(path: Path) -> bool:
 
 def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str, name: str,
                progress: Progress | None = None) -> int:
-    """Write the GGUF beside `out` and rename it into place (`prep.outputs.atomic_file`); returns its size."""
+    """Write the GGUF beside `out` and rename it into place (`common.outputs.atomic_file`); returns its size."""
     plan = []
     for tensor_name, t in gguf_tensors(model, len(tok)):
         qtype = storage_type(tensor_name, tuple(t.shape), type_name)

@@ -1,8 +1,8 @@
 """``python -m model harness|bpb``: how good is a model, measured the way the field measures it.
 
-`harness` runs lm-evaluation-harness tasks (C-Eval, CMMLU, ...) on a checkpoint (`model.harness`);
+`harness` runs lm-evaluation-harness tasks (C-Eval, CMMLU, ...) on a checkpoint (`model.measure.harness`);
 `bpb` scores any causal LM, ours or a Hugging Face folder, in bits per byte of the same raw text
-(`model.bpb`). Tables go to stdout, progress and notes to stderr; errors a user can fix are one line.
+(`model.measure.bpb`). Tables go to stdout, progress and notes to stderr; errors a user can fix are one line.
 """
 
 from __future__ import annotations
@@ -18,18 +18,21 @@ from rich import progress as rp
 from rich.console import Console
 from rich.table import Table
 
-from model.bpb import BpbError, bits_per_byte, load_scored_model
+from common.cli import one_line_errors
+from common.outputs import atomic_file, check_replaceable_file, json_with_keys, write_json_atomic
 from model.cli_common import device_option, dtype_option
-from model.harness import HarnessError, chance_levels, default_out, results_document, run_harness, table_rows
-from model.io import CheckpointError
-from model.runtime import RuntimeChoiceError
-from model.texts import TextError, total_raw_bytes
-from prep.cli_common import one_line_errors
-from prep.outputs import OutputError, atomic_file, check_replaceable_file, json_with_keys, write_json_atomic
-from prep.tokenizer import TokenizerError
+from model.io import CheckpointError, is_chat
+from model.measure.bpb import bits_per_byte, load_scored_model
+from model.measure.harness import (
+    chance_levels,
+    default_out,
+    results_document,
+    run_harness,
+    table_rows,
+)
+from model.measure.texts import total_raw_bytes
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-EVAL_ERRORS = (HarnessError, CheckpointError, BpbError, TextError, TokenizerError, OutputError, RuntimeChoiceError)
 
 
 @click.command()
@@ -53,7 +56,7 @@ EVAL_ERRORS = (HarnessError, CheckpointError, BpbError, TextError, TokenizerErro
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="results JSON [default: RUN/harness/TASKS_TIME.json]")
 @click.option("--log-samples", is_flag=True, help="also write every prompt and answer to OUT.samples.jsonl")
-@one_line_errors(*EVAL_ERRORS)
+@one_line_errors
 def harness(ckpt: Path, tasks: str, include_paths: tuple[Path, ...], subtasks: bool, out: Path | None,
             log_samples: bool, **kw) -> None:
     """Run lm-evaluation-harness tasks (default C-Eval valid + CMMLU) on a checkpoint.
@@ -92,7 +95,7 @@ def _print_notes(config: dict, chat_template: bool) -> None:
     if config.get("requests_cut_to_context"):
         err.print(f"[yellow]{config['requests_cut_to_context']:,} prompts were longer than the model's context and were "
                   "cut from the left (as lm-eval does for every model): fewer few-shot examples may score better[/]")
-    if config.get("data_kind") == "sft" and not chat_template:
+    if is_chat(config) and not chat_template:
         err.print("[yellow]this is a chat model: --apply-chat-template scores it with the ChatML prompts it was "
                   "fine-tuned on[/]")
 
@@ -132,7 +135,7 @@ def print_harness_table(results: dict, chance: dict, only: list[str] | None, con
 @dtype_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="also write the figures to this JSON file (a list, one entry per model)")
-@one_line_errors(*EVAL_ERRORS)
+@one_line_errors
 def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int | None, batch_size: int, device: str,
         dtype: str, out: Path | None) -> None:
     """Bits per byte (and loss per token) of models on the same raw text: comparable across tokenizers."""

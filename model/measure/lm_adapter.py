@@ -1,6 +1,6 @@
 """lm-evaluation-harness's view of our checkpoints: the ``zh-mini-llm`` model type.
 
-It imports lm-eval at the top, so only `model.harness` imports it, and only once lm-eval is there.
+It imports lm-eval at the top, so only `model.measure.harness` imports it, and only once lm-eval is there.
 
 Why an adapter over our own model rather than lm-eval's ``hf`` model over an on-the-fly export:
 it works for every checkpoint (the ``bytes`` tokenizer of the tests has no Hugging Face form, so its
@@ -38,6 +38,7 @@ from rich.progress import (
 from rich.text import Text
 
 from model.generate import TextStream
+from model.io import is_chat
 from model.loader import load_for_generation
 from model.sampling import SamplingParams
 from model.scoring import GPTBackend, Row, score_rows
@@ -188,7 +189,7 @@ class ZhMiniLM(TemplateLM):
     def get_model_info(self) -> dict:
         info, c = self.loaded.info, self.loaded.model.config
         return {"checkpoint": self.ckpt, "step": info.get("step"), "data_kind": info.get("data_kind"),
-                "model_num_parameters": self.loaded.model.num_params(), "tokenizer": self.tok.name,
+                "chat": is_chat(info), "model_num_parameters": self.loaded.model.num_params(), "tokenizer": self.tok.name,
                 "shape": f"{c.n_layer}x{c.n_embd}, {c.n_head} heads, context {c.block_size}",
                 "requests_cut_to_context": self.cut_requests}
 

@@ -15,9 +15,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from model.batching import Failed, Finished, Request, Scheduler, Tokens
 from model.generate import TextStream
 from model.sampling import SamplingParams
+from model.serve.batching import Failed, Finished, Request, Scheduler, Tokens
 
 
 class GenerationFailed(Exception):

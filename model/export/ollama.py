@@ -17,8 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from common.outputs import atomic_file, check_replaceable_file, output_lock
 from model.sampling import SamplingParams
-from prep.outputs import atomic_file, check_replaceable_file, output_lock
 from prep.tokenizer import ENDOFTEXT, IM_END
 
 HEADER = "# Ollama Modelfile written by zh-mini-llm"  # a Modelfile that starts so may be replaced

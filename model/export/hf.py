@@ -18,7 +18,7 @@ Stop ids go into ``generation_config.json``: ``<|endoftext|>`` for a base model,
 ``<|endoftext|>`` for a chat model, with the padded vocabulary rows as ``suppress_tokens``; a chat
 model's tokenizer also gets the ChatML ``chat_template`` (the one
 ``prep.chat_template`` trains on) and ``eos_token = <|im_end|>``. The folder is built beside `out` and
-swapped in when complete (`prep.outputs.OutputFolder`, kind ``hf-export``): an existing `out` is
+swapped in when complete (`common.outputs.OutputFolder`, kind ``hf-export``): an existing `out` is
 replaced only if it is an earlier export holding nothing but the export's own files.
 """
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from common.outputs import OutputFolder, read_json
 from model.gpt import GPT
 from model.io import is_chat, load_model, read_model_info, save_weights, stop_ids
 from model.loader import load_tokenizer_for
@@ -37,7 +38,6 @@ from model.runtime import TORCH_DTYPES, dtype_name
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import save_hf_tokenizer
-from prep.outputs import OutputFolder, read_json
 from prep.tokenizer import IM_END, Tokenizer
 
 CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")

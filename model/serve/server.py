@@ -5,8 +5,8 @@
     POST /v1/chat/completions   ChatML from `prep.chat_template`, oldest turns dropped to fit the context
     POST /v1/completions        raw text, for base models; a long prompt keeps its end
 
-FastAPI parses and checks the requests (`model.api`), a `Scheduler` (`model.batching`) decodes all of
-them together on one worker thread, and `model.replies` turns its tokens into text deltas. Streams are
+FastAPI parses and checks the requests (`model.serve.api`), a `Scheduler` (`model.serve.batching`) decodes all of
+them together on one worker thread, and `model.serve.replies` turns its tokens into text deltas. Streams are
 server-sent events in OpenAI's format. Errors use OpenAI's ``{"error": {...}}`` shape: 400 names the
 parameter, 401 (with an API key set), 404, 413 (body over the limit), 503 with Retry-After (queue full).
 
@@ -34,7 +34,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from model.api import (
+from common.errors import UserError
+from model.io import INFO_NAME, RunFolder, resolve_model_dir
+from model.loader import LoadedModel
+from model.serve.api import (
     ApiError,
     ChatRequest,
     CompletionRequest,
@@ -45,18 +48,16 @@ from model.api import (
     sampling_params,
     usage,
 )
-from model.batching import QueueFull, Scheduler, SchedulerClosed
-from model.io import INFO_NAME, RunFolder, resolve_model_dir
-from model.loader import LoadedModel
-from model.replies import GenerationFailed, ReplyStream
+from model.serve.batching import QueueFull, Scheduler, SchedulerClosed
+from model.serve.replies import GenerationFailed, ReplyStream
 
 PAGE = Path(__file__).resolve().parent / "static" / "chat.html"
 RETRY_AFTER_S = 2  # what a client told "queue full" should wait before trying again
-# On a CPU, idle rows of a forward pass cost real arithmetic: passes of 4 rows (see model.batching).
+# On a CPU, idle rows of a forward pass cost real arithmetic: passes of 4 rows (see model.serve.batching).
 CPU_GROUP_SIZE = 4
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """The server cannot start (e.g. the port is taken)."""
 
 
