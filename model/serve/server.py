@@ -1,6 +1,6 @@
 """``python -m model serve``: an OpenAI-compatible HTTP API and a chat page over our generation engine.
 
-    GET  /                      the chat page (model/static/chat.html: one file, no build step, no CDN)
+    GET  /                      the chat page (model/serve/static/chat.html: one file, no build step, no CDN)
     GET  /v1/models             the one model served, named after its run folder
     POST /v1/chat/completions   ChatML from `prep.chat_template`, oldest turns dropped to fit the context
     POST /v1/completions        raw text, for base models; a long prompt keeps its end

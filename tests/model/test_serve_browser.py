@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.serve.server import PAGE
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 from tests.model.conftest import save_tiny, tiny_model
 from tests.model.servers import running_server
@@ -153,7 +154,7 @@ def test_page_chats_with_streamed_replies_and_keeps_the_history(browser, server,
 
 
 def test_page_says_when_the_server_is_down(browser, tmp_path):
-    page = Path(__file__).resolve().parents[2] / "model" / "static" / "chat.html"
+    page = PAGE
     browser.get(page.as_uri())  # the page without its server: every request fails
     error = browser.find_element(By.ID, "error")
     wait(browser, lambda b: error.is_displayed())
