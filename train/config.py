@@ -227,6 +227,16 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
     return validate(dataclasses.replace(_set(config, changes), set_fields=set_fields))
 
 
+def config_changes(before: dict | None, now: TrainConfig) -> list[str]:
+    """``lr 0.001 -> 0.0005``, ...: the run settings (not the model) that differ from a recorded config."""
+    try:
+        old = TrainConfig.from_dict(before).to_dict()
+    except ValueError:  # a damaged train_config.json: nothing to compare with (the run itself is checked)
+        return []
+    new = now.to_dict()
+    return [f"{k} {old[k]} -> {new[k]}" for k in new if k not in {"set_fields", "model"} and old.get(k) != new[k]]
+
+
 def shape_of(model: ModelConfig) -> dict:
     """What a checkpoint's model must match to continue or start from it: architecture, shape, vocabulary."""
     return {"arch": model.arch, **{k: getattr(model, k) for k in model.SHAPE_FIELDS}, "vocab_size": model.vocab_size}

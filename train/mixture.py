@@ -130,6 +130,16 @@ class Mixture:
         return {"sources": [s.record() for s in self.sources]}
 
 
+def data_line(mixture: Mixture, train_splits: Sequence[Split], val_starts: Sequence) -> str:
+    """``1,234 tokens, val 16 blocks``, or for a mixture each folder's share, tokens and val blocks."""
+    parts = [(s, split.n_tokens, len(starts)) for s, split, starts in
+             zip(mixture.sources, train_splits, val_starts, strict=True)]
+    if len(parts) == 1:
+        return f"{parts[0][1]:,} tokens, val {parts[0][2]} blocks"
+    return f"{len(parts)} folders: " + ", ".join(
+        f"{s.name} {100 * s.weight:.3g}% ({n:,} tokens, val {b} blocks)" for s, n, b in parts)
+
+
 def open_mixture(text: str | os.PathLike) -> Mixture:
     """Open every folder of a ``--data`` value: one kind, one tokenizer, distinct folders, weights normalised."""
     text = str(text)

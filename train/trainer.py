@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +38,15 @@ from train.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
-from train.config import TrainConfig, inherit_shape, shape_of
+from train.config import TrainConfig, config_changes, inherit_shape, shape_of
 from train.data import StepLoader
 from train.evaluate import bits_per_byte, sample_text
 from train.metrics import LiveView, MetricsLog, source_figures
-from train.mixture import mixture_changes, mixture_figures, open_mixture
+from train.mixture import data_line, mixture_changes, mixture_figures, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
 from train.plan import cuda_memory_check, fmt, free_memory, resolve_micro_batch
+from train.run import RunResult, RunSpec, StopFlag, print_summary, step_seed
 from train.stage import get as get_stage
 from train.step import Stepper, StepStats
 from train.tracking import check_available, open_trackers
@@ -55,69 +54,6 @@ from train.tracking import check_available, open_trackers
 
 class TrainError(UserError, ValueError):
     """A problem the user can fix (bad data for the stage, a mismatched model, a diverged run)."""
-
-
-@dataclass
-class RunSpec:
-    stage: str  # a `train.stage` name: pretrain, sft, ...
-    data: str | Path  # a token folder, or a mixture FOLDER:WEIGHT,FOLDER:WEIGHT (train.mixture)
-    out: Path
-    init: Path | None = None  # a stage that needs one: the run (or checkpoint) folder to start from
-    stop_at: int | None = None  # checkpoint and exit after this step, keeping the schedule of max_steps
-    allow_data_change: bool = False  # resume on other data than the checkpoint's mixture
-    log: tuple[str, ...] = ()  # trackers fed beside metrics.jsonl: tensorboard, wandb (train.tracking)
-
-
-@dataclass
-class RunResult:
-    step: int
-    reason: str  # "done", "stop_at" or "interrupted"
-    train_loss: float | None
-    val_loss: float | None
-    val_bpb: float | None
-    val_step: int | None  # the step of the last eval
-    tokens_per_s: float | None
-    wall_s: float
-    signal: int | None = None  # the signal that interrupted the run
-    val_sources: dict | None = None  # a mixture's last eval per folder: {name: {"val_loss", "val_bpb"}}
-
-
-class StopFlag:
-    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) ask for a clean stop at the end of the current step
-    (checkpoint, then exit); the same signal again a second later aborts at once."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self) -> None:
-        self.requested_at: float | None = None
-        self.signal: int | None = None
-        self.previous = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.requested_at is not None
-
-    def _handle(self, signum, frame) -> None:
-        now = time.monotonic()
-        if self.requested_at is not None and now - self.requested_at > 1.0:
-            raise KeyboardInterrupt
-        self.requested_at = self.requested_at or now
-        self.signal = self.signal or signum
-
-    def __enter__(self) -> StopFlag:
-        for sig in self.SIGNALS:
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers, no clean stop
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch RNG seed of one step on one rank (dropout): a pure function, so resuming needs no RNG state."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 def train(cfg: TrainConfig, spec: RunSpec, console: Console | None = None) -> RunResult:
@@ -309,7 +245,7 @@ class Trainer:
             f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
             f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
             f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
-            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {escape(self._data_line())}; "
+            f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {escape(data_line(self.mixture, self.train_splits, self.val_starts))}; "
             f"MFU vs {self.peak.note}")
         if self.auto is not None:
             self.console.print(self.auto.note)
@@ -319,24 +255,9 @@ class Trainer:
         elif self.init is not None:
             self.console.print(f"starting from the weights of {self.init}")
 
-    def _data_line(self) -> str:
-        """``1,234 tokens, val 16 blocks``, or for a mixture each folder's share, tokens and val blocks."""
-        parts = [(s, split.n_tokens, len(starts)) for s, split, starts in
-                 zip(self.mixture.sources, self.train_splits, self.val_starts, strict=True)]
-        if len(parts) == 1:
-            return f"{parts[0][1]:,} tokens, val {parts[0][2]} blocks"
-        return f"{len(parts)} folders: " + ", ".join(
-            f"{s.name} {100 * s.weight:.3g}% ({n:,} tokens, val {b} blocks)" for s, n, b in parts)
-
     def _print_changes(self) -> None:
         """A resumed run says which settings differ from the run it continues."""
-        try:
-            before = TrainConfig.from_dict(self.saved_run.get("config")).to_dict()
-        except ValueError:  # a damaged train_config.json: nothing to compare with (the run itself is checked)
-            return
-        now = self.cfg.to_dict()
-        skip = {"set_fields", "model"}
-        changes = [f"{k} {before[k]} -> {now[k]}" for k in now if k not in skip and before.get(k) != now[k]]
+        changes = config_changes(self.saved_run.get("config"), self.cfg)
         if changes:
             self.console.print(f"[yellow]changed since the checkpoint: {', '.join(changes)}[/]")
 
@@ -474,19 +395,5 @@ class Trainer:
                            time.perf_counter() - self.wall_start, signum if reason == "interrupted" else None,
                            self.val_sources)
         if self.main:
-            _summary(self.console, result, self.run_folder)
+            print_summary(self.console, result, self.run_folder)
         return result
-
-
-def _summary(console: Console, r: RunResult, run: RunFolder) -> None:
-    what = {"done": "finished", "stop_at": "stopped as asked", "interrupted": "interrupted"}[r.reason]
-    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    console.print(
-        f"[bold green]{what}[/] at step {r.step} in {r.wall_s:.0f}s: train loss {fmt(r.train_loss, '.4f')}, "
-        f"val loss {fmt(r.val_loss, '.4f')}, val bpb {fmt(r.val_bpb, '.3f')}{escape(source_figures(r.val_sources))} "
-        f"(eval at step {fmt(r.val_step, 'd')}), "
-        f"{fmt(r.tokens_per_s, ',.0f')} tokens/s. "
-        f"Checkpoint {run.checkpoint}, metrics {run.metrics}, plot {run.plot}"
-    )
-    if r.reason != "done":
-        console.print("Run the same command again to continue from the checkpoint.")
