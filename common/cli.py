@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 import shlex
 import sys
@@ -26,6 +27,19 @@ class CommandError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class FiniteFloat(click.FloatRange):
+    """A number option that must be finite and in its range. click's own `FloatRange` lets NaN through
+    (every comparison with it is false) and infinity where a bound is open; both are refused here."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def os_error_line(e: OSError) -> str:

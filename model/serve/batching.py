@@ -184,19 +184,31 @@ class Scheduler:
 
     def _step(self, admitted: list[Request]) -> None:
         for request in admitted:
-            self._admit(request)
+            self._alone(request, self._admit, request)
         for request in list(self.running):
             if request.cancelled:
                 self._retire(request, None)
                 continue
-            gen = request.generation
-            new, all_done = gen.pick(request.logits)
+            picked = self._alone(request, request.generation.pick, request.logits)
+            if picked is None:
+                continue
+            gen, (new, all_done) = request.generation, picked
             self._notify(request, Tokens(new))
             if all_done or gen.steps == gen.params.max_new_tokens:
                 gen.end()
                 self._retire(request, Finished(list(gen.finish), list(gen.stop_token)))
         if self.running:
             self._decode()
+
+    def _alone(self, request: Request, work: Callable, *args):
+        """`work(*args)` for this request alone (its prompt, its pick): if it raises, only this request
+        fails (None is returned) and the others in the batch go on."""
+        try:
+            return work(*args)
+        except Exception as e:
+            log.exception("a request failed on its own")
+            self._retire(request, Failed(f"generation failed: {type(e).__name__}: {e}"))
+            return None
 
     def _admit(self, request: Request) -> None:
         """Run the prompt alone, then give the request its slots and copy its cache in."""

@@ -62,6 +62,11 @@ def error(r: httpx.Response) -> dict:
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ({"messages": [*USER, {"role": "system", "content": "late"}]}, "messages"),
     ({"model": None}, "model"),
+    # values that pass a type check but would break the batched step of every request in flight
+    ({"repetition_penalty": 1e30}, "repetition_penalty"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty"),  # json.dumps writes Infinity
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": float("nan")}, "top_p"),
 ])
 def test_bad_parameters_get_400_naming_them(server, change, param):
     body = {"model": server.name, "messages": USER, **change}
