@@ -23,6 +23,9 @@ from prep.chat_template import ChatFormatError, Message
 
 DEFAULTS = SamplingParams()
 MAX_STOPS = 4  # as OpenAI
+# A chat history longer than this is refused (400): no context of ours holds more turns than this, and
+# every message costs work to render before any of it can be dropped.
+MAX_MESSAGES = 1024
 
 
 class ApiError(Exception):
@@ -115,7 +118,7 @@ class SamplingRequest(BaseModel):
 
 
 class ChatRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list | None = None
     response_format: dict | None = None

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from model.serve.api import MAX_MESSAGES
 from tests.conftest import ROOT
 from tests.model.conftest import favour, save_tiny, tiny_model
 from tests.model.servers import running_server
@@ -80,6 +81,32 @@ def test_bad_bodies_get_400(server):
     assert "JSON" in error(post(server, "/chat/completions", b"{not json"))["message"]
     assert "JSON object" in error(post(server, "/chat/completions", b"[1, 2]"))["message"]
     assert post(server, "/completions", {"model": server.name, "prompt": []}).status_code == 400
+
+
+def test_a_long_history_is_refused_and_fitting_never_holds_the_event_loop(server, monkeypatch):
+    from model.serve import server as module
+
+    r = post(server, "/chat/completions", {"model": server.name, "messages": USER * (MAX_MESSAGES + 1)})
+    assert r.status_code == 400 and error(r)["param"] == "messages"
+    real, calls = module.chat_prompt, []
+
+    def slow_fit(*args):  # as a long history at the body limit would be
+        time.sleep(1.5)
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module, "chat_prompt", slow_fit)
+    body = {"model": server.name, "messages": USER * MAX_MESSAGES, "max_tokens": 1}
+    thread = threading.Thread(target=post, args=(server, "/chat/completions", body))
+    thread.start()
+    try:
+        time.sleep(0.3)  # the request is being fitted now
+        started = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+        assert time.monotonic() - started < 1.0  # answered while the fitting went on
+    finally:
+        thread.join(60)
+    assert len(calls) == 1
 
 
 def test_unknown_model_and_route_get_404(server):
