@@ -59,8 +59,9 @@ from typing import Any
 
 import numpy as np
 
+from common.signals import STOP_SIGNALS, stop_signals_interrupt
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped, StopSignal
+from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import TokenFolderWriter
@@ -114,7 +115,6 @@ class _Worker:
 
 
 _WORKER: _Worker | None = None
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
@@ -124,9 +124,9 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
     global _WORKER
     if parent is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in _STOP_SIGNALS:  # the parent's handler (see _stop_signals_interrupt) is not for us
+        for sig in STOP_SIGNALS:  # the parent's handler (see stop_signals_interrupt) is not for us
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *_STOP_SIGNALS})  # held while forking
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *STOP_SIGNALS})  # held while forking
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
     _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction, near)
@@ -222,24 +222,6 @@ def _start_method() -> str:
 
 
 @contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
-    """SIGTERM (`timeout`, `docker stop`, a batch scheduler) and SIGHUP (a closed terminal) clean up like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise StopSignal(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
 def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
     """A process pool of `workers` (None for in-process work when workers == 1), stopped on any exit.
 
@@ -253,7 +235,7 @@ def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
     # the whole process group) breaks the executor, which stops the others, where a Pool deadlocks on the
     # queue lock the dead worker held. A stop signal that lands while the workers are being forked would
     # interrupt that half way: the signals wait until the pool exists, then arrive inside the try below.
-    held = {signal.SIGINT, *_STOP_SIGNALS}
+    held = {signal.SIGINT, *STOP_SIGNALS}
     signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_start_method()), initializer=_init_worker,
@@ -321,7 +303,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
                                with_turns=job.with_turns)
     init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:
-        with _stop_signals_interrupt():
+        with stop_signals_interrupt():
             meta = _write(job, writer, stats, init_args, workers, console)
     except KeyboardInterrupt as e:
         raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)",

@@ -8,6 +8,7 @@ saving its checkpoint, so scripts can tell it from a finished one.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -84,8 +85,9 @@ def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, a
     cfg = build_config(stage, preset_name, assignments, **plain)
     try:
         result = train(cfg, RunSpec(stage, data, out, init, stop_at, allow_data_change, log))
-    except KeyboardInterrupt:
-        raise CommandError("aborted by a second Ctrl-C; the last checkpoint in OUT is kept", 130) from None
+    except KeyboardInterrupt as e:  # a second Ctrl-C in training, or a stop signal before it began
+        raise CommandError("interrupted; the last checkpoint in OUT (if any) is kept",
+                           128 + getattr(e, "signum", signal.SIGINT)) from None
     if result.signal is not None:
         raise SystemExit(128 + result.signal)
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import socket
-from contextlib import asynccontextmanager
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,7 +244,7 @@ async def collect(reply: ReplyStream, n_choices: int, request: Request) -> tuple
                 task.cancel()
         await task
     except GenerationFailed as e:
-        raise ApiError(503, str(e), kind="server_error", code="generation_failed") from None
+        raise ApiError(503, str(e), kind="server_error", code=e.code) from None
     finally:
         reply.cancel()
     return texts, finishes
@@ -270,7 +272,7 @@ async def sse_events(shape: ResponseShape, reply: ReplyStream, n_choices: int, i
         if include_usage:
             yield sse(shape.usage_chunk(usage(reply.prompt_tokens, reply.completion_tokens)))
     except GenerationFailed as e:
-        yield sse(ApiError(503, str(e), kind="server_error", code="generation_failed").body())
+        yield sse(ApiError(503, str(e), kind="server_error", code=e.code).body())
     finally:
         reply.cancel()
     yield sse("[DONE]")
@@ -287,12 +289,25 @@ class EventStream(StreamingResponse):
 
 
 class Server(uvicorn.Server):
-    """uvicorn, plus: Ctrl-C also ends the generations in flight, so that their streams close with a
-    final chunk and ``[DONE]`` at once instead of holding the shutdown until they are done."""
+    """uvicorn, plus: Ctrl-C, SIGTERM and SIGHUP (uvicorn itself catches only the first two) end the
+    generations in flight, so that their streams close at once with an error chunk saying the server is
+    shutting down and ``[DONE]``, instead of holding the shutdown until they are done."""
 
     def __init__(self, app: FastAPI, log_level: str = "warning"):
         super().__init__(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
         self.scheduler: Scheduler = app.state.scheduler
+
+    @contextmanager
+    def capture_signals(self):
+        with super().capture_signals():  # on leaving, it raises the caught signals again, for the caller
+            if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
 
     def handle_exit(self, sig, frame) -> None:
         self.scheduler.close(wait=False)
