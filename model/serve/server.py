@@ -104,9 +104,11 @@ def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     if options.allow_origins:
+        # Any request header: the official openai JavaScript client sends its own (x-stainless-os,
+        # x-stainless-retry-count, openai-organization, ...), and a preflight naming one header not
+        # on a list fails the browser's call. Safe: the API key travels in Authorization, not cookies.
         app.add_middleware(CORSMiddleware, allow_origins=options.allow_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"],
-                           expose_headers=["X-Context-Dropped-Turns", "X-Context-Truncated"])
+                           allow_headers=["*"], expose_headers=["X-Context-Dropped-Turns", "X-Context-Truncated"])
     auth = [Depends(api_key_check(options.api_key))]
     ctx = ServeContext(loaded, options, scheduler, app)
 

@@ -224,3 +224,26 @@ def test_cli_port_in_use_is_one_line(run):
         r = subprocess.run([sys.executable, "-m", "model", "serve", "--ckpt", str(run), "--port", port],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+# What the official openai JavaScript client (v4/v5, dangerouslyAllowBrowser) names on its preflight.
+OPENAI_JS_HEADERS = ("authorization, content-type, openai-organization, openai-project, x-stainless-arch, "
+                     "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, "
+                     "x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout")
+
+
+def test_a_browser_front_end_passes_the_preflight_of_the_openai_js_client(run):
+    origin = "http://localhost:3000"
+    with running_server(run, allow_origins=[origin]) as s:
+        r = httpx.options(s.api + "/chat/completions", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": OPENAI_JS_HEADERS})
+        assert r.status_code == 200, r.text
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {h.strip() for h in OPENAI_JS_HEADERS.split(",")} <= allowed
+        assert r.headers["access-control-allow-origin"] == origin
+        reply = post(s, "/chat/completions", {"model": s.name, "messages": USER, "max_tokens": 2})
+        assert reply.status_code == 200
+        elsewhere = httpx.options(s.api + "/chat/completions", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in elsewhere.headers
