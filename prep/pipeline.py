@@ -75,6 +75,7 @@ class Encoded:
     name: str
     n_bytes: int
     file_skip: str | None
+    skip_location: str  # where `file_skip` is counted: the file, or file:line
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # the chunk's documents, concatenated
     ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # token offset where each document ends
     mask: np.ndarray | None = None  # sft: 1 = trained
@@ -142,7 +143,7 @@ def _exit_when_orphaned(parent: int) -> None:
 def encode_chunk(chunk: Chunk) -> Encoded:
     """Parse one chunk and encode all its text in one tokenizer call (runs in a worker)."""
     w = _WORKER
-    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip)
+    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip, chunk.skip_location)
     records = [] if chunk.file_skip else w.parse(chunk, w.specials)
     docs, texts, sizes, joined = _sort_records(records, out, w.near is not None)
     if w.near is not None:
