@@ -17,8 +17,8 @@ from common.cli import one_line_errors
 from model.cli_common import console, dtype_option, with_hint
 from model.export.gguf import GGUF_TYPES, export_gguf
 from model.export.hf import export_hf
-from model.export.ollama import ollama_model_name, write_modelfile
-from model.io import CheckpointError
+from model.export.ollama import MODELFILE, check_modelfile, ollama_model_name, write_modelfile
+from model.io import CheckpointError, RunFolder, resolve_model_dir
 
 
 @click.command()
@@ -94,6 +94,10 @@ def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
 @one_line_errors
 def ollama(ckpt: Path, type_name: str) -> None:
     """Write the GGUF and an Ollama Modelfile beside it, then print the `ollama create` command."""
+    try:  # a Modelfile that is not ours is refused before the GGUF is written beside it
+        check_modelfile(RunFolder.of(resolve_model_dir(ckpt)).path / MODELFILE)
+    except CheckpointError as e:
+        raise with_hint(e, ckpt) from None
     s = write_gguf_file(ckpt, None, type_name)
     modelfile = write_modelfile(s["out"], s["chat"], s["context"], source=str(ckpt))
     name = ollama_model_name(s["name"])
