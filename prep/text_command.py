@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import FiniteFloat, one_line_errors
 from prep.cli_common import prep_options
 from prep.text_sources import DEFAULT_PATTERNS, TXT_DOCS
 from prep.wiki import DEFAULT_MIN_CHARS
 
-SHARE = click.FloatRange(0.0, 1.0)
+SHARE = FiniteFloat(0.0, 1.0)
 
 
 def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -51,7 +51,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--near-dedup", is_flag=True, help="Drop near-duplicates: MinHash (128 slots) + LSH over character "
               "5-grams, across all inputs; the first of similar documents is kept. Main-process memory per million "
               "kept documents: 3.3 GB at --threshold 0.8-0.9, 2.0 GB at 0.95, 4.6 GB at 0.6-0.75, ~6.3 GB below.")
-@click.option("--threshold", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FiniteFloat(0.5, 1.0, max_open=True), default=0.8, show_default=True,
               help="--near-dedup: estimated Jaccard similarity of 5-gram sets at which a document is a duplicate.")
 @one_line_errors
 def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None,

@@ -120,7 +120,8 @@ def print_table(result: dict, console: Console) -> None:
 @click.option("--data", required=True,
               help="token folder (prep output), or a mixture FOLDER:0.3,FOLDER:0.7: each folder is reported")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="blocks per forward pass")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="blocks per forward pass (at most 4096: more is a typo, allocated before it failed)")
 @device_option
 @dtype_option()
 @click.option("--out", type=click.Path(path_type=Path), default=None,

@@ -21,12 +21,22 @@ BAD = [
     ("serve", "--max-batch", "1000000000"),
     ("serve", "--threads", "1000000000"),
     ("serve", "--max-body-kb", str(10**30)),
+    ("harness", "--limit", "nan"),
+    ("harness", "--limit", "-5"),
+    ("harness", "--limit", "inf"),
+    ("harness", "--seed", "-1"),
+    ("harness", "--bootstrap-iters", str(10**12)),
+    ("harness", "--batch-size", str(10**9)),
+    ("bpb", "--batch-size", str(10**9)),
+    ("bpb", "--context", str(10**12)),
 ]
 
 
 @pytest.mark.parametrize("command, option, value", BAD)
 def test_bad_numbers_are_one_line_before_loading(tmp_path, command, option, value):
-    r = CliRunner().invoke(cli, [command, "--ckpt", str(tmp_path / "missing"), option, value])
+    where = ["--model", str(tmp_path / "missing"), "--text", str(tmp_path)] if command == "bpb" else [
+        "--ckpt", str(tmp_path / "missing")]
+    r = CliRunner().invoke(cli, [command, *where, option, value])
     assert r.exit_code == 2, r.output
     assert f"Invalid value for '{option}'" in r.output and "Traceback" not in r.output
     assert "missing" not in r.output  # refused before the checkpoint was looked at
