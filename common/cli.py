@@ -17,10 +17,12 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from common.errors import Interrupted, UserError
+from common.paths import expand_user
 from common.signals import stop_signals_interrupt
 
 
@@ -43,6 +45,16 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return super().convert(number, param, ctx)
+
+
+class UserPath(click.Path):
+    """A path option or argument (a `pathlib.Path`) with ``~`` expanded (`expand_user`)."""
+
+    def __init__(self, **kw):
+        super().__init__(path_type=Path, **kw)
+
+    def convert(self, value, param, ctx):
+        return super().convert(expand_user(value) if isinstance(value, str) else value, param, ctx)
 
 
 def os_error_line(e: OSError) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import FiniteFloat, one_line_errors
+from common.cli import FiniteFloat, UserPath, one_line_errors
 from model.chat import ChatSession, run_chat
 from model.cli_common import console, device_option, dtype_option, with_hint
 from model.export.cli import export, gguf, ollama
@@ -40,7 +40,7 @@ def cli() -> None:
 
 def model_options(f):
     options = [
-        click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+        click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
                      help="run folder (runs/sft) or its checkpoint/ folder"),
         click.option("--max-new-tokens", type=click.IntRange(1, MAX_NEW_TOKENS), default=DEFAULTS.max_new_tokens,
                      show_default=True, help="stop after this many new tokens"),
@@ -186,7 +186,7 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 
 
 @cli.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; 0.0.0.0 lets other machines in (set --api-key then)")

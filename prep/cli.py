@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
 from prep.sft_command import sft
 from prep.text_command import text
@@ -22,8 +22,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("wiki_dir", metavar="WIKI_DIR", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/wiki"), show_default=True,
+@click.argument("wiki_dir", metavar="WIKI_DIR", type=UserPath())
+@click.option("--out", type=UserPath(), default=Path("data_bin/wiki"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--min-chars", type=click.IntRange(min=0), default=DEFAULT_MIN_CHARS, show_default=True,
@@ -58,7 +58,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
 
 
 @cli.command("inspect")
-@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("folder", metavar="DIR", type=UserPath())
 @click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
 @click.option("--doc", "doc_index", type=int, default=0, show_default=True,
               help="Document to show (negative counts from the end).")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from common.paths import looks_like_hub_name  # noqa: F401 - re-exported: the readers' import
 from prep.jsonl import json_objects
 from prep.records import PrepError, Repaired, Skipped, first_line
 from prep.sources import MAX_RECORD_BYTES, Chunk, SourceInput, discover_files
@@ -28,17 +29,6 @@ from prep.streams import DECOMPRESS_ERRORS, open_input
 
 _READ_SIZE = 1 << 20
 _WS = " \t\r\n"
-
-
-def looks_like_hub_name(spec: str, file_suffixes: Sequence[str] = (".json", ".jsonl")) -> bool:
-    """``owner/name`` that is not a local path: what `datasets.load_dataset` would look up on the hub.
-
-    A mistyped local path (``data/belle.json`` where ``data/`` exists, or any ``*.json``) stays a path,
-    so its error says "no such file" rather than "cannot reach the hub".
-    """
-    path = Path(spec)
-    return (spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.exists()
-            and not path.parent.exists() and path.suffix not in file_suffixes)
 
 
 def _open(path: Path, decompress: bool) -> AbstractContextManager[BinaryIO]:

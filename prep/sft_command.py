@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
 
 
 @click.command()
 @click.argument("input_spec", metavar="INPUT")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/sft"), show_default=True,
+@click.option("--out", type=UserPath(), default=Path("data_bin/sft"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--system", default="", metavar="TEXT",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from common.paths import expand_user
 from prep.records import PrepError
 from prep.streams import DECOMPRESS_ERRORS, STREAMED, compression, decompressed
 
@@ -73,14 +74,14 @@ def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) 
     Hidden files and folders are ignored; the order is the sorted display names, so it never depends on
     the file system. Raises `PrepError` for a missing input or a folder without matching files.
     """
-    root = Path(path)
+    root = Path(expand_user(str(path)))
     if root.is_file():
         return [(root, root.name)]
     if not root.is_dir():
         what = "is not a regular file or a folder" if root.exists() else "no such file or folder"
         raise PrepError(f"{path}: {what}")
     found: dict[str, Path] = {}
-    for pattern in patterns:
+    for pattern in [_relative_pattern(p, root) for p in patterns]:
         for p in root.rglob(pattern):
             rel = p.relative_to(root).as_posix()
             if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
@@ -88,6 +89,22 @@ def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) 
     if not found:
         raise PrepError(f"{path}: no {what} found (looked for {' or '.join(patterns)} at any depth)")
     return [(found[name], name) for name in sorted(found)]
+
+
+def _relative_pattern(pattern: str, root: Path) -> str:
+    """A --glob pattern as `Path.rglob` takes it: an absolute one inside the input folder is made relative
+    to it (``/data/corpus/*.jsonl`` under ``/data/corpus``); one outside it, or one that climbs out with
+    ``..``, is one line (pathlib raises NotImplementedError / ValueError for them)."""
+    path = Path(expand_user(pattern))
+    if path.is_absolute():
+        try:
+            path = path.relative_to(root.resolve())
+        except ValueError:
+            raise PrepError(f"--glob {pattern}: an absolute pattern must lie inside {root}; give one relative to it "
+                            "(e.g. '*.jsonl' or 'sub/*.txt')") from None
+    if not path.parts or ".." in path.parts:
+        raise PrepError(f"--glob {pattern}: give a file pattern inside {root} (e.g. '*.jsonl'), not one that leaves it")
+    return path.as_posix()
 
 
 class FileSource:

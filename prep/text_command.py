@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import FiniteFloat, one_line_errors
+from common.cli import FiniteFloat, UserPath, one_line_errors
 from prep.cli_common import prep_options
 from prep.text_sources import DEFAULT_PATTERNS, TXT_DOCS
 from prep.wiki import DEFAULT_MIN_CHARS
@@ -21,7 +21,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 
 @click.command()
 @click.argument("input_spec", metavar="SRC")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/text"), show_default=True,
+@click.option("--out", type=UserPath(), default=Path("data_bin/text"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--field", "fields", multiple=True, default=("text",), show_default=True, metavar="PATH",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import CommandError, one_line_errors
+from common.cli import CommandError, UserPath, one_line_errors
 from model.cli_common import device_option, dtype_option
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
@@ -40,7 +40,7 @@ def run_options(f):
         click.option("--preset", default="mini", show_default=True,
                      help=f"field values to start from: {', '.join(PRESETS)} (sft uses NAME-sft)"),
         click.option("--data", required=True, help=DATA_HELP),
-        click.option("--out", required=True, type=click.Path(path_type=Path),
+        click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set lr=3e-4 --set n_layer=6 (repeatable)"),
@@ -101,7 +101,7 @@ def pretrain(preset: str, data: str, out: Path, assignments, stop_at, **plain) -
 
 @cli.command()
 @run_options
-@click.option("--init", type=click.Path(path_type=Path),
+@click.option("--init", type=UserPath(),
               help="pretraining run (or checkpoint) folder whose weights SFT starts from")
 def sft(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
     """Fine-tune on a `prep sft` token folder or a mixture of them (loss on assistant replies only), from --init.

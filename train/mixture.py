@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.paths import expand_user
 from prep.tokenfile import META_NAME, Split, TokenFolder, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 
@@ -70,7 +71,7 @@ def parse_mixture(text: str) -> list[SourceSpec]:
             path = item
         if not path:
             raise MixtureError(f"--data {text!r}: an empty folder name (between commas, or before ':')")
-        specs.append(SourceSpec(Path(path), weight))
+        specs.append(SourceSpec(Path(expand_user(path)), weight))
     if len(specs) > 1 and len({s.weight is None for s in specs}) > 1:
         missing = ", ".join(str(s.path) for s in specs if s.weight is None)
         raise MixtureError(f"--data {text!r}: no weight for {missing}; give every folder a weight (FOLDER:0.3) or "

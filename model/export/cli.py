@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from model.cli_common import console, dtype_option, with_hint
 from model.export.gguf import GGUF_TYPES, export_gguf
 from model.export.hf import export_hf
@@ -22,9 +22,9 @@ from model.io import CheckpointError, RunFolder, resolve_model_dir
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=UserPath(), required=True,
               help="folder to write (replaced only if it is an earlier export holding nothing else)")
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
 @one_line_errors
@@ -67,9 +67,9 @@ def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=UserPath(), default=None,
               help="GGUF file to write [default: <run folder>/model-<type>.gguf]; replaced only if an earlier export")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
@@ -87,7 +87,7 @@ def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="GGUF weights: f32, f16 or q8_0")
