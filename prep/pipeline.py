@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import threading
@@ -174,6 +175,17 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     return out
 
 
+# BPE merges within one pre-token (a run of letters, of punctuation or of spaces), in time that grows with
+# the square of its length: a line of a million "x" takes minutes. No text has such words; they are skipped.
+MAX_RUN = 100_000
+_RUNS = re.compile(r"\w+|[^\w\s]+|\s+")
+
+
+def _longest_run(text: str) -> int:
+    """Characters in the longest run of word, punctuation or space characters (a bound on BPE's pre-tokens)."""
+    return max(map(len, _RUNS.findall(text)), default=0)
+
+
 def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Document], list[str], list[int], list[str]]:
     """Documents to encode, all their text pieces (NFC), each piece's UTF-8 size and, if `join`, each
     document's text in one string (for near-dedup); skips and repairs go straight into `out`."""
@@ -190,6 +202,9 @@ def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Documen
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
                 out.skipped.append(Skipped("invalid_unicode", r.location))
+                continue
+            if any(len(t) > MAX_RUN and _longest_run(t) > MAX_RUN for t in doc_texts):
+                out.skipped.append(Skipped("too_long_word", r.location))
                 continue
             docs.append(r)
             texts.extend(doc_texts)

@@ -191,11 +191,13 @@ def test_a_damaged_file_in_any_format_loses_only_its_rest(tmp_path, byte_tokeniz
 def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, byte_tokenizer, monkeypatch):
     """A small .txt.gz, .zst or .json.gz that expands far past the record cap is read past, counted as
     too_large at its line, and never held whole; records after an endless line are still read."""
-    from prep import row_sources, sources, text_sources
+    from prep import pipeline, row_sources, sources, text_sources
 
     cap = 1 << 20
     for module in (sources, text_sources, row_sources):
         monkeypatch.setattr(module, "MAX_RECORD_BYTES", cap)
+    monkeypatch.setattr(pipeline, "MAX_RUN", 5000)  # a word BPE would take the square of its length on
+    write(tmp_path / "in/e.jsonl", jsonl_bytes([{"text": "很长" + "z" * 6000}, {"text": TEXTS[3]}]))
     endless = b"x" * (8 * cap)
     write(tmp_path / "in/a.txt.gz", gzip.compress(endless, mtime=0))
     write(tmp_path / "in/b.jsonl.zst", compress(jsonl_bytes([{"text": TEXTS[0]}]) + b'{"text": "' + endless
@@ -214,6 +216,7 @@ def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, by
     meta = prep(tmp_path / "in", tmp_path / "out", chunk_bytes=64 << 10)
     assert max(held) <= 2 * cap  # no chunk ever held the 8 MB records
     assert skipped(meta)["too_large"] == (4, ["a.txt.gz:1", "b.jsonl.zst:2", "c.json.gz:1", "d.jsonl.gz:1"])
-    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:3]
+    assert skipped(meta)["too_long_word"] == (1, ["e.jsonl:1"])
+    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:4]
 
 
