@@ -20,3 +20,12 @@ class Interrupted(UserError):
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class StopSignal(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) turned into an interrupt, remembering which signal it was: every
+    ``finally`` and ``except KeyboardInterrupt`` that cleans up after Ctrl-C runs for it too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -100,9 +100,16 @@ def retired_path(out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold the one-writer lock of `out` (a file or folder) for the duration of the block."""
+def output_lock(out: str | os.PathLike, what: str, check: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the one-writer lock of `out` (a file or folder) for the duration of the block.
+
+    `check` (which raises to refuse `out`) runs first, before the lock file or a missing parent folder
+    is made, so a refused command leaves nothing beside the user's file; and again under the lock,
+    where no other writer can change the answer.
+    """
     out = Path(out)
+    if check is not None:
+        check()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock_path(out), "a+")
@@ -120,6 +127,8 @@ def output_lock(out: str | os.PathLike, what: str) -> Iterator[None]:
         f.truncate()
         f.write(str(os.getpid()))
         f.flush()
+        if check is not None:
+            check()
         yield
     finally:
         f.close()  # closing releases the lock
@@ -239,7 +248,7 @@ class OutputFolder:
         self.out, self.kind, self.what = Path(out), kind, what
         self.legacy_files = legacy_files
         self.partial, self.retired = partial_path(self.out), retired_path(self.out)
-        self._lock = output_lock(self.out, what) if lock else contextlib.nullcontext()
+        self._lock = output_lock(self.out, what, self._check_before_lock) if lock else contextlib.nullcontext()
         self.committed = False
 
     def __enter__(self) -> OutputFolder:
@@ -268,6 +277,11 @@ class OutputFolder:
     def path(self, name: str) -> Path:
         """Where to write file `name` (may contain '/') inside the folder being built."""
         return self.partial / name
+
+    def _check_before_lock(self) -> None:
+        """Refuse before anything is made (see `output_lock`); under the lock `__enter__` checks again."""
+        if not (self.retired.exists() and not self.out.exists()):  # (else a killed swap is put back first)
+            self.check_replaceable()
 
     def restore_interrupted_swap(self) -> None:
         """Killed between the two renames of a swap: the previous folder waits in `.NAME.old`."""

@@ -17,7 +17,7 @@ import torch
 
 from model.generate import Engine, TextStream
 from model.sampling import SamplingParams
-from prep.chat_template import Message, render_prompt
+from prep.chat_template import Message, chat_pieces, render_prompt
 from prep.tokenizer import Tokenizer
 
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -41,13 +41,26 @@ def fit_history(system: str | None, turns: list[tuple[str, str]], user: str, tok
 
 def fit_turns(head: list[Message], turns: list[list[Message]], tokenizer, budget: int) -> FittedPrompt:
     """`head` (the system prompt) and as many of the latest `turns` (message groups, oldest first) as
-    fit `budget` tokens, rendered with the assistant header; the last turn is always kept."""
-    for dropped in range(max(1, len(turns))):
-        messages = head + [m for turn in turns[dropped:] for m in turn]
-        ids = render_prompt(messages, tokenizer, add_generation_prompt=True)
-        if len(ids) <= budget:
-            return FittedPrompt(ids, messages, dropped, overflow=False)
-    return FittedPrompt(ids, messages, dropped, overflow=True)
+    fit `budget` tokens, rendered with the assistant header; the last turn is always kept.
+
+    Every message is encoded once, and turns are taken newest first while they fit: linear in the
+    history (re-rendering the rest after each dropped turn was quadratic, minutes for a long one).
+    ChatML encodes each message apart, so the ids of kept turns are those of rendering them together.
+    """
+    chat_pieces(head + [m for turn in turns for m in turn], tokenizer)  # the whole history's checks (roles, order)
+    head_ids = render_prompt(head, tokenizer, add_generation_prompt=False)
+    header = render_prompt([], tokenizer, add_generation_prompt=True)
+    used, kept = len(head_ids) + len(header), []
+    for turn in reversed(turns):
+        ids = render_prompt(turn, tokenizer, add_generation_prompt=False)
+        if kept and used + len(ids) > budget:
+            break
+        used += len(ids)
+        kept.append((turn, ids))
+    kept.reverse()
+    messages = head + [m for turn, _ in kept for m in turn]
+    ids = head_ids + [t for _, turn_ids in kept for t in turn_ids] + header
+    return FittedPrompt(ids, messages, len(turns) - len(kept), overflow=used > budget)
 
 
 def reply_reserve(block_size: int, max_new_tokens: int) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import FiniteFloat, UserPath, one_line_errors
 from model.chat import ChatSession, run_chat
 from model.cli_common import console, device_option, dtype_option, with_hint
 from model.export.cli import export, gguf, ollama
@@ -22,11 +22,13 @@ from model.generate import row_tokens, stream_text
 from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
 from model.measure.cli import bpb, harness
-from model.sampling import SamplingParams
+from model.sampling import MAX_NEW_TOKENS, MAX_SAMPLES, MAX_TEMPERATURE, PENALTY_RANGE, SamplingParams
 from prep.chat_template import ChatFormatError, render_prompt
 
 DEFAULTS = SamplingParams()
 MAX_SEED = 2**63 - 1  # torch.Generator seeds are 64-bit
+# Server sizes beyond any machine: refused at once rather than allocated (a cache per group of rows).
+MAX_BATCH, MAX_QUEUE, MAX_BODY_KB, MAX_THREADS = 1024, 1 << 20, 1 << 20, 4096
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -38,17 +40,17 @@ def cli() -> None:
 
 def model_options(f):
     options = [
-        click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+        click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
                      help="run folder (runs/sft) or its checkpoint/ folder"),
-        click.option("--max-new-tokens", type=click.IntRange(min=1), default=DEFAULTS.max_new_tokens,
+        click.option("--max-new-tokens", type=click.IntRange(1, MAX_NEW_TOKENS), default=DEFAULTS.max_new_tokens,
                      show_default=True, help="stop after this many new tokens"),
-        click.option("--temperature", type=click.FloatRange(min=0), default=DEFAULTS.temperature, show_default=True,
+        click.option("--temperature", type=FiniteFloat(0, MAX_TEMPERATURE), default=DEFAULTS.temperature, show_default=True,
                      help="0 = greedy (deterministic)"),
         click.option("--top-k", type=click.IntRange(min=0), default=DEFAULTS.top_k, show_default=True,
                      help="sample among the k likeliest tokens (0 = all)"),
-        click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=DEFAULTS.top_p,
+        click.option("--top-p", type=FiniteFloat(0, 1, min_open=True), default=DEFAULTS.top_p,
                      show_default=True, help="nucleus sampling: the likeliest tokens covering this probability"),
-        click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+        click.option("--repetition-penalty", type=FiniteFloat(*PENALTY_RANGE),
                      default=DEFAULTS.repetition_penalty, show_default=True,
                      help=">1 makes tokens already in the context less likely (1 = off)"),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=DEFAULTS.seed, show_default=True,
@@ -80,7 +82,7 @@ def params_from(num_samples: int = 1, **kw) -> SamplingParams:
         return SamplingParams(max_new_tokens=kw["max_new_tokens"], temperature=kw["temperature"], top_k=kw["top_k"],
                               top_p=kw["top_p"], repetition_penalty=kw["repetition_penalty"], seed=kw["seed"],
                               num_samples=num_samples)
-    except ValueError as e:  # e.g. --temperature nan, which click's ranges let through
+    except ValueError as e:  # the options' types check each value; this is the last word
         raise click.UsageError(str(e)) from None
 
 
@@ -116,7 +118,7 @@ def ended(reason: str, stop: int | None, tok) -> str:
 @cli.command()
 @click.option("--prompt", default="数学是", show_default=True, callback=utf8_text,
               help="text to continue, or the user message for a chat model")
-@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--num-samples", type=click.IntRange(1, MAX_SAMPLES), default=1, show_default=True,
               help="samples of the same prompt, generated as one batch")
 @model_options
 def sample(ckpt: Path, prompt: str, num_samples: int, device: str, dtype: str, system: str | None, **kw) -> None:
@@ -184,7 +186,7 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 
 
 @cli.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on; 0.0.0.0 lets other machines in (set --api-key then)")
@@ -192,19 +194,19 @@ def chat(ckpt: Path, messages: tuple[str, ...], device: str, dtype: str, system:
 @click.option("--api-key", envvar="MODEL_API_KEY", default=None,
               help="require 'Authorization: Bearer KEY' (or set MODEL_API_KEY)")
 @click.option("--name", default=None, help="model name in the API [default: the run folder's name]")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True,
               help="sequences decoded together (1 = one request at a time)")
-@click.option("--max-queue", type=click.IntRange(min=0), default=32, show_default=True,
+@click.option("--max-queue", type=click.IntRange(0, MAX_QUEUE), default=32, show_default=True,
               help="requests that may wait for a free row before new ones get 503")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=2048, show_default=True,
+@click.option("--max-tokens", type=click.IntRange(1, MAX_NEW_TOKENS), default=2048, show_default=True,
               help="the most new tokens one choice may ask for")
-@click.option("--max-body-kb", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-body-kb", type=click.IntRange(1, MAX_BODY_KB), default=1024, show_default=True,
               help="larger request bodies get 413")
 @click.option("--allow-origin", multiple=True,
               help="let a browser front-end on this origin call the API (CORS; repeatable, '*' = any)")
-@click.option("--group-size", type=click.IntRange(min=1), default=None,
+@click.option("--group-size", type=click.IntRange(1, MAX_BATCH), default=None,
               help="rows per forward pass [default: 4 on a CPU, --max-batch on a GPU]")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None,
               help="CPU threads for the model [default: all cores but one, which serves HTTP]")
 @device_option
 @dtype_option()

@@ -17,6 +17,14 @@ from dataclasses import dataclass
 import torch
 
 GREEDY_BELOW = 1e-5
+# The working range of every value a user can type, checked wherever one is typed (the CLIs' options,
+# the server's request fields, `SamplingParams` itself). Inside it each step's arithmetic stays finite:
+# logits (fp32, see `sample_next`) times at most 100 or divided by at least 1e-5 are far from overflow.
+# Outside it a value is either meaningless (NaN, infinity) or breaks the batched step for everyone.
+MAX_TEMPERATURE = 100.0
+PENALTY_RANGE = (0.01, 100.0)
+MAX_NEW_TOKENS = 1 << 20  # its token buffer is allocated up front: 8 MB a sample at this limit
+MAX_SAMPLES = 256  # samples of one prompt are rows of one batch, each with its own cache
 
 
 @dataclass
@@ -32,13 +40,14 @@ class SamplingParams:
     num_samples: int = 1
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
-            (self.temperature >= 0, "temperature must be a number >= 0 (0 = greedy)"),  # NaN fails every check
+        low, high = PENALTY_RANGE
+        checks = [  # closed ranges: NaN fails every comparison, infinity the upper bound
+            (1 <= self.max_new_tokens <= MAX_NEW_TOKENS, f"max_new_tokens must be from 1 to {MAX_NEW_TOKENS}"),
+            (0 <= self.temperature <= MAX_TEMPERATURE, f"temperature must be from 0 (greedy) to {MAX_TEMPERATURE:g}"),
             (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0 (1 = off)"),
-            (self.num_samples >= 1, "num_samples must be >= 1"),
+            (low <= self.repetition_penalty <= high, f"repetition_penalty must be from {low:g} to {high:g} (1 = off)"),
+            (1 <= self.num_samples <= MAX_SAMPLES, f"num_samples must be from 1 to {MAX_SAMPLES}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -61,6 +70,7 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
                 seen: torch.Tensor | None = None) -> torch.Tensor:
     """Next token ids (B,) from `logits` (B, V) already restricted to real (unpadded) ids."""
+    logits = logits.float()  # fp16 logits times a penalty of 100 could overflow; fp32 cannot
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:

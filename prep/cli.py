@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
 from prep.sft_command import sft
 from prep.text_command import text
@@ -22,8 +22,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("wiki_dir", metavar="WIKI_DIR", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/wiki"), show_default=True,
+@click.argument("wiki_dir", metavar="WIKI_DIR", type=UserPath())
+@click.option("--out", type=UserPath(), default=Path("data_bin/wiki"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--min-chars", type=click.IntRange(min=0), default=DEFAULT_MIN_CHARS, show_default=True,
@@ -45,7 +45,8 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
     Bad input never stops the run; each case is counted in meta.json:
       skipped:  invalid_json, invalid_utf8, invalid_unicode (a lone surrogate escape), not_an_object,
                 missing_field, non_string_field, truncated_last_line (a cut-off last line), stub,
-                duplicate (same NFC text as an earlier article), empty_file, compressed_file;
+                duplicate (same NFC text as an earlier article), empty_file, compressed_file,
+                too_large (a record over 16 MiB, never held whole), too_long_word;
                 WikiExtractor: truncated_doc, unclosed_doc, bad_doc_header, text_outside_doc
       repaired: bom_stripped (a UTF-8 BOM), crlf_line_end, no_final_newline, blank_line
     --to-simplified uses pure-Python OpenCC: about 4x slower than without.
@@ -57,7 +58,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
 
 
 @cli.command("inspect")
-@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.argument("folder", metavar="DIR", type=UserPath())
 @click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
 @click.option("--doc", "doc_index", type=int, default=0, show_default=True,
               help="Document to show (negative counts from the end).")

@@ -6,14 +6,17 @@ from collections.abc import Callable
 
 import click
 
+from common.cli import FiniteFloat
 from prep.tokenizer import DEFAULT_TOKENIZER
+
+MAX_WORKERS = 1024  # processes, each with a copy of the tokenizer: more is a typo, not a machine
 
 
 def prep_options(f: Callable) -> Callable:
     """--tokenizer, --val-fraction and --workers: the options every prep command shares."""
-    f = click.option("--workers", type=click.IntRange(min=1), default=None,
+    f = click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None,
                      help="Worker processes (default: every core). 1 runs in-process; the output is the same.")(f)
-    f = click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.005,
+    f = click.option("--val-fraction", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.005,
                      show_default=True, help="Share of documents in the val split, chosen by a stable hash of "
                      "each document's id, so a document never changes split between runs.")(f)
     f = click.option("--tokenizer", default=DEFAULT_TOKENIZER, show_default=True,

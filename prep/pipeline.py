@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import threading
@@ -59,8 +60,9 @@ from typing import Any
 
 import numpy as np
 
+from common.signals import STOP_SIGNALS, stop_signals_interrupt
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped, StopSignal
+from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import TokenFolderWriter
@@ -74,6 +76,7 @@ class Encoded:
     name: str
     n_bytes: int
     file_skip: str | None
+    skip_location: str  # where `file_skip` is counted: the file, or file:line
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # the chunk's documents, concatenated
     ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # token offset where each document ends
     mask: np.ndarray | None = None  # sft: 1 = trained
@@ -114,7 +117,6 @@ class _Worker:
 
 
 _WORKER: _Worker | None = None
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _U32 = "I" if array("I").itemsize == 4 else "L"  # array's typecodes are C types; we need exactly 32 bits
 
 
@@ -124,9 +126,9 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
     global _WORKER
     if parent is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for sig in _STOP_SIGNALS:  # the parent's handler (see _stop_signals_interrupt) is not for us
+        for sig in STOP_SIGNALS:  # the parent's handler (see stop_signals_interrupt) is not for us
             signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *_STOP_SIGNALS})  # held while forking
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *STOP_SIGNALS})  # held while forking
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
     _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction, near)
@@ -142,7 +144,7 @@ def _exit_when_orphaned(parent: int) -> None:
 def encode_chunk(chunk: Chunk) -> Encoded:
     """Parse one chunk and encode all its text in one tokenizer call (runs in a worker)."""
     w = _WORKER
-    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip)
+    out = Encoded(chunk.name, chunk.n_bytes, chunk.file_skip, chunk.skip_location)
     records = [] if chunk.file_skip else w.parse(chunk, w.specials)
     docs, texts, sizes, joined = _sort_records(records, out, w.near is not None)
     if w.near is not None:
@@ -173,6 +175,17 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     return out
 
 
+# BPE merges within one pre-token (a run of letters, of punctuation or of spaces), in time that grows with
+# the square of its length: a line of a million "x" takes minutes. No text has such words; they are skipped.
+MAX_RUN = 100_000
+_RUNS = re.compile(r"\w+|[^\w\s]+|\s+")
+
+
+def _longest_run(text: str) -> int:
+    """Characters in the longest run of word, punctuation or space characters (a bound on BPE's pre-tokens)."""
+    return max(map(len, _RUNS.findall(text)), default=0)
+
+
 def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Document], list[str], list[int], list[str]]:
     """Documents to encode, all their text pieces (NFC), each piece's UTF-8 size and, if `join`, each
     document's text in one string (for near-dedup); skips and repairs go straight into `out`."""
@@ -189,6 +202,9 @@ def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Documen
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
                 out.skipped.append(Skipped("invalid_unicode", r.location))
+                continue
+            if any(len(t) > MAX_RUN and _longest_run(t) > MAX_RUN for t in doc_texts):
+                out.skipped.append(Skipped("too_long_word", r.location))
                 continue
             docs.append(r)
             texts.extend(doc_texts)
@@ -222,24 +238,6 @@ def _start_method() -> str:
 
 
 @contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
-    """SIGTERM (`timeout`, `docker stop`, a batch scheduler) and SIGHUP (a closed terminal) clean up like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise StopSignal(signum)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextmanager
 def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
     """A process pool of `workers` (None for in-process work when workers == 1), stopped on any exit.
 
@@ -253,7 +251,7 @@ def worker_pool(init_args: tuple, workers: int) -> Iterator[Any]:
     # the whole process group) breaks the executor, which stops the others, where a Pool deadlocks on the
     # queue lock the dead worker held. A stop signal that lands while the workers are being forked would
     # interrupt that half way: the signals wait until the pool exists, then arrive inside the try below.
-    held = {signal.SIGINT, *_STOP_SIGNALS}
+    held = {signal.SIGINT, *STOP_SIGNALS}
     signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_start_method()), initializer=_init_worker,
@@ -321,7 +319,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
                                with_turns=job.with_turns)
     init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:
-        with _stop_signals_interrupt():
+        with stop_signals_interrupt():
             meta = _write(job, writer, stats, init_args, workers, console)
     except KeyboardInterrupt as e:
         raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)",

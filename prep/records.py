@@ -30,14 +30,6 @@ class PrepInterrupted(PrepError, Interrupted):
     """Ctrl-C, SIGTERM or SIGHUP: the workers are stopped and the partial folder is gone."""
 
 
-class StopSignal(KeyboardInterrupt):
-    """A stop signal (SIGTERM, SIGHUP) turned into an interrupt, remembering which signal it was."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 @dataclass(frozen=True)
 class Piece:
     """Text to encode, or one special token id; `trained` marks its tokens as training targets (SFT)."""

@@ -17,28 +17,18 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from common.paths import looks_like_hub_name  # noqa: F401 - re-exported: the readers' import
 from prep.jsonl import json_objects
 from prep.records import PrepError, Repaired, Skipped, first_line
-from prep.sources import Chunk, SourceInput, discover_files
+from prep.sources import MAX_RECORD_BYTES, Chunk, SourceInput, discover_files
 from prep.streams import DECOMPRESS_ERRORS, open_input
 
 _READ_SIZE = 1 << 20
-_MAX_ELEMENT = 256 << 20  # an array element larger than this is taken as broken JSON, not buffered forever
 _WS = " \t\r\n"
-
-
-def looks_like_hub_name(spec: str, file_suffixes: Sequence[str] = (".json", ".jsonl")) -> bool:
-    """``owner/name`` that is not a local path: what `datasets.load_dataset` would look up on the hub.
-
-    A mistyped local path (``data/belle.json`` where ``data/`` exists, or any ``*.json``) stays a path,
-    so its error says "no such file" rather than "cannot reach the hub".
-    """
-    path = Path(spec)
-    return (spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not path.exists()
-            and not path.parent.exists() and path.suffix not in file_suffixes)
 
 
 def _open(path: Path, decompress: bool) -> AbstractContextManager[BinaryIO]:
@@ -50,10 +40,10 @@ def first_char(path: Path, decompress: bool = False) -> str:
 
     With `decompress`, of a gzip or zstd file's content (see `prep.streams`)."""
     with _open(path, decompress) as f:
-        head = f.read(4096)
+        head, seen = f.read(4096), 0
         while head and not head.lstrip(b" \t\r\n\xef\xbb\xbf"):
-            more = f.read(4096)
-            if not more:
+            more, seen = f.read(4096), seen + len(head)
+            if not more or seen > MAX_RECORD_BYTES:  # (a bomb of whitespace is not read to its end)
                 return ""
             head = more
     stripped = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
@@ -82,17 +72,18 @@ class _ArrayReader:
         self.buf, self.pos, self.line, self.eof = "", 0, 1, False
         self.refill()
 
-    def fail(self, message: str, line: int | None = None) -> PrepError:
-        return PrepError(f"{self.path}:{self.line if line is None else line}: {message}")
+    def fail(self, message: str, line: int | None = None, reason: str = "invalid_json") -> DamagedInput:
+        line = self.line if line is None else line
+        return DamagedInput(f"{self.path}:{line}: {message}", reason, line)
 
     def refill(self) -> bool:
         """Append the next read to what is left of the buffer; False at the end of the file."""
         try:
             more = self.f.read(_READ_SIZE)
         except UnicodeDecodeError as e:
-            raise self.fail(f"not UTF-8 text ({e.reason})") from e
+            raise self.fail(f"not UTF-8 text ({e.reason})", reason="invalid_utf8") from e
         except DECOMPRESS_ERRORS as e:
-            raise self.fail(f"the compressed file is damaged or cut off ({e})") from e
+            raise self.fail(f"the compressed file is damaged or cut off ({e})", reason="corrupt_compressed_file") from e
         self.eof = not more
         self.buf, self.pos = self.buf[self.pos :] + more, 0
         return not self.eof
@@ -136,10 +127,12 @@ class _ArrayReader:
             except json.JSONDecodeError as e:
                 # Maybe only cut off by the buffer: read more and decode again, up to a sane element size
                 # (at the end of the file, again all the same, so that e.pos is a position in this buffer).
-                if not self.eof and len(self.buf) - self.pos < _MAX_ELEMENT:
+                if not self.eof and len(self.buf) - self.pos < MAX_RECORD_BYTES:
                     self.refill()
                     continue
                 line = self.line + self.buf.count("\n", self.pos, e.pos)
+                if not self.eof:  # still no end to it after MAX_RECORD_BYTES
+                    raise self.fail(f"an array element is over {MAX_RECORD_BYTES >> 20} MiB", reason="too_large") from e
                 raise self.fail(f"invalid JSON in the array ({e.msg})", line) from e
             except RecursionError:
                 raise self.fail("an array element is nested too deeply to be a record") from None
@@ -153,6 +146,31 @@ class _ArrayReader:
             if self.pos > _READ_SIZE:  # drop what is consumed so the buffer stays about one read long
                 self.buf, self.pos = self.buf[self.pos :], 0
             return line, element, n_bytes
+
+
+class DamagedInput(PrepError):
+    """A file that cannot be read past some point (`line`); `reason` is how the rest of it is counted."""
+
+    def __init__(self, message: str, reason: str, line: int):
+        super().__init__(message)
+        self.reason, self.line = reason, line
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """In place of a row: the rest of the file is unusable from `line` on, counted as `reason`."""
+
+    reason: str
+    line: int
+
+
+def json_array_rows(path: Path, decompress: bool = False) -> Iterator[tuple[int, object, int]]:
+    """`iter_json_array` for a prep run: damage (a cut-off file, bad JSON, an element over the size cap)
+    ends the rows with one `Damaged` row instead of stopping the run, as every other format does."""
+    try:
+        yield from iter_json_array(path, decompress)
+    except DamagedInput as e:
+        yield e.line, Damaged(e.reason, e.line), 0
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
@@ -232,6 +250,11 @@ def row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: 
     batch: list[tuple[int, object]] = []
     size = done = 0
     for line, row, n_bytes in rows:
+        if isinstance(row, Damaged):  # the rows read so far, then the rest of the file as one skip
+            if batch:
+                yield Chunk(name, batch[0][0], batch, fmt, size)
+            yield Chunk(name, row.line, b"", fmt, max(0, file_bytes - done - size), file_skip=row.reason)
+            return
         batch.append((line, row))
         size += n_bytes
         if size >= chunk_bytes:

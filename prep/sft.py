@@ -28,7 +28,7 @@ from prep.row_sources import (
     chunk_rows,
     hub_rows,
     is_json_array,
-    iter_json_array,
+    json_array_rows,
     json_size,
     looks_like_hub_name,
     row_chunks,
@@ -114,7 +114,7 @@ class SftSource:
             return
         for (path, name), info in zip(self.files, self.inputs, strict=True):
             if info.n_bytes and is_json_array(path):
-                yield from _row_chunks(name, iter_json_array(path), self.chunk_bytes, info.n_bytes)
+                yield from _row_chunks(name, json_array_rows(path), self.chunk_bytes, info.n_bytes)
             else:  # JSON lines; FileSource also turns empty and compressed files into counted skips
                 fmt = _jsonl_format(path)
                 yield from FileSource([(path, name)], lambda _head, fmt=fmt: fmt, {fmt: b"\n"},

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
 
 
 @click.command()
 @click.argument("input_spec", metavar="INPUT")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/sft"), show_default=True,
+@click.option("--out", type=UserPath(), default=Path("data_bin/sft"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--system", default="", metavar="TEXT",
@@ -46,9 +46,10 @@ def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers
     examples (invalid_json, not_an_object, missing_field, wrong_type, no_markers, markers_out_of_order,
     text_before_first_marker, history_not_ending_in_assistant_marker, empty_message, empty_reply,
     no_reply, turns_out_of_order, unknown_role, unknown_format, invalid_utf8, truncated_last_line,
-    empty_file, compressed_file, duplicate); the run goes on. Fixed and kept, also counted:
+    empty_file, compressed_file, too_large, too_long_word, duplicate); the run goes on. Fixed and kept, also counted:
     unanswered_last_turn_dropped (ShareGPT), bom_stripped, crlf_line_end, blank_line, no_final_newline.
-    A JSON array that is not valid JSON stops the run with its file:line (its rest cannot be trusted).
+    A JSON array that is cut off or not valid JSON gives its rows up to the damage; the rest (which
+    cannot be trusted) is counted once, as invalid_json at its file:line.
     """
     from prep.sft import run_sft
 

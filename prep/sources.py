@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from common.paths import expand_user
 from prep.records import PrepError
 from prep.streams import DECOMPRESS_ERRORS, STREAMED, compression, decompressed
 
 CHUNK_BYTES = 1 << 20  # the largest chunk: big enough that per-chunk costs vanish, small enough to balance
 MIN_CHUNK_BYTES = 64 << 10
+# The largest record (a line, an article, a plain-text file, an array element) a reader holds, decompressed.
+# A bigger one is skipped and counted (``too_large``) without ever being held whole, so memory stays flat
+# whatever a file expands to (a 10 KB .zst of one endless line, a gzip bomb); 16 MiB is ~10x the longest
+# Chinese Wikipedia article.
+MAX_RECORD_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,9 @@ class Chunk:
     ``data`` is raw bytes whose first line is line ``first_line`` of ``name``, or a list of
     ``(line_or_row_number, row)`` pairs. ``fmt`` is whatever the source detected for this input
     (e.g. ``jsonl`` or ``wikiextractor``). ``n_bytes`` is the input the chunk covers, for the progress
-    bar. ``file_skip`` set means the whole input is unusable (``empty_file``, ``compressed_file``): the
-    engine counts it once and never calls parse.
+    bar. ``file_skip`` set means the input, or what is left of it, or one record too large to hold, is
+    unusable (``empty_file``, ``compressed_file``, ``too_large``): the engine counts it once and never
+    calls parse.
     """
 
     name: str
@@ -46,6 +53,13 @@ class Chunk:
     fmt: str = ""
     n_bytes: int = 0
     file_skip: str | None = None
+
+    @property
+    def skip_location(self) -> str:
+        """Where a `file_skip` is counted: the file, or ``file:line`` for one record (``too_large``) or the
+        damage that ends a file part way."""
+        whole = self.first_line <= 1 and self.file_skip != "too_large"
+        return self.name if whole else f"{self.name}:{self.first_line}"
 
 
 class Source(Protocol):
@@ -60,14 +74,14 @@ def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) 
     Hidden files and folders are ignored; the order is the sorted display names, so it never depends on
     the file system. Raises `PrepError` for a missing input or a folder without matching files.
     """
-    root = Path(path)
+    root = Path(expand_user(str(path)))
     if root.is_file():
         return [(root, root.name)]
     if not root.is_dir():
         what = "is not a regular file or a folder" if root.exists() else "no such file or folder"
         raise PrepError(f"{path}: {what}")
     found: dict[str, Path] = {}
-    for pattern in patterns:
+    for pattern in [_relative_pattern(p, root) for p in patterns]:
         for p in root.rglob(pattern):
             rel = p.relative_to(root).as_posix()
             if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
@@ -75,6 +89,22 @@ def discover_files(path: str | os.PathLike, patterns: Sequence[str], what: str) 
     if not found:
         raise PrepError(f"{path}: no {what} found (looked for {' or '.join(patterns)} at any depth)")
     return [(found[name], name) for name in sorted(found)]
+
+
+def _relative_pattern(pattern: str, root: Path) -> str:
+    """A --glob pattern as `Path.rglob` takes it: an absolute one inside the input folder is made relative
+    to it (``/data/corpus/*.jsonl`` under ``/data/corpus``); one outside it, or one that climbs out with
+    ``..``, is one line (pathlib raises NotImplementedError / ValueError for them)."""
+    path = Path(expand_user(pattern))
+    if path.is_absolute():
+        try:
+            path = path.relative_to(root.resolve())
+        except ValueError:
+            raise PrepError(f"--glob {pattern}: an absolute pattern must lie inside {root}; give one relative to it "
+                            "(e.g. '*.jsonl' or 'sub/*.txt')") from None
+    if not path.parts or ".." in path.parts:
+        raise PrepError(f"--glob {pattern}: give a file pattern inside {root} (e.g. '*.jsonl'), not one that leaves it")
+    return path.as_posix()
 
 
 class FileSource:
@@ -125,23 +155,36 @@ class FileSource:
                 yield from self._cut(f, raw, name, fmt, self.record_end[fmt], size)
 
     def _cut(self, f: BinaryIO, raw: BinaryIO, name: str, fmt: str, marker: bytes, size: int) -> Iterator[Chunk]:
-        """Chunks of stream `f` (the file `raw` itself, or its decompressed bytes), each ending on `marker`'s line."""
-        line, carry, reported = 1, b"", 0
+        """Chunks of stream `f` (the file `raw` itself, or its decompressed bytes), each ending on `marker`'s line.
+
+        A record that grows past `MAX_RECORD_BYTES` is read past, not held: one ``too_large`` skip at its line.
+        """
+        line, carry, reported, read, oversized = 1, b"", 0, 0, None  # oversized: the line a record too large began
         while True:
-            try:
-                block = f.read(self.chunk_bytes)
-            except DECOMPRESS_ERRORS:
-                block, broken = b"", True
-            else:
-                broken = False
+            block, broken = _read(f, self.chunk_bytes)
+            read += len(block)
             buf = carry + block if carry else block
+            # input bytes read so far (compressed: of the file, whose buffered bytes cannot be told apart)
+            at, unread = (read, 1) if f is raw else ((raw.tell() if block else size), 0)
+            if oversized is not None:  # past the start of a record over the cap: drop bytes to its end
+                end = _first_record_end(buf, marker) if block else len(buf)
+                keep = len(marker) if block and end == 0 else len(buf) - end  # (a marker may straddle reads)
+                line += buf[: len(buf) - keep].count(b"\n")
+                buf = carry = buf[len(buf) - keep :]
+                if block and end == 0:
+                    continue
+                done = at - unread * len(buf) - reported
+                yield Chunk(name, oversized, b"", fmt, done, file_skip="too_large")
+                reported, oversized = reported + done, None
             cut = len(buf) if not block else _last_record_end(buf, marker)
-            if block and cut == 0:  # no complete record yet: read on
+            if block and cut == 0:  # no complete record yet: read on, unless it is already too large
                 carry = buf
+                if len(buf) > MAX_RECORD_BYTES:
+                    oversized = line
                 continue
             data, carry = buf[:cut], buf[cut:]
             if data:
-                done = len(data) if f is raw else (raw.tell() if block else size) - reported
+                done = at - unread * len(carry) - reported
                 yield Chunk(name, line, data, fmt, done)
                 line += data.count(b"\n")
                 reported += done
@@ -154,6 +197,23 @@ class FileSource:
 def auto_chunk_bytes(total_bytes: int) -> int:
     """At least ~64 chunks per run, so every core stays busy to the end even on a small corpus; at most 1 MB."""
     return int(min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, total_bytes // 64)))
+
+
+def _read(f: BinaryIO, n: int) -> tuple[bytes, bool]:
+    """The next `n` bytes of `f` (b"" at its end), and whether the file turned out damaged there."""
+    try:
+        return f.read(n), False
+    except DECOMPRESS_ERRORS:
+        return b"", True
+
+
+def _first_record_end(buf: bytes, marker: bytes) -> int:
+    """Offset just past the newline that ends the first line containing `marker`, or 0 if none ends in buf."""
+    p = buf.find(marker)
+    if p < 0:
+        return 0
+    nl = buf.find(b"\n", p + len(marker) - 1 if marker.endswith(b"\n") else p + len(marker))
+    return nl + 1 if nl >= 0 else 0  # (no newline after the first marker: none after a later one either)
 
 
 def _last_record_end(buf: bytes, marker: bytes) -> int:

@@ -34,6 +34,75 @@ def file_compression(path: Path) -> str | None:
         return compression(f.read(8))
 
 
+class ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of one or more zstd frames (pzstd and `cat` make several), through
+    zstandard's stream reader (bounded memory, whatever the ratio).
+
+    That reader ends quietly where a cut-off file ends, as if the file were shorter (or empty); here
+    the frame structure is walked first (`zstd_is_whole`), and reaching the end of a cut-off file
+    raises `zstandard.ZstdError`, as gzip raises EOFError: what came before it is still read.
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self.whole = zstd_is_whole(raw)
+        self.reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.reader.readinto(buffer)
+        if n == 0 and not self.whole:
+            raise zstandard.ZstdError("the file ends inside a zstd frame (cut off?)")
+        return n
+
+
+_ZSTD_MAGIC, _SKIPPABLE = 0xFD2FB528, range(0x184D2A50, 0x184D2A60)
+
+
+def zstd_is_whole(raw: BinaryIO) -> bool:
+    """Whether `raw`, from where it is, holds only complete zstd frames: the frame and block headers
+    (RFC 8878) are walked with seeks, nothing is decompressed. `raw` is left where it was."""
+    start = raw.tell()
+    end = raw.seek(0, io.SEEK_END)
+    raw.seek(start)
+
+    def skip(n: int) -> bool:
+        return raw.seek(n, io.SEEK_CUR) <= end
+
+    def number(n: int) -> int | None:
+        data = raw.read(n)
+        return int.from_bytes(data, "little") if len(data) == n else None
+
+    try:
+        while raw.tell() < end:
+            magic = number(4)
+            if magic in _SKIPPABLE:
+                size = number(4)
+                if size is None or not skip(size):
+                    return False
+                continue
+            descriptor = number(1) if magic == _ZSTD_MAGIC else None
+            if descriptor is None:
+                return False
+            fcs, single, checksum, dict_id = descriptor >> 6, descriptor >> 5 & 1, descriptor >> 2 & 1, descriptor & 3
+            if not skip((1 - single) + (0, 1, 2, 4)[dict_id] + (single, 2, 4, 8)[fcs]):
+                return False
+            last = 0
+            while not last:
+                header = number(3)
+                if header is None or header >> 1 & 3 == 3:  # cut off, or the reserved block type
+                    return False
+                last, size = header & 1, (1 if header >> 1 & 3 == 1 else header >> 3)  # an RLE block holds 1 byte
+                if not skip(size):
+                    return False
+            if checksum and not skip(4):
+                return False
+        return True
+    finally:
+        raw.seek(start)
+
+
 @contextmanager
 def decompressed(raw: BinaryIO, kind: str | None) -> Iterator[BinaryIO]:
     """`raw` itself (kind None), or a stream of its decompressed bytes. `raw` stays open, and its
@@ -45,9 +114,7 @@ def decompressed(raw: BinaryIO, kind: str | None) -> Iterator[BinaryIO]:
         with gzip.GzipFile(fileobj=raw, mode="rb") as f:
             yield f
     elif kind == "zstd":
-        # read_across_frames: files made by pzstd or by concatenation hold several frames.
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
-        with io.BufferedReader(reader, 1 << 20) as f:  # read(n) returns n bytes unless at the end
+        with io.BufferedReader(ZstdFrames(raw), 1 << 20) as f:  # read(n) returns n bytes unless at the end
             yield f
     else:
         raise ValueError(f"cannot stream {kind}; only {', '.join(STREAMED)}")

@@ -44,7 +44,7 @@ class PrepStats:
     def add_chunk(self, enc: Any) -> None:
         """Record what a worker saw in one chunk (before deduplication)."""
         if enc.file_skip:
-            _count(self.skipped, enc.file_skip, enc.name)
+            _count(self.skipped, enc.file_skip, enc.skip_location)
         for s in enc.skipped:
             _count(self.skipped, s.reason, s.location)
         for r in enc.repaired:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from common.cli import one_line_errors
+from common.cli import FiniteFloat, UserPath, one_line_errors
 from prep.cli_common import prep_options
 from prep.text_sources import DEFAULT_PATTERNS, TXT_DOCS
 from prep.wiki import DEFAULT_MIN_CHARS
 
-SHARE = click.FloatRange(0.0, 1.0)
+SHARE = FiniteFloat(0.0, 1.0)
 
 
 def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -21,7 +21,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 
 @click.command()
 @click.argument("input_spec", metavar="SRC")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("data_bin/text"), show_default=True,
+@click.option("--out", type=UserPath(), default=Path("data_bin/text"), show_default=True,
               help="Token folder to write (replaced only when the new one is complete).")
 @prep_options
 @click.option("--field", "fields", multiple=True, default=("text",), show_default=True, metavar="PATH",
@@ -51,7 +51,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--near-dedup", is_flag=True, help="Drop near-duplicates: MinHash (128 slots) + LSH over character "
               "5-grams, across all inputs; the first of similar documents is kept. Main-process memory per million "
               "kept documents: 3.3 GB at --threshold 0.8-0.9, 2.0 GB at 0.95, 4.6 GB at 0.6-0.75, ~6.3 GB below.")
-@click.option("--threshold", type=click.FloatRange(0.5, 1.0, max_open=True), default=0.8, show_default=True,
+@click.option("--threshold", type=FiniteFloat(0.5, 1.0, max_open=True), default=0.8, show_default=True,
               help="--near-dedup: estimated Jaccard similarity of 5-gram sets at which a document is a duplicate.")
 @one_line_errors
 def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None,
@@ -75,9 +75,11 @@ def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
       skipped:  invalid_json, invalid_utf8, invalid_unicode, not_an_object, missing_field, non_string_field,
                 truncated_last_line, too_short, low_cjk, repeated_lines, repeated_char, duplicate (same text),
                 near_duplicate, empty_file, compressed_file (bzip2, xz, or compressed Parquet),
-                corrupt_compressed_file, invalid_parquet
+                corrupt_compressed_file, invalid_parquet, too_large (a record over 16 MiB, never held whole),
+                too_long_word (a run of 100,000 letters or symbols, which BPE takes minutes over)
       repaired: bom_stripped, crlf_line_end, no_final_newline, blank_line
-    A JSON array that is not valid JSON stops the run with its file:line. With --near-dedup, meta.json
+    A damaged file (cut off, corrupt, bad JSON in an array) gives its rows up to the damage, then the
+    rest is counted once at its file:line (corrupt_compressed_file, invalid_json, ...). With --near-dedup, meta.json
     also gets near_dedup: counts, parameters and a few (removed, kept) location pairs.
     """
     from prep.near_dedup import NearDedupConfig

@@ -24,14 +24,14 @@ from pathlib import Path, PurePath
 from prep.row_sources import (
     first_char,
     hub_rows,
-    iter_json_array,
+    json_array_rows,
     json_size,
     looks_like_hub_name,
     parse_hub_spec,
     row_chunks,
     spec_inputs,
 )
-from prep.sources import Chunk, FileSource, auto_chunk_bytes
+from prep.sources import MAX_RECORD_BYTES, Chunk, FileSource, auto_chunk_bytes
 from prep.streams import COMPRESSED_SUFFIXES, DECOMPRESS_ERRORS, STREAMED, file_compression, open_input
 
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".txt": "txt"}
@@ -101,7 +101,7 @@ class TextSource:
         elif fmt == "txt":
             yield from FileSource([(path, name)], _block_format, BLOCK_END, self.chunk_bytes, decompress=True).chunks()
         elif fmt == "json" and _first_char(path) == "[":
-            rows = _progress_within(iter_json_array(path, decompress=True), size)
+            rows = _progress_within(json_array_rows(path, decompress=True), size)
             yield from row_chunks(name, rows, self.chunk_bytes, "rows", size)
         else:  # JSON lines; FileSource also turns empty and damaged files into counted skips
             yield from FileSource([(path, name)], lambda _: "jsonl", {"jsonl": b"\n"}, self.chunk_bytes,
@@ -125,9 +125,11 @@ def whole_file_chunk(path: Path, name: str, size: int) -> Chunk:
     """A plain-text file as one document (a chunk of format ``txt``)."""
     try:
         with open_input(path) as f:
-            data = f.read()
+            data = f.read(MAX_RECORD_BYTES + 1)  # never more: a small .gz may expand to gigabytes
     except DECOMPRESS_ERRORS:
         return Chunk(name, 1, b"", n_bytes=size, file_skip="corrupt_compressed_file")
+    if len(data) > MAX_RECORD_BYTES:
+        return Chunk(name, 1, b"", n_bytes=size, file_skip="too_large")
     return Chunk(name, 1, data, "txt", size) if data else Chunk(name, 1, b"", file_skip="empty_file")
 
 

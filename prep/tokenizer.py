@@ -32,6 +32,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from common.errors import UserError
+from common.paths import expand_user, looks_like_hub_name
 from prep.records import first_line
 
 ENDOFTEXT = "<|endoftext|>"
@@ -315,8 +316,11 @@ def load_tokenizer(spec: str = DEFAULT_TOKENIZER, local_only: bool = False) -> T
         return QwenTiktokenTokenizer()
     if spec == ByteTokenizer.name:
         return ByteTokenizer()
-    if Path(spec).is_dir() or "/" in spec:
+    spec = expand_user(spec)
+    if Path(spec).is_dir() or looks_like_hub_name(spec, ()):
         return HFTokenizer(spec, local_only)
+    if "/" in spec:  # a path that is not there: "no such folder" at once, never a hub lookup of a typo
+        raise TokenizerError(f"{spec}: no such tokenizer folder (a Hugging Face name is owner/name)")
     raise TokenizerError(f"unknown tokenizer {spec!r}: use 'qwen2', 'bytes', a Hugging Face name or a folder")
 
 

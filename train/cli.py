@@ -8,11 +8,12 @@ saving its checkpoint, so scripts can tell it from a finished one.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
 
-from common.cli import CommandError, one_line_errors
+from common.cli import CommandError, UserPath, one_line_errors
 from model.cli_common import device_option, dtype_option
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
@@ -39,7 +40,7 @@ def run_options(f):
         click.option("--preset", default="mini", show_default=True,
                      help=f"field values to start from: {', '.join(PRESETS)} (sft uses NAME-sft)"),
         click.option("--data", required=True, help=DATA_HELP),
-        click.option("--out", required=True, type=click.Path(path_type=Path),
+        click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
         click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
                      help="override any config field, e.g. --set lr=3e-4 --set n_layer=6 (repeatable)"),
@@ -84,8 +85,9 @@ def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, a
     cfg = build_config(stage, preset_name, assignments, **plain)
     try:
         result = train(cfg, RunSpec(stage, data, out, init, stop_at, allow_data_change, log))
-    except KeyboardInterrupt:
-        raise CommandError("aborted by a second Ctrl-C; the last checkpoint in OUT is kept", 130) from None
+    except KeyboardInterrupt as e:  # a second Ctrl-C in training, or a stop signal before it began
+        raise CommandError("interrupted; the last checkpoint in OUT (if any) is kept",
+                           128 + getattr(e, "signum", signal.SIGINT)) from None
     if result.signal is not None:
         raise SystemExit(128 + result.signal)
 
@@ -99,7 +101,7 @@ def pretrain(preset: str, data: str, out: Path, assignments, stop_at, **plain) -
 
 @cli.command()
 @run_options
-@click.option("--init", type=click.Path(path_type=Path),
+@click.option("--init", type=UserPath(),
               help="pretraining run (or checkpoint) folder whose weights SFT starts from")
 def sft(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
     """Fine-tune on a `prep sft` token folder or a mixture of them (loss on assistant replies only), from --init.

@@ -273,6 +273,13 @@ def _any_model_field() -> set[str]:
     return set().union(*(a.config.field_names() for a in ARCHS.values()))
 
 
+# Sizes past any machine (a typo such as n_layer=1000000000): one line at once, instead of a plan, a memory
+# check or a build that runs for minutes or loops over every micro-batch size up to the batch.
+CEILINGS = {"n_layer": 1 << 12, "n_head": 1 << 12, "n_embd": 1 << 17, "block_size": 1 << 20,
+            "loss_chunk_tokens": 1 << 30, "batch_size": 1 << 24, "micro_batch_size": 1 << 24, "max_steps": 1 << 40,
+            "eval_every": 1 << 40, "eval_blocks": 1 << 24, "log_every": 1 << 40, "ckpt_every": 1 << 40}
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Refuse values that can only fail later, with the field's name."""
     m = config.model
@@ -283,8 +290,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, value in positive.items():
         if value == AUTO:  # only micro_batch_size can be; resolved at run start
             continue
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 < value <= CEILINGS[name]:
+            raise ValueError(f"{name} must be from 1 to {CEILINGS[name]:,}, got {value}")
     if not 0 <= m.dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {m.dropout}")
     if config.lr <= 0 or not 0 <= config.min_lr_ratio <= 1 or config.warmup_steps < 0:
@@ -295,7 +302,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"beta1 and beta2 must be in [0, 1), got {config.beta1} and {config.beta2}")
     if config.weight_decay < 0 or config.grad_clip <= 0:
         raise ValueError(f"need weight_decay >= 0 and grad_clip > 0, got {config.weight_decay} and {config.grad_clip}")
-    if config.sample_tokens < 0:
+    if config.warmup_steps > CEILINGS["max_steps"]:
+        raise ValueError(f"warmup_steps must be at most {CEILINGS['max_steps']:,}, got {config.warmup_steps}")
+    if not 0 <= config.sample_tokens <= CEILINGS["block_size"]:
         raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")

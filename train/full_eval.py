@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from common.outputs import check_replaceable_file, json_with_keys, write_json_atomic
 from model.cli_common import device_option, dtype_option
 from model.io import RunFolder, read_model_info, resolve_model_dir
@@ -116,14 +116,15 @@ def print_table(result: dict, console: Console) -> None:
 
 
 @click.command("eval")
-@click.option("--ckpt", type=click.Path(path_type=Path), required=True, help="run folder or its checkpoint/ folder")
+@click.option("--ckpt", type=UserPath(), required=True, help="run folder or its checkpoint/ folder")
 @click.option("--data", required=True,
               help="token folder (prep output), or a mixture FOLDER:0.3,FOLDER:0.7: each folder is reported")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="blocks per forward pass")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="blocks per forward pass (at most 4096: more is a typo, allocated before it failed)")
 @device_option
 @dtype_option()
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=UserPath(), default=None,
               help="JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
 @one_line_errors
 def eval_command(ckpt: Path, data: str, split: str, batch_size: int, device: str, dtype: str, out: Path | None) -> None:

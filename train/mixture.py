@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.paths import expand_user
 from prep.tokenfile import META_NAME, Split, TokenFolder, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 
@@ -70,7 +71,7 @@ def parse_mixture(text: str) -> list[SourceSpec]:
             path = item
         if not path:
             raise MixtureError(f"--data {text!r}: an empty folder name (between commas, or before ':')")
-        specs.append(SourceSpec(Path(path), weight))
+        specs.append(SourceSpec(Path(expand_user(path)), weight))
     if len(specs) > 1 and len({s.weight is None for s in specs}) > 1:
         missing = ", ".join(str(s.path) for s in specs if s.weight is None)
         raise MixtureError(f"--data {text!r}: no weight for {missing}; give every folder a weight (FOLDER:0.3) or "
@@ -157,10 +158,23 @@ def open_mixture(text: str | os.PathLike) -> Mixture:
             check_identity(first.tokenizer, f.tokenizer, str(first.path), f"{f.path}'s tokenizer")
         except TokenizerError as e:
             raise MixtureError(f"{e}; every folder of a mixture must be prepped with the same tokenizer") from None
-    given = [s.weight if s.weight is not None else 1.0 for s in specs]
-    total = sum(given)
     names = _names([s.path for s in specs], resolved)
-    return Mixture(text, [Source(n, w / total, f) for n, w, f in zip(names, given, folders, strict=True)])
+    shares = normalised([s.weight if s.weight is not None else 1.0 for s in specs], text)
+    return Mixture(text, [Source(n, w, f) for n, w, f in zip(names, shares, folders, strict=True)])
+
+
+def normalised(weights: Sequence[float], text: str) -> list[float]:
+    """Weights as shares summing to 1. A sum that overflows (1e308 + 1e308 is infinity: every share 0) is
+    taken after scaling by the largest weight; a share too small to draw from is refused, not kept as 0."""
+    total = sum(weights)
+    if not math.isfinite(total):  # (otherwise the plain division: shares recorded by earlier runs stay equal)
+        weights = [w / max(weights) for w in weights]
+        total = sum(weights)
+    shares = [w / total for w in weights]
+    if min(shares) < 1e-9:
+        raise MixtureError(f"--data {text!r}: the weights give a folder a share of {min(shares):.2g}; a share "
+                           "below 1e-9 would never be drawn from: leave that folder out or raise its weight")
+    return shares
 
 
 def _names(paths: Sequence[Path], resolved: Sequence[Path]) -> list[str]:

@@ -189,24 +189,37 @@ def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
     return plan
 
 
+def divisors(n: int) -> list[int]:
+    """The micro-batches that divide `n`, smallest first: found up to sqrt(n), so a batch of millions is instant."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
 def largest_micro(s: Setup, batch_size: int, budget: int) -> StepPlan | None:
     """The plan of the largest micro-batch dividing ``batch_size / world_size`` whose step fits `budget`."""
     if batch_size % s.world_size:
         raise PlanError(f"batch_size {batch_size} is not a multiple of {s.world_size} process(es)")
     per_rank = batch_size // s.world_size
-    for micro in sorted((m for m in range(1, per_rank + 1) if per_rank % m == 0), reverse=True):
+    for micro in reversed(divisors(per_rank)):
         plan = plan_step(s, micro, per_rank // micro)
         if plan.peak <= budget:
             return plan
     return None
 
 
-def parse_size(text: str) -> int:
-    """Bytes of ``24GB``, ``24GiB``, ``1.5G``, ``800MB`` or ``123456789``; GB = GiB, as GPU makers count."""
+MAX_MEMORY = 1 << 50  # 1 PiB: more is a typo, not a machine
+
+
+def parse_size(text: str, bare_unit: str = "") -> int:
+    """Bytes of ``24GB``, ``24GiB``, ``1.5G`` or ``800MB``; GB = GiB, as GPU makers count. A bare number is
+    in `bare_unit` (``g``: ``--gpu-mem 24`` is 24 GB, never 24 bytes; "": bytes, as TRAIN_FREE_MEMORY)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
         raise PlanError(f"expected a memory size such as 24GB or 800MB, got {text!r}")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
+    n = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or bare_unit or " ")
+    if not n <= MAX_MEMORY:  # (also an overflow to infinity)
+        raise PlanError(f"{text!r} is more than 1 PiB of memory; give a size such as 24GB")
+    return int(n)
 
 
 def fmt(n: int) -> str:

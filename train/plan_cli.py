@@ -18,8 +18,10 @@ from train.config import AUTO, PRESETS, apply_overrides, preset
 from train.plan import (
     CUDA_CONTEXT,
     SAFETY,
+    PlanError,
     Setup,
     StepPlan,
+    divisors,
     fmt,
     free_memory,
     largest_micro,
@@ -78,7 +80,7 @@ def micro_table(s: Setup, batch_size: int, budget: int | None) -> Table:
     for column in ("micro-batch", "accumulation", "tokens / step", "peak per GPU" if s.device == "cuda" else "peak",
                    "fits"):
         table.add_column(column, justify="right")
-    for micro in sorted(m for m in range(1, per_rank + 1) if per_rank % m == 0):
+    for micro in divisors(per_rank):
         plan = plan_step(s, micro, per_rank // micro)
         fits = "" if budget is None else ("yes" if plan.peak <= budget else "no")
         table.add_row(str(micro), str(plan.accumulation), f"{plan.tokens_per_step:,}", fmt(plan.peak), fits)
@@ -88,7 +90,10 @@ def micro_table(s: Setup, batch_size: int, budget: int | None) -> Table:
 def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
     """(device type, bytes a step may use, what they are): a card of `gpu_mem`, or this machine's free memory."""
     if gpu_mem:
-        total = parse_size(gpu_mem)
+        total = parse_size(gpu_mem, bare_unit="g")
+        if total <= CUDA_CONTEXT:
+            raise PlanError(f"--gpu-mem {gpu_mem}: a card of {fmt(total)} leaves nothing after its CUDA context "
+                            f"(~{fmt(CUDA_CONTEXT)}); give its memory in GB, e.g. --gpu-mem 24GB")
         return "cuda", int(max(total - CUDA_CONTEXT, 0) * SAFETY), (
             f"a {fmt(total)} card: {SAFETY:.0%} of what its CUDA context (~{fmt(CUDA_CONTEXT)}) leaves")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,10 +106,11 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
               help=f"field values to start from: {', '.join(PRESETS)}")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="override a config field, as in `train pretrain` (micro_batch_size=auto: the largest that fits)")
-@click.option("--vocab", type=click.IntRange(min=1), default=GPTConfig.vocab_size, show_default=True,
+@click.option("--vocab", type=click.IntRange(1, 1 << 24), default=GPTConfig.vocab_size, show_default=True,
               help="padded vocabulary size (the Qwen2 tokenizer's by default; 384 for the bytes tokenizer)")
-@click.option("--gpu-mem", help="plan for a CUDA card with this much memory, e.g. 24GB (default: this machine)")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="processes (GPUs), as torchrun's")
+@click.option("--gpu-mem", help="plan for a CUDA card with this much memory, e.g. 24GB; a bare number is GB "
+              "(default: this machine)")
+@click.option("--nproc", type=click.IntRange(1, 1 << 16), default=1, show_default=True, help="processes (GPUs), as torchrun's")
 @dtype_option(default=None, help="the step's precision (default: the config's dtype, --set dtype=...); auto: as "
               "training picks: bf16 on a card that has it (Ampere and later; give fp16 for older), fp32 on a CPU")
 @one_line_errors

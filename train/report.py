@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from model.gpt import GPTConfig
 from model.io import RunFolder, is_chat, read_model_info
 from train.metrics import read_records
@@ -66,7 +66,7 @@ def _val_row(curve: dict) -> str:
 
 
 @click.command("report")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=UserPath())
 @one_line_errors
 def report_command(runs: tuple[Path, ...]) -> None:
     """Summarise run folders: model, steps, validation loss first / best / last, and their files."""

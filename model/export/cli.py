@@ -13,18 +13,18 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from common.cli import one_line_errors
+from common.cli import UserPath, one_line_errors
 from model.cli_common import console, dtype_option, with_hint
 from model.export.gguf import GGUF_TYPES, export_gguf
 from model.export.hf import export_hf
-from model.export.ollama import ollama_model_name, write_modelfile
-from model.io import CheckpointError
+from model.export.ollama import MODELFILE, check_modelfile, ollama_model_name, write_modelfile
+from model.io import CheckpointError, RunFolder, resolve_model_dir
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", type=UserPath(), required=True,
               help="folder to write (replaced only if it is an earlier export holding nothing else)")
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
 @one_line_errors
@@ -67,9 +67,9 @@ def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=UserPath(), default=None,
               help="GGUF file to write [default: <run folder>/model-<type>.gguf]; replaced only if an earlier export")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
@@ -87,13 +87,17 @@ def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder (runs/sft) or its checkpoint/ folder")
 @click.option("--type", "type_name", type=click.Choice(list(GGUF_TYPES)), default="f16", show_default=True,
               help="GGUF weights: f32, f16 or q8_0")
 @one_line_errors
 def ollama(ckpt: Path, type_name: str) -> None:
     """Write the GGUF and an Ollama Modelfile beside it, then print the `ollama create` command."""
+    try:  # a Modelfile that is not ours is refused before the GGUF is written beside it
+        check_modelfile(RunFolder.of(resolve_model_dir(ckpt)).path / MODELFILE)
+    except CheckpointError as e:
+        raise with_hint(e, ckpt) from None
     s = write_gguf_file(ckpt, None, type_name)
     modelfile = write_modelfile(s["out"], s["chat"], s["context"], source=str(ckpt))
     name = ollama_model_name(s["name"])

@@ -253,8 +253,7 @@ def export_gguf(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, t
     tok = load_tokenizer_for(info, str(ckpt))
     qwen2_ranks(tok)  # a tokenizer without a GGUF vocabulary is refused before the weights are read
     out = Path(out) if out is not None else RunFolder.of(resolve_model_dir(ckpt)).path / f"model-{type_name}.gguf"
-    with output_lock(out, "GGUF export"):
-        check_replaceable_file(out, is_our_gguf, "GGUF")
+    with output_lock(out, "GGUF export", lambda: check_replaceable_file(out, is_our_gguf, "GGUF")):
         model, info = load_model(ckpt, "cpu")
         name = model_name(ckpt, info)
         size = write_gguf(model, info, tok, out, type_name, name, progress)

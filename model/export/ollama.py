@@ -64,12 +64,16 @@ def modelfile_text(gguf_file: str, chat: bool, context: int, source: str,
     return "\n".join(lines) + "\n"
 
 
+def check_modelfile(out: Path) -> None:
+    """Refuse (one line, nothing touched) to replace a Modelfile we did not write."""
+    check_replaceable_file(out, lambda p: p.read_text("utf-8", errors="replace").startswith(HEADER), "Modelfile")
+
+
 def write_modelfile(gguf_path: str | os.PathLike, chat: bool, context: int, source: str) -> Path:
     """Write ``Modelfile`` beside `gguf_path` (temporary file, then rename); refuse to replace a foreign one."""
     gguf_path = Path(gguf_path)
     out = gguf_path.parent / MODELFILE
-    with output_lock(out, "Modelfile export"):
-        check_replaceable_file(out, lambda p: p.read_text("utf-8", errors="replace").startswith(HEADER), "Modelfile")
+    with output_lock(out, "Modelfile export", lambda: check_modelfile(out)):
         with atomic_file(out) as tmp:
             tmp.write_text(modelfile_text(gguf_path.name, chat, context, source), "utf-8")
     return out

@@ -18,7 +18,7 @@ from rich import progress as rp
 from rich.console import Console
 from rich.table import Table
 
-from common.cli import one_line_errors
+from common.cli import FiniteFloat, UserPath, one_line_errors
 from common.outputs import atomic_file, check_replaceable_file, json_with_keys, write_json_atomic
 from model.cli_common import device_option, dtype_option
 from model.io import CheckpointError, is_chat
@@ -33,27 +33,31 @@ from model.measure.harness import (
 from model.measure.texts import total_raw_bytes
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+MAX_BATCH = 4096  # sequences per forward pass: more is a typo, and would be allocated before it failed
 
 
 @click.command()
-@click.option("--ckpt", type=click.Path(path_type=Path), default=Path("runs/sft"), show_default=True,
+@click.option("--ckpt", type=UserPath(), default=Path("runs/sft"), show_default=True,
               help="run folder or its checkpoint/ folder")
 @click.option("--tasks", default="ceval-valid,cmmlu", show_default=True,
               help="lm-eval task or group names, comma-separated")
-@click.option("--limit", type=float, default=None, help="at most N documents per task (a fraction if < 1): for trying out")
-@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="few-shot examples [default: the task's, else 0]")
+@click.option("--limit", type=FiniteFloat(0, 1e9, min_open=True), default=None,
+              help="at most N documents per task (a fraction if < 1): for trying out")
+@click.option("--num-fewshot", type=click.IntRange(0, 1000), default=None, help="few-shot examples [default: the task's, else 0]")
 @click.option("--apply-chat-template", is_flag=True, help="render prompts as ChatML turns (for SFT models)")
 @click.option("--fewshot-as-multiturn", is_flag=True, help="with --apply-chat-template: one turn per few-shot example")
-@click.option("--include-path", "include_paths", multiple=True, type=click.Path(path_type=Path),
+@click.option("--include-path", "include_paths", multiple=True, type=UserPath(),
               help="folder of your own lm-eval task YAMLs (repeatable)")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="sequences per forward pass")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=16, show_default=True,
+              help="sequences per forward pass")
 @device_option
 @dtype_option()
-@click.option("--seed", type=int, default=1234, show_default=True, help="lm-eval's seeds (few-shot sampling)")
-@click.option("--bootstrap-iters", type=click.IntRange(min=0), default=100_000, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1234, show_default=True,
+              help="lm-eval's seeds (few-shot sampling)")
+@click.option("--bootstrap-iters", type=click.IntRange(0, 10**7), default=100_000, show_default=True,
               help="bootstrap resamples for the standard errors of non-mean metrics (0 = none)")
 @click.option("--subtasks", is_flag=True, help="show every subtask (C-Eval subject) in the table, not only the names asked for")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=UserPath(), default=None,
               help="results JSON [default: RUN/harness/TASKS_TIME.json]")
 @click.option("--log-samples", is_flag=True, help="also write every prompt and answer to OUT.samples.jsonl")
 @one_line_errors
@@ -122,18 +126,19 @@ def print_harness_table(results: dict, chance: dict, only: list[str] | None, con
 
 
 @click.command()
-@click.option("--model", "models", type=click.Path(path_type=Path), required=True, multiple=True,
+@click.option("--model", "models", type=UserPath(), required=True, multiple=True,
               help="our run / checkpoint folder, or a local Hugging Face model folder (repeat to compare)")
-@click.option("--text", type=click.Path(path_type=Path), required=True,
+@click.option("--text", type=UserPath(), required=True,
               help='a text file, a folder of them, or JSON lines with {"text": ...} (e.g. a wiki_zh shard)')
-@click.option("--context", type=click.IntRange(min=1), default=None,
+@click.option("--context", type=click.IntRange(1, 1 << 20), default=None,
               help="tokens per window [default: the model's context; at most 2048 for Hugging Face models]")
-@click.option("--stride", type=click.IntRange(min=1), default=None,
+@click.option("--stride", type=click.IntRange(1, 1 << 20), default=None,
               help="tokens between window starts [default: half the context]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="windows per forward pass")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True,
+              help="windows per forward pass")
 @device_option
 @dtype_option()
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=UserPath(), default=None,
               help="also write the figures to this JSON file (a list, one entry per model)")
 @one_line_errors
 def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int | None, batch_size: int, device: str,

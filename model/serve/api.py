@@ -18,11 +18,14 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.chat import FittedPrompt, fit_turns, reply_reserve
-from model.sampling import SamplingParams
+from model.sampling import PENALTY_RANGE, SamplingParams
 from prep.chat_template import ChatFormatError, Message
 
 DEFAULTS = SamplingParams()
 MAX_STOPS = 4  # as OpenAI
+# A chat history longer than this is refused (400): no context of ours holds more turns than this, and
+# every message costs work to render before any of it can be dropped.
+MAX_MESSAGES = 1024
 
 
 class ApiError(Exception):
@@ -56,14 +59,16 @@ class StreamOptions(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    """Fields both endpoints share."""
+    """Fields both endpoints share. Every sampling value is checked to its working range here (a 400
+    naming the field): a NaN, an infinity or an extreme penalty that got through would break the
+    batched step of every request decoded with it (JSON bodies may carry NaN and Infinity)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1])
     max_tokens: int | None = Field(None, ge=1)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     n: int = Field(1, ge=1)
@@ -113,7 +118,7 @@ class SamplingRequest(BaseModel):
 
 
 class ChatRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list | None = None
     response_format: dict | None = None
@@ -142,15 +147,18 @@ def sampling_params(req: SamplingRequest, limits: Limits, max_tokens: int | None
         raise ApiError(400, f"{name} is {max_tokens}; this server allows at most {limits.max_tokens}", name)
     if req.n * n_prompts > limits.max_samples:
         raise ApiError(400, f"at most {limits.max_samples} choices per request (n x prompts)", "n")
-    return SamplingParams(
-        max_new_tokens=max_tokens or min(DEFAULTS.max_new_tokens, limits.max_tokens),
-        temperature=DEFAULTS.temperature if req.temperature is None else req.temperature,
-        top_k=DEFAULTS.top_k if req.top_k is None else req.top_k,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        repetition_penalty=DEFAULTS.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
-        seed=secrets.randbits(63) if req.seed is None else req.seed,
-        num_samples=req.n,
-    )
+    try:
+        return SamplingParams(
+            max_new_tokens=max_tokens or min(DEFAULTS.max_new_tokens, limits.max_tokens),
+            temperature=DEFAULTS.temperature if req.temperature is None else req.temperature,
+            top_k=DEFAULTS.top_k if req.top_k is None else req.top_k,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            repetition_penalty=DEFAULTS.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+            seed=secrets.randbits(63) if req.seed is None else req.seed,
+            num_samples=req.n,
+        )
+    except ValueError as e:  # "temperature must be ...": the message starts with the field's name
+        raise ApiError(400, str(e), str(e).split(" ", 1)[0]) from None
 
 
 def message_text(message: ChatMessage, i: int) -> str:

@@ -16,7 +16,12 @@ Idle rows cost arithmetic, nothing on a GPU (one group of all slots) but a share
 groups of 4 there: one to four requests cost one 4-row pass, five to eight two. `max_batch=1` is
 plain one-at-a-time serving.
 
-The waiting line is bounded: `submit` raises `QueueFull` instead of letting memory grow.
+The waiting line is bounded: `submit` raises `QueueFull` instead of letting memory grow. Admission
+counts rows: a request is taken when a row is free for it or fewer than `max_queue` requests wait
+beyond the free rows, so a burst on an idle server gets up to rows + queue, and ``max_queue=0`` still
+serves while a row is free. Rows are handed out under the lock, so the count is never stale.
+At `close` every request in flight ends with `Failed` (the server is stopping): a reply cut short is
+never dressed up as a normal stop at the length limit.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from model.gpt import KVCache
 from model.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class QueueFull(Exception):
@@ -64,6 +72,7 @@ class Failed:
     """The request could not be completed (the server is stopping, or the model raised)."""
 
     message: str
+    code: str = "generation_failed"
 
 
 Event = Tokens | Finished | Failed
@@ -128,15 +137,29 @@ class Scheduler:
         request = Request(self.engine.stream(prompt, params), listener)
         with self.cond:
             if self.closing:
-                raise SchedulerClosed("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
+                raise SchedulerClosed(SHUTTING_DOWN)
+            if not self._has_room(params.num_samples):
                 raise QueueFull(f"{len(self.waiting)} requests are already waiting")
             self.waiting.append(request)
             self.cond.notify()
         return request
 
+    def _has_room(self, rows: int) -> bool:
+        """(Called locked.) Whether a request of `rows` samples may join: the waiting requests take the
+        free rows first come first served; after that, it must fit the rows left or the queue."""
+        free, queued = len(self.free), 0
+        for request in self.waiting:
+            if request.cancelled:
+                continue
+            n = request.generation.params.num_samples
+            if queued == 0 and n <= free:
+                free -= n
+            else:
+                queued += 1
+        return (queued == 0 and rows <= free) or queued < self.max_queue
+
     def close(self, wait: bool = True) -> None:
-        """Stop: running requests end now ("length"), waiting ones fail, the worker exits."""
+        """Stop: running and waiting requests fail ("the server is shutting down"), the worker exits."""
         with self.cond:
             self.closing = True
             self.cond.notify()
@@ -173,24 +196,29 @@ class Scheduler:
             torch.set_num_threads(previous)
 
     def _take_waiting(self) -> list[Request]:
-        """The waiting requests that fit the free slots, first come first served (called locked)."""
-        taken, free = [], len(self.free)
-        while self.waiting and (self.waiting[0].cancelled or self.waiting[0].generation.params.num_samples <= free):
+        """The waiting requests that fit the free slots, first come first served, each given its slots
+        (called locked)."""
+        taken = []
+        while self.waiting and (self.waiting[0].cancelled or self.waiting[0].generation.params.num_samples
+                                <= len(self.free)):
             request = self.waiting.popleft()
             if not request.cancelled:
-                free -= request.generation.params.num_samples
+                n = request.generation.params.num_samples
+                request.rows, self.free = self.free[:n], self.free[n:]
                 taken.append(request)
         return taken
 
     def _step(self, admitted: list[Request]) -> None:
         for request in admitted:
-            self._admit(request)
+            self._alone(request, self._admit, request)
         for request in list(self.running):
             if request.cancelled:
                 self._retire(request, None)
                 continue
-            gen = request.generation
-            new, all_done = gen.pick(request.logits)
+            picked = self._alone(request, request.generation.pick, request.logits)
+            if picked is None:
+                continue
+            gen, (new, all_done) = request.generation, picked
             self._notify(request, Tokens(new))
             if all_done or gen.steps == gen.params.max_new_tokens:
                 gen.end()
@@ -198,11 +226,19 @@ class Scheduler:
         if self.running:
             self._decode()
 
+    def _alone(self, request: Request, work: Callable, *args):
+        """`work(*args)` for this request alone (its prompt, its pick): if it raises, only this request
+        fails (None is returned) and the others in the batch go on."""
+        try:
+            return work(*args)
+        except Exception as e:
+            log.exception("a request failed on its own")
+            self._retire(request, Failed(f"generation failed: {type(e).__name__}: {e}"))
+            return None
+
     def _admit(self, request: Request) -> None:
-        """Run the prompt alone, then give the request its slots and copy its cache in."""
+        """Run the prompt alone, then copy its cache into the request's slots."""
         request.logits = request.generation.prefill()
-        n = request.generation.params.num_samples
-        request.rows, self.free = self.free[:n], self.free[n:]
         request.index = torch.tensor(request.rows, device=self.engine.device)
         self.running.append(request)
         self.peak_running = max(self.peak_running, len(self.running))
@@ -251,7 +287,9 @@ class Scheduler:
     def _retire(self, request: Request, event: Event | None) -> None:
         if request in self.running:
             self.running.remove(request)
-            self.free = sorted(self.free + request.rows)
+        if request.rows:  # (a request that failed in its prefill holds rows but never ran)
+            with self.cond:
+                self.free, request.rows = sorted(self.free + request.rows), []
         if event is not None:
             self._notify(request, event)
 
@@ -265,11 +303,10 @@ class Scheduler:
             request.cancel()
 
     def _drain(self) -> None:
-        """At close: end the running requests where they are, fail the waiting ones."""
+        """At close: fail the running requests where they are (their replies are cut short) and the waiting ones."""
         for request in list(self.running):
-            request.generation.end()
-            self._retire(request, Finished(list(request.generation.finish), list(request.generation.stop_token)))
+            self._retire(request, Failed(SHUTTING_DOWN, "shutting_down"))
         with self.cond:
             waiting, self.waiting = list(self.waiting), deque()
         for request in waiting:
-            self._notify(request, Failed("the server is shutting down"))
+            self._notify(request, Failed(SHUTTING_DOWN, "shutting_down"))

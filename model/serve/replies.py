@@ -21,7 +21,12 @@ from model.serve.batching import Failed, Finished, Request, Scheduler, Tokens
 
 
 class GenerationFailed(Exception):
-    """The engine could not finish a request (it raised, or the server is stopping)."""
+    """The engine could not finish a request (it raised: `code` generation_failed; or the server is
+    stopping: shutting_down)."""
+
+    def __init__(self, message: str, code: str = "generation_failed"):
+        super().__init__(message)
+        self.code = code
 
 
 class StopText:
@@ -114,7 +119,7 @@ class ReplyStream:
                 if k not in open_requests:
                     continue
                 if isinstance(event, Failed):
-                    raise GenerationFailed(event.message)
+                    raise GenerationFailed(event.message, event.code)
                 choices = range(k * self.n, (k + 1) * self.n)
                 if isinstance(event, Tokens):
                     for delta in self._tokens(choices, event.tokens):

@@ -7,8 +7,9 @@
 
 FastAPI parses and checks the requests (`model.serve.api`), a `Scheduler` (`model.serve.batching`) decodes all of
 them together on one worker thread, and `model.serve.replies` turns its tokens into text deltas. Streams are
-server-sent events in OpenAI's format. Errors use OpenAI's ``{"error": {...}}`` shape: 400 names the
-parameter, 401 (with an API key set), 404, 413 (body over the limit), 503 with Retry-After (queue full).
+server-sent events in OpenAI's format. Errors use OpenAI's ``{"error": {...}}`` shape (`model.serve.http`):
+400 names the parameter, 401 (with an API key set), 404, 413 (body over the limit), 503 with Retry-After
+(queue full). Work that grows with a request (rendering, tokenizing) runs off the event loop.
 
 Safe by default: it binds 127.0.0.1 unless told otherwise, an API key can be required, bodies and
 ``max_tokens`` are capped, and no request names a file. When a prompt had to be cut to fit the
@@ -21,18 +22,19 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import socket
-from contextlib import asynccontextmanager
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import uvicorn
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from starlette.concurrency import run_in_threadpool
 
 from common.errors import UserError
 from model.io import INFO_NAME, RunFolder, resolve_model_dir
@@ -49,6 +51,7 @@ from model.serve.api import (
     usage,
 )
 from model.serve.batching import QueueFull, Scheduler, SchedulerClosed
+from model.serve.http import BodyLimit, install_error_handlers
 from model.serve.replies import GenerationFailed, ReplyStream
 
 PAGE = Path(__file__).resolve().parent / "static" / "chat.html"
@@ -79,77 +82,6 @@ class ServeOptions:
         return Limits(max_tokens=self.max_tokens, max_samples=self.max_batch)
 
 
-class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 (by its Content-Length, or as it arrives)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if not declared.isdigit() or int(declared) > self.max_bytes:
-            response = error_response(ApiError(413, f"the request body is over {self.max_bytes} bytes",
-                                               code="request_too_large"))
-            return await response(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:  # a chunked body without Content-Length
-                raise HTTPException(413, f"the request body is over {self.max_bytes} bytes")
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-
-
-def validation_param(loc: tuple) -> str | None:
-    """``("body", "messages", 0, "role")`` -> ``messages[0].role``."""
-    param = ""
-    for part in loc[1:] if loc and loc[0] == "body" else loc:
-        param += f"[{part}]" if isinstance(part, int) else (f".{part}" if param else str(part))
-    return param or None
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        return error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        first = e.errors()[0]
-        if first.get("type") == "json_invalid":
-            return error_response(ApiError(400, "the request body is not valid JSON"))
-        param = validation_param(tuple(first.get("loc", ())))
-        if param is None:
-            return error_response(ApiError(400, "the request body must be a JSON object "
-                                                "(with Content-Type: application/json)"))
-        return error_response(ApiError(400, f"{param}: {first.get('msg')}", param))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException):
-        if e.status_code == 404:
-            message = f"no such route: {request.method} {request.url.path}"
-        elif e.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        else:
-            message = str(e.detail)
-        return error_response(ApiError(e.status_code, message, code="request_too_large" if e.status_code == 413
-                                       else None, headers=getattr(e, "headers", None)))
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, e: Exception):
-        return error_response(ApiError(500, f"internal error: {type(e).__name__}", kind="server_error"))
-
-
 def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
     """The FastAPI app; its lifespan starts and stops the engine's worker thread."""
     on_cpu = loaded.engine.device.type == "cpu"
@@ -172,9 +104,11 @@ def create_app(loaded: LoadedModel, options: ServeOptions) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
     if options.allow_origins:
+        # Any request header: the official openai JavaScript client sends its own (x-stainless-os,
+        # x-stainless-retry-count, openai-organization, ...), and a preflight naming one header not
+        # on a list fails the browser's call. Safe: the API key travels in Authorization, not cookies.
         app.add_middleware(CORSMiddleware, allow_origins=options.allow_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"],
-                           expose_headers=["X-Context-Dropped-Turns", "X-Context-Truncated"])
+                           allow_headers=["*"], expose_headers=["X-Context-Dropped-Turns", "X-Context-Truncated"])
     auth = [Depends(api_key_check(options.api_key))]
     ctx = ServeContext(loaded, options, scheduler, app)
 
@@ -243,7 +177,10 @@ class ServeContext:
         self.check_model(body.model)
         params = sampling_params(body, self.options.limits, body.max_completion_tokens or body.max_tokens)
         block = self.loaded.engine.block_size
-        fitted = chat_prompt(body.messages, self.loaded.tokenizer, block, params.max_new_tokens)
+        # Rendering and tokenizing grow with the request: done on a worker thread, so that /health, every
+        # stream and a shutdown never wait for them.
+        fitted = await run_in_threadpool(chat_prompt, body.messages, self.loaded.tokenizer, block,
+                                         params.max_new_tokens)
         headers = context_headers(fitted.dropped_turns, fitted.overflow)
         shape = ResponseShape.for_request(True, self.options.model_name)
         return await self.respond(shape, [fitted.ids], params, body, request, headers)
@@ -255,7 +192,8 @@ class ServeContext:
             raise ApiError(400, "prompt is an empty list", "prompt")
         params = sampling_params(body, self.options.limits, body.max_tokens, len(prompts))
         block, tok = self.loaded.engine.block_size, self.loaded.tokenizer
-        fitted = [completion_prompt(p, tok, block, params.max_new_tokens) for p in prompts]
+        fitted = await run_in_threadpool(lambda: [completion_prompt(p, tok, block, params.max_new_tokens)
+                                                  for p in prompts])
         headers = context_headers(0, any(cut for _, cut in fitted))
         shape = ResponseShape.for_request(False, self.options.model_name)
         echoes = [p for p in prompts for _ in range(body.n)] if body.echo else None
@@ -308,7 +246,7 @@ async def collect(reply: ReplyStream, n_choices: int, request: Request) -> tuple
                 task.cancel()
         await task
     except GenerationFailed as e:
-        raise ApiError(503, str(e), kind="server_error", code="generation_failed") from None
+        raise ApiError(503, str(e), kind="server_error", code=e.code) from None
     finally:
         reply.cancel()
     return texts, finishes
@@ -336,7 +274,7 @@ async def sse_events(shape: ResponseShape, reply: ReplyStream, n_choices: int, i
         if include_usage:
             yield sse(shape.usage_chunk(usage(reply.prompt_tokens, reply.completion_tokens)))
     except GenerationFailed as e:
-        yield sse(ApiError(503, str(e), kind="server_error", code="generation_failed").body())
+        yield sse(ApiError(503, str(e), kind="server_error", code=e.code).body())
     finally:
         reply.cancel()
     yield sse("[DONE]")
@@ -353,12 +291,25 @@ class EventStream(StreamingResponse):
 
 
 class Server(uvicorn.Server):
-    """uvicorn, plus: Ctrl-C also ends the generations in flight, so that their streams close with a
-    final chunk and ``[DONE]`` at once instead of holding the shutdown until they are done."""
+    """uvicorn, plus: Ctrl-C, SIGTERM and SIGHUP (uvicorn itself catches only the first two) end the
+    generations in flight, so that their streams close at once with an error chunk saying the server is
+    shutting down and ``[DONE]``, instead of holding the shutdown until they are done."""
 
     def __init__(self, app: FastAPI, log_level: str = "warning"):
         super().__init__(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
         self.scheduler: Scheduler = app.state.scheduler
+
+    @contextmanager
+    def capture_signals(self):
+        with super().capture_signals():  # on leaving, it raises the caught signals again, for the caller
+            if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+                yield
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(signal.SIGHUP, previous)
 
     def handle_exit(self, sig, frame) -> None:
         self.scheduler.close(wait=False)

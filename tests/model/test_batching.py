@@ -126,17 +126,19 @@ def test_queue_cancel_and_close():
         scheduler.submit([], long, print)
     first, second = queue.Queue(), queue.Queue()
     running = scheduler.submit([1], long, first.put)
-    scheduler.submit([2], long, second.put)  # not started yet: the queue (2) is full
+    scheduler.submit([2], long, second.put)
+    third = scheduler.submit([5], long, print)  # not started yet: its row (1) and the queue (2) are full
     with pytest.raises(QueueFull):
         scheduler.submit([3], long, print)
     scheduler.start()
     assert isinstance(first.get(timeout=60), Tokens)
+    third.cancel()
     running.cancel()  # its row goes to the waiting request
     assert isinstance(second.get(timeout=60), Tokens)
     scheduler.close()
     with pytest.raises(SchedulerClosed):
         scheduler.submit([4], long, print)
-    assert drain(second)[-1] == Finished(["length"], [None])  # a running request ends where it is
+    assert drain(second)[-1] == Failed("the server is shutting down", "shutting_down")  # cut short, and says so
     assert scheduler.load == (0, 0) and scheduler.steps < 100_000
 
 
@@ -183,5 +185,59 @@ def test_a_failing_step_fails_its_requests_not_the_scheduler(engine, monkeypatch
         q = queue.Queue()
         scheduler.submit([1, 2], SamplingParams(max_new_tokens=10, temperature=0), q.put)
         assert collect(q)[0] == [engine.generate([1, 2], SamplingParams(max_new_tokens=10, temperature=0))[0].tokens]
+    finally:
+        scheduler.close()
+
+
+def test_a_request_that_breaks_its_own_step_fails_alone(engine):
+    """A value that slipped past the checks (a NaN temperature makes its sampling raise) fails its own
+    request; the request decoded beside it gets exactly the tokens it gets alone."""
+    broken = SamplingParams(max_new_tokens=10, seed=3)
+    broken.temperature = float("nan")  # past __post_init__, as a bug elsewhere might let it through
+    good = SamplingParams(max_new_tokens=20, temperature=0)
+    scheduler = Scheduler(engine, max_batch=2, threads=1)
+    qa, qb = queue.Queue(), queue.Queue()
+    scheduler.submit([1, 2], good, qa.put)
+    scheduler.submit([3, 4], broken, qb.put)
+    scheduler.start()  # both admitted in the same step
+    try:
+        (tokens, end), (_, failed) = collect(qa), collect(qb)
+    finally:
+        scheduler.close()
+    assert isinstance(failed, Failed) and "RuntimeError" in failed.message
+    assert tokens == [engine.generate([1, 2], good)[0].tokens] and isinstance(end, Finished)
+
+
+@pytest.mark.parametrize("field, value", [("temperature", float("nan")), ("temperature", float("inf")),
+                                          ("temperature", 1e6), ("repetition_penalty", float("inf")),
+                                          ("repetition_penalty", 1e30), ("repetition_penalty", 1e-30),
+                                          ("top_p", float("nan")), ("max_new_tokens", 10**12),
+                                          ("num_samples", 10**9)])
+def test_sampling_values_outside_their_working_range_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: value})
+
+
+def test_admission_counts_free_rows_before_the_queue():
+    """An idle server takes a burst of rows + queue; with no queue at all it still serves while a row is free."""
+    engine = Engine(favour(tiny_model(block_size=32), [97]), N_VOCAB, [EOT])
+    long = SamplingParams(max_new_tokens=100_000, temperature=0)
+    for max_queue in (0, 2):
+        scheduler = Scheduler(engine, max_batch=2, max_queue=max_queue)  # not started: nothing leaves the line
+        for _ in range(2 + max_queue):
+            scheduler.submit([1], long, print)
+        with pytest.raises(QueueFull):
+            scheduler.submit([1], long, print)
+        scheduler.close()
+    scheduler = Scheduler(engine, max_batch=2, max_queue=0)
+    scheduler.start()
+    try:
+        q = queue.Queue()
+        first = scheduler.submit([1], long, q.put)
+        assert isinstance(q.get(timeout=60), Tokens)
+        scheduler.submit([2], SamplingParams(max_new_tokens=3), print)  # the second row is free
+        with pytest.raises(QueueFull):
+            scheduler.submit([3], long, print)  # both rows taken, no queue
+        first.cancel()
     finally:
         scheduler.close()

@@ -92,3 +92,19 @@ def test_interactive_loop_leaves_cleanly_on_eof_and_ctrl_c(byte_tokenizer):
         out: list[str] = []
         assert run_chat(session(byte_tokenizer), None, out.append, lambda _: None, read=read) == 1
         assert "".join(out).endswith("\n")
+
+
+def test_fitting_a_long_history_encodes_each_message_once(byte_tokenizer, monkeypatch):
+    """Thousands of short turns: fitting is linear (it was quadratic: each dropped turn re-rendered the rest)."""
+    turns = [(f"问{i}", f"答{i}") for i in range(2000)]
+    encoded = []
+    real = byte_tokenizer.encode_batch
+    monkeypatch.setattr(byte_tokenizer, "encode_batch", lambda texts: encoded.extend(texts) or real(texts))
+    fitted = fit_history("你是助手", turns, "最后", byte_tokenizer, budget=200)
+    assert len(encoded) < 4 * (2 * len(turns) + 2)  # each message once, plus its checks; not ~n²/2
+    assert 0 < fitted.dropped_turns < len(turns) and len(fitted.ids) <= 200
+    kept = turns[fitted.dropped_turns:]
+    monkeypatch.undo()
+    assert fitted.ids == render_prompt(history_messages("你是助手", kept, "最后"), byte_tokenizer)
+    assert len(render_prompt(history_messages("你是助手", turns[fitted.dropped_turns - 1:],
+                                                                  "最后"), byte_tokenizer)) > 200

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from model.serve.api import MAX_MESSAGES
 from tests.conftest import ROOT
 from tests.model.conftest import favour, save_tiny, tiny_model
 from tests.model.servers import running_server
@@ -62,6 +63,11 @@ def error(r: httpx.Response) -> dict:
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
     ({"messages": [*USER, {"role": "system", "content": "late"}]}, "messages"),
     ({"model": None}, "model"),
+    # values that pass a type check but would break the batched step of every request in flight
+    ({"repetition_penalty": 1e30}, "repetition_penalty"),
+    ({"repetition_penalty": float("inf")}, "repetition_penalty"),  # json.dumps writes Infinity
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": float("nan")}, "top_p"),
 ])
 def test_bad_parameters_get_400_naming_them(server, change, param):
     body = {"model": server.name, "messages": USER, **change}
@@ -75,6 +81,32 @@ def test_bad_bodies_get_400(server):
     assert "JSON" in error(post(server, "/chat/completions", b"{not json"))["message"]
     assert "JSON object" in error(post(server, "/chat/completions", b"[1, 2]"))["message"]
     assert post(server, "/completions", {"model": server.name, "prompt": []}).status_code == 400
+
+
+def test_a_long_history_is_refused_and_fitting_never_holds_the_event_loop(server, monkeypatch):
+    from model.serve import server as module
+
+    r = post(server, "/chat/completions", {"model": server.name, "messages": USER * (MAX_MESSAGES + 1)})
+    assert r.status_code == 400 and error(r)["param"] == "messages"
+    real, calls = module.chat_prompt, []
+
+    def slow_fit(*args):  # as a long history at the body limit would be
+        time.sleep(1.5)
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(module, "chat_prompt", slow_fit)
+    body = {"model": server.name, "messages": USER * MAX_MESSAGES, "max_tokens": 1}
+    thread = threading.Thread(target=post, args=(server, "/chat/completions", body))
+    thread.start()
+    try:
+        time.sleep(0.3)  # the request is being fitted now
+        started = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200
+        assert time.monotonic() - started < 1.0  # answered while the fitting went on
+    finally:
+        thread.join(60)
+    assert len(calls) == 1
 
 
 def test_unknown_model_and_route_get_404(server):
@@ -159,11 +191,14 @@ def test_shutdown_ends_streams_in_flight_properly(run):
                 pass
             s.server.handle_exit(signal.SIGINT, None)  # what Ctrl-C does
             rest = [line for line in lines if line]
-        assert rest[-1] == "data: [DONE]" and json.loads(rest[-2][6:])["choices"][0]["finish_reason"] == "length"
+        assert rest[-1] == "data: [DONE]"
+        assert json.loads(rest[-2][6:])["error"]["code"] == "shutting_down"  # not a "length" that looks normal
 
 
-def test_cli_serves_until_ctrl_c(run):
-    """`python -m model serve` as `make serve` runs it: prints the URLs, answers, stops on SIGINT."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_cli_serves_until_ctrl_c(run, sig):
+    """`python -m model serve` as `make serve` runs it: prints the URLs, answers, stops cleanly on Ctrl-C,
+    SIGTERM (a scheduler, `docker stop`) or SIGHUP (a closed terminal)."""
     proc = subprocess.Popen([sys.executable, "-m", "model", "serve", "--ckpt", str(run), "--port", "0"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     try:
@@ -176,7 +211,7 @@ def test_cli_serves_until_ctrl_c(run):
         assert api.startswith("http://127.0.0.1:") and api.endswith("/v1")
         assert any("chat page: http://127.0.0.1:" in line for line in lines)
         assert httpx.get(api + "/models").json()["data"][0]["id"] == "chat"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
@@ -189,3 +224,26 @@ def test_cli_port_in_use_is_one_line(run):
         r = subprocess.run([sys.executable, "-m", "model", "serve", "--ckpt", str(run), "--port", port],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+
+
+# What the official openai JavaScript client (v4/v5, dangerouslyAllowBrowser) names on its preflight.
+OPENAI_JS_HEADERS = ("authorization, content-type, openai-organization, openai-project, x-stainless-arch, "
+                     "x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, "
+                     "x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout")
+
+
+def test_a_browser_front_end_passes_the_preflight_of_the_openai_js_client(run):
+    origin = "http://localhost:3000"
+    with running_server(run, allow_origins=[origin]) as s:
+        r = httpx.options(s.api + "/chat/completions", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": OPENAI_JS_HEADERS})
+        assert r.status_code == 200, r.text
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert {h.strip() for h in OPENAI_JS_HEADERS.split(",")} <= allowed
+        assert r.headers["access-control-allow-origin"] == origin
+        reply = post(s, "/chat/completions", {"model": s.name, "messages": USER, "max_tokens": 2})
+        assert reply.status_code == 200
+        elsewhere = httpx.options(s.api + "/chat/completions", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in elsewhere.headers

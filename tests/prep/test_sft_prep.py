@@ -113,6 +113,18 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     assert meta["records"]["kept"] == 1 and meta["sources"][0]["records_read"] == 9
 
 
+def test_a_cut_json_array_loses_only_its_rest_and_the_files_beside_it_are_read(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    second = {**MULTI, "output": "第二个回答。"}
+    (data / "a.json").write_text(json.dumps([MULTI, second], ensure_ascii=False, indent=1)[:-20], encoding="utf-8")
+    write_jsonl(data / "b.jsonl", [{"instruction": "翻译：", "input": "cat", "output": "猫"}])
+    meta = prep(data, tmp_path / "out")
+    assert [s["records_kept"] for s in meta["sources"]] == [1, 1]  # a.json's first dialog, b.jsonl's one
+    assert meta["skipped"]["invalid_json"]["count"] == 1
+    assert meta["skipped"]["invalid_json"]["examples"][0].startswith("a.json:")
+
+
 def test_nothing_usable_is_one_line_error(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Human:q\nAssistant:", "output": " "}])
     result = CliRunner().invoke(cli, ["sft", str(path), "--out", str(tmp_path / "out"), "--tokenizer", "bytes",

@@ -44,6 +44,19 @@ def test_cli_options_reach_the_run_and_meta(tmp_path, byte_tokenizer):
     assert CliRunner().invoke(cli, ["text", str(src), "--field", " , "]).exit_code == 2
 
 
+@pytest.mark.parametrize("option, value", [("--min-cjk", "nan"), ("--max-repeated-lines", "nan"),
+                                           ("--max-char-share", "inf"), ("--threshold", "nan"),
+                                           ("--val-fraction", "nan"), ("--workers", str(10**9)),
+                                           ("--min-cjk", "-0.5")])
+def test_every_number_is_checked_where_it_is_typed(tmp_path, option, value):
+    """NaN slipped through click's ranges (every comparison with it is false): a NaN filter kept or dropped
+    everything silently, a billion --workers forked until memory ran out."""
+    src = write_rows(tmp_path / "a.jsonl", [{"text": t} for t in texts(2)])
+    r = CliRunner().invoke(cli, ["text", str(src), "--out", str(tmp_path / "out"), option, value])
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_empty_or_unusable_input_is_one_line_and_no_folder(tmp_path):
     out = tmp_path / "out"
     assert "no such file or folder" in one_line_error(["text", str(tmp_path / "nope.jsonl"), "--out", str(out)])

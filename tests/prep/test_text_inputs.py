@@ -111,7 +111,8 @@ def test_bad_input_is_counted_by_reason_and_location(tmp_path, byte_tokenizer):
     write(tmp_path / "in/g.parquet.gz", gzip.compress(b"PAR1"))
     meta = prep(tmp_path / "in", tmp_path / "out", patterns=("*.jsonl*", "*.parquet*"), chunk_bytes=4096)
     got = skipped(meta)
-    assert got.pop("corrupt_compressed_file") == (2, ["b.jsonl.gz", "f.jsonl.zst"])
+    count, where = got.pop("corrupt_compressed_file")  # the cut file: where its damage begins
+    assert count == 2 and where[0].startswith("b.jsonl.gz:") and where[1] == "f.jsonl.zst"
     assert got.pop("duplicate")[0] > 0 and got.pop("truncated_last_line", (1, []))[0] <= 1
     assert got == {"invalid_json": (1, ["a.jsonl:2"]), "too_short": (1, ["a.jsonl:4"]),
                    "compressed_file": (2, ["c.jsonl.bz2", "g.parquet.gz"]), "invalid_parquet": (1, ["d.parquet"]),
@@ -164,8 +165,58 @@ def test_a_hub_name_offline_is_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_broken_json_array_stops_with_its_line(tmp_path):
-    write(tmp_path / "a.json", json.dumps([{"text": t} for t in TEXTS[:2]], indent=1).encode()[:-10])
-    with pytest.raises(PrepError, match=r"a\.json:\d+: .*JSON"):
-        prep(tmp_path / "a.json", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+def test_a_damaged_file_in_any_format_loses_only_its_rest(tmp_path, byte_tokenizer):
+    """A cut-off JSON array, JSON with a bad element, a cut .zst (once read as a shorter or empty file) and
+    a cut .gz: each gives its rows up to the damage, the rest is counted once at file:line, and the
+    good file beside them is read; the run goes on."""
+    rows = [{"text": t} for t in TEXTS[:4]]
+    array = json.dumps(rows, indent=1).encode()
+    write(tmp_path / "in/a.json", array[:-10])  # cut inside the last element
+    write(tmp_path / "in/b.json", b'[{"text": "' + TEXTS[4].encode() + b'"},\n {"text": }]')  # bad JSON, line 2
+    zst = compress(jsonl_bytes([{"text": TEXTS[5]}] + [{"text": f"{i} " + TEXTS[6]} for i in range(3000)]), "zst")
+    write(tmp_path / "in/c.jsonl.zst", zst[: len(zst) // 2])
+    write(tmp_path / "in/d.txt.zst", compress(TEXTS[6].encode(), "zst")[:-4])  # cut inside its only frame
+    write(tmp_path / "in/e.jsonl", jsonl_bytes([{"text": "好" * 20}]))
+    meta = prep(tmp_path / "in", tmp_path / "out", chunk_bytes=4096)
+    got = skipped(meta)
+    invalid = got.pop("invalid_json")
+    assert invalid[0] == 2 and invalid[1][0].startswith("a.json:") and invalid[1][1] == "b.json:2"
+    count, where = got.pop("corrupt_compressed_file")
+    assert count == 2 and where[0].startswith("c.jsonl.zst:") and where[1] == "d.txt.zst"
+    assert "empty_file" not in got
+    kept = docs(tmp_path / "out", byte_tokenizer)
+    assert kept[:4] == TEXTS[:3] + [TEXTS[4]] and kept[4] == TEXTS[5] and kept[-1] == "好" * 20
+
+
+def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, byte_tokenizer, monkeypatch):
+    """A small .txt.gz, .zst or .json.gz that expands far past the record cap is read past, counted as
+    too_large at its line, and never held whole; records after an endless line are still read."""
+    from prep import pipeline, row_sources, sources, text_sources
+
+    cap = 1 << 20
+    for module in (sources, text_sources, row_sources):
+        monkeypatch.setattr(module, "MAX_RECORD_BYTES", cap)
+    monkeypatch.setattr(pipeline, "MAX_RUN", 5000)  # a word BPE would take the square of its length on
+    write(tmp_path / "in/e.jsonl", jsonl_bytes([{"text": "很长" + "z" * 6000}, {"text": TEXTS[3]}]))
+    endless = b"x" * (8 * cap)
+    write(tmp_path / "in/a.txt.gz", gzip.compress(endless, mtime=0))
+    write(tmp_path / "in/b.jsonl.zst", compress(jsonl_bytes([{"text": TEXTS[0]}]) + b'{"text": "' + endless
+                                                + b'"}\n' + jsonl_bytes([{"text": TEXTS[1]}]), "zst"))
+    write(tmp_path / "in/c.json.gz", gzip.compress(b'[{"text": "' + TEXTS[2].encode() + b'"}, "' + endless + b'"]'))
+    write(tmp_path / "in/d.jsonl.gz", gzip.compress(endless, mtime=0))  # one line, no newline at all
+    assert sum(p.stat().st_size for p in (tmp_path / "in").iterdir()) < 200_000
+    held = []
+    real = sources.Chunk.__init__
+
+    def record(self, *args, **kw):
+        real(self, *args, **kw)
+        held.append(len(self.data))
+
+    monkeypatch.setattr(sources.Chunk, "__init__", record)
+    meta = prep(tmp_path / "in", tmp_path / "out", chunk_bytes=64 << 10)
+    assert max(held) <= 2 * cap  # no chunk ever held the 8 MB records
+    assert skipped(meta)["too_large"] == (4, ["a.txt.gz:1", "b.jsonl.zst:2", "c.json.gz:1", "d.jsonl.gz:1"])
+    assert skipped(meta)["too_long_word"] == (1, ["e.jsonl:1"])
+    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:4]
+
+

@@ -50,7 +50,14 @@ def test_overrides_are_typed_from_the_dataclass():
     ("seed=-1", "seed must be from 0"),
     ("beta1=2", "beta1 and beta2 must be in"),
     ("grad_clip=-1", "grad_clip > 0"),
-    ("batch_size=0", "batch_size must be positive"),
+    ("batch_size=0", "batch_size must be from 1"),
+    # absurd sizes: one line at once, never a plan or a build that runs for minutes
+    ("n_layer=1000000000", "n_layer must be from 1 to 4,096"),
+    ("batch_size=1000000000000", "batch_size must be from 1"),
+    ("block_size=1e12", "block_size must be from 1"),
+    ("max_steps=1e30", "max_steps must be from 1"),
+    ("lr=nan", "finite number"),
+    ("lr=inf", "finite number"),
 ])
 def test_bad_overrides_name_the_field(item, message):
     with pytest.raises(ValueError, match=message):

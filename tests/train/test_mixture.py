@@ -91,6 +91,11 @@ def test_open_normalises_weights_and_names_folders(folders):
     assert record["tokens"] == {k: v["tokens"] for k, v in json.loads(meta)["splits"].items()}
     with pytest.raises(MixtureError, match="appears twice"):
         open_mixture(f"{folders['wiki']}:1,{folders['wiki']}/:1")
+    huge = open_mixture(f"{folders['wiki']}:1e308,{folders['web']}:1e308")  # their sum overflows to infinity
+    assert huge.weights == [0.5, 0.5]
+    for bad in ("nan", "inf", "-1", "0", "1e-300"):  # 1e-300 beside 1: a share that would never be drawn
+        with pytest.raises(MixtureError, match="weight|share"):
+            open_mixture(f"{folders['wiki']}:{bad},{folders['web']}:1")
 
 
 def test_mixing_kinds_or_tokenizers_is_refused_in_one_line(folders, sft_data, tmp_path):

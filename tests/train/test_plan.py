@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -35,6 +36,7 @@ from train.plan import (
     PlanError,
     Setup,
     cuda_memory_check,
+    divisors,
     fmt,
     parse_size,
     plan_step,
@@ -236,6 +238,22 @@ def test_plan_command_prints_the_table_and_the_largest_micro_batch():
         assert "activations" in r.output and "loss: one chunk" in r.output and "bf16 on cuda" in r.output
     pick = lambda out: int(out.split("Largest micro-batch that fits: ")[1].split()[0])  # noqa: E731
     assert pick(small.output) < pick(large.output)
+
+
+def test_a_bare_gpu_mem_is_gigabytes_and_absurd_sizes_are_one_line_at_once():
+    bare = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24"], terminal_width=160)
+    unit = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GB"], terminal_width=160)
+    assert bare.exit_code == 0 and bare.output == unit.output, bare.output  # 24 GB, not 24 bytes
+    assert parse_size("24", bare_unit="g") == 24 << 30 and parse_size("24") == 24
+    started = time.monotonic()
+    for args in (["--gpu-mem", "0.1"], ["--gpu-mem", "9" * 400], ["--set", "batch_size=1000000000000"],
+                 ["--set", "n_layer=1000000000"], ["--set", "block_size=1e12"], ["--vocab", str(10**18)],
+                 ["--nproc", str(10**9)]):
+        r = CliRunner().invoke(cli, ["plan", *args])
+        assert r.exit_code != 0 and "Traceback" not in r.output, (args, r.output)
+        assert len([line for line in r.output.splitlines() if line.startswith("Error")]) == 1, r.output
+    assert time.monotonic() - started < 10  # by arithmetic: nothing built, no loop over a huge batch
+    assert divisors(36) == [1, 2, 3, 4, 6, 9, 12, 18, 36]
 
 
 def test_plan_command_errors_are_one_line():
