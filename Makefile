@@ -222,6 +222,7 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.train
 	$(PY) -m bench.generate
 	$(PY) -m bench.serve
+	$(PY) -m bench.vocab
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
