@@ -11,6 +11,8 @@ STAMP  := $(VENV)/.installed
 PRESET ?= mini
 ARGS   ?=
 NPROC  ?= 1
+# The tokenizer of prep-wiki / prep-sft / prep-text: qwen2, or a cut vocabulary's folder (make vocab).
+TOKENIZER ?= qwen2
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $$MK_TORCHRUN_ARGS --nproc_per_node "$$MK_NPROC")
@@ -25,6 +27,7 @@ verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),
 export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
 export MK_TORCHRUN_ARGS = $(call verbatim,TORCHRUN_ARGS)
+export MK_TOKENIZER = $(call verbatim,TOKENIZER)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,23 +50,32 @@ setup: $(STAMP) ## create .venv and install the dependencies (the other targets 
 prep-wiki: OUT ?= data_bin/wiki
 prep-wiki: export MK_OUT = $(call verbatim,OUT)
 prep-wiki: export MK_WIKI = $(call verbatim,WIKI)
-prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki]
+prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [TOKENIZER=qwen2|folder]
 	@test -n "$$MK_WIKI" || { echo "usage: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [ARGS=...]"; exit 2; }
-	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT"
+	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-sft: OUT ?= data_bin/sft
 prep-sft: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
 prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
-	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT"
+	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-text: OUT ?= data_bin/text
 prep-text: export MK_OUT = $(call verbatim,OUT)
 prep-text: export MK_SRC = $(call verbatim,SRC)
 prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
-	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT"
+	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+
+vocab: DATA ?= data_bin/wiki
+vocab: SIZE ?= 32768
+vocab: OUT ?= data_bin/vocab
+vocab: export MK_DATA = $(call verbatim,DATA)
+vocab: export MK_SIZE = $(call verbatim,SIZE)
+vocab: export MK_OUT = $(call verbatim,OUT)
+vocab: $(STAMP) ## cut Qwen2's vocabulary to a corpus: [DATA=data_bin/wiki] [SIZE=32768] [OUT=data_bin/vocab]
+	$(PY) -m prep vocab "$$MK_DATA" --size "$$MK_SIZE" --out "$$MK_OUT"
 
 pretrain: DATA ?= data_bin/wiki
 pretrain: OUT ?= runs/pretrain
@@ -210,6 +222,7 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.train
 	$(PY) -m bench.generate
 	$(PY) -m bench.serve
+	$(PY) -m bench.vocab
 
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

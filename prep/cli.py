@@ -13,6 +13,7 @@ from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
 from prep.sft_command import sft
 from prep.text_command import text
+from prep.vocab_command import remap, vocab
 from prep.wiki import DEFAULT_MIN_CHARS
 
 
@@ -78,3 +79,5 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
 
 cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py
 cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
+cli.add_command(vocab)  # `prep vocab`: prep/vocab_command.py, prep/vocab.py, prep/vocab_build.py
+cli.add_command(remap)  # `prep remap`: prep/remap.py

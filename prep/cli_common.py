@@ -20,5 +20,6 @@ def prep_options(f: Callable) -> Callable:
                      show_default=True, help="Share of documents in the val split, chosen by a stable hash of "
                      "each document's id, so a document never changes split between runs.")(f)
     f = click.option("--tokenizer", default=DEFAULT_TOKENIZER, show_default=True,
-                     help="qwen2 (offline Qwen2 tokenizer), bytes (tests), or a Hugging Face name or folder.")(f)
+                     help="qwen2 (offline Qwen2 tokenizer), a cut vocabulary's folder (`prep vocab`), bytes (tests), "
+                     "or a Hugging Face name or folder.")(f)
     return f

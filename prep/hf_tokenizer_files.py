@@ -23,13 +23,13 @@ from prep.tokenizer import (
     IM_START,
     QWEN2_SPLIT_PATTERN,
     HFTokenizer,
-    QwenTiktokenTokenizer,
+    TiktokenTokenizer,
     Tokenizer,
     gpt2_char_to_byte,
 )
 
 
-def _bpe_split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
+def bpe_split(ranks: dict[bytes, int], token: bytes) -> list[bytes]:
     """BPE-encode `token` using only merges ranked below the token itself."""
     limit = ranks[token]
     parts = [bytes([b]) for b in token]
@@ -57,7 +57,7 @@ def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tupl
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         vocab[spell(token)] = rank
         if len(token) > 1:
-            parts = _bpe_split(ranks, token)
+            parts = bpe_split(ranks, token)
             if len(parts) != 2:
                 raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
             merges.append((spell(parts[0]), spell(parts[1])))
@@ -102,8 +102,9 @@ def tokenizer_config(specials: dict[str, int], chat_template: str = CHATML_TEMPL
     }
 
 
-def write_qwen2_tokenizer_folder(tok: QwenTiktokenTokenizer, folder: Path) -> None:
-    """vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+def write_qwen2_tokenizer_folder(tok: TiktokenTokenizer, folder: Path) -> None:
+    """vocab.json, merges.txt, tokenizer.json, tokenizer_config.json and special_tokens_map.json, for
+    Qwen2's vocabulary or Qwen2's cut to a corpus (the same pre-tokenizer, merges in the same order)."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = vocab_and_merges(tok.ranks)
     specials = tok.special_tokens
@@ -118,7 +119,7 @@ def write_qwen2_tokenizer_folder(tok: QwenTiktokenTokenizer, folder: Path) -> No
 
 def save_hf_tokenizer(tok: Tokenizer, folder: Path) -> bool:
     """Write `tok` as a Hugging Face tokenizer folder; False for a tokenizer with no such form (``bytes``)."""
-    if isinstance(tok, QwenTiktokenTokenizer):
+    if isinstance(tok, TiktokenTokenizer):
         write_qwen2_tokenizer_folder(tok, folder)
     elif isinstance(tok, HFTokenizer):
         tok.hf.save_pretrained(str(folder))

@@ -48,6 +48,7 @@ QWEN2_SPLIT_PATTERN = (
 )
 
 DEFAULT_TOKENIZER = "qwen2"
+CUT_VOCAB_FILE = "cut_vocab.json"  # marks a folder of Qwen2's vocabulary cut to a corpus (prep/vocab.py)
 
 
 class TokenizerError(UserError, ValueError):
@@ -164,35 +165,34 @@ def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
     return ranks
 
 
-class QwenTiktokenTokenizer(Tokenizer):
-    """Qwen2's tokenizer from ``qwen.tiktoken``: no network, and tiktoken's fast threaded encoder."""
+class TiktokenTokenizer(Tokenizer):
+    """Byte-level BPE over a rank table, with Qwen2's split pattern and NFC, encoded by tiktoken (threaded).
 
-    name = DEFAULT_TOKENIZER
+    The regular tokens are ranks 0..n-1 and the three specials follow them: Qwen2's own table, or
+    Qwen2's cut to a corpus (`CUT_VOCAB_FILE`, written by ``python -m prep vocab``).
+    """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, name: str, ranks: dict[bytes, int]):
         import tiktoken
 
-        self.path = Path(path) if path else qwen_tiktoken_path()
-        self.ranks = read_tiktoken_ranks(self.path)
-        if len(self.ranks) != QWEN2_FIRST_SPECIAL_ID:
-            raise TokenizerError(
-                f"{self.path}: expected {QWEN2_FIRST_SPECIAL_ID} regular tokens, found {len(self.ranks)}"
-            )
-        self.eot_id, self.im_start_id, self.im_end_id = range(QWEN2_FIRST_SPECIAL_ID, QWEN2_FIRST_SPECIAL_ID + 3)
+        if sorted(ranks.values()) != list(range(len(ranks))):
+            raise TokenizerError(f"tokenizer {name!r}: its ranks are not the ids 0..{len(ranks) - 1}")
+        self.name, self.ranks = name, ranks
+        self.eot_id, self.im_start_id, self.im_end_id = range(len(ranks), len(ranks) + 3)
         self.encoding = tiktoken.Encoding(
-            "qwen2",
+            name,
             pat_str=QWEN2_SPLIT_PATTERN,
-            mergeable_ranks=self.ranks,
+            mergeable_ranks=ranks,
             special_tokens=dict(zip(SPECIAL_TOKENS, range(self.eot_id, self.eot_id + 3), strict=True)),
         )
         self._bytes = [b""] * len(self)
-        for token, rank in self.ranks.items():
+        for token, rank in ranks.items():
             self._bytes[rank] = token
         for text, i in self.special_tokens.items():
             self._bytes[i] = text.encode()
 
     def __len__(self) -> int:
-        return QWEN2_FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)
+        return len(self.ranks) + len(SPECIAL_TOKENS)
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(nfc(text))
@@ -208,6 +208,36 @@ class QwenTiktokenTokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         return b"".join(self._bytes[int(i)] for i in ids).decode("utf-8", errors="replace")
+
+
+class QwenTiktokenTokenizer(TiktokenTokenizer):
+    """Qwen2's tokenizer from ``qwen.tiktoken``: no network, and tiktoken's fast threaded encoder."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else qwen_tiktoken_path()
+        ranks = read_tiktoken_ranks(self.path)
+        if len(ranks) != QWEN2_FIRST_SPECIAL_ID:
+            raise TokenizerError(f"{self.path}: expected {QWEN2_FIRST_SPECIAL_ID} regular tokens, found {len(ranks)}")
+        super().__init__(DEFAULT_TOKENIZER, ranks)
+
+
+def is_cut_vocab_folder(spec: str) -> bool:
+    """A folder written by ``python -m prep vocab`` (Qwen2's vocabulary cut to a corpus)."""
+    return (Path(spec) / CUT_VOCAB_FILE).is_file()
+
+
+def cut_vocab_tokenizer(folder: str) -> TiktokenTokenizer:
+    """A cut vocabulary's tiktoken form, read from its ``vocab.json`` (ids in Qwen2's merge order)."""
+    import json
+
+    path = Path(folder) / "vocab.json"
+    try:
+        vocab = json.loads(path.read_text("utf-8"))
+        decoder = gpt2_char_to_byte()
+        ranks = {bytes(decoder[ch] for ch in token): i for token, i in vocab.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TokenizerError(f"{path}: not a byte-level vocabulary ({first_line(e)}); rebuild it with prep vocab") from e
+    return TiktokenTokenizer(folder, ranks)
 
 
 class ByteTokenizer(Tokenizer):
@@ -308,7 +338,8 @@ class HFTokenizer(Tokenizer):
 
 @lru_cache(maxsize=4)
 def load_tokenizer(spec: str = DEFAULT_TOKENIZER, local_only: bool = False) -> Tokenizer:
-    """``qwen2`` (offline, default), ``bytes`` (tests), or a Hugging Face hub name / local folder.
+    """``qwen2`` (offline, default), ``bytes`` (tests), a cut vocabulary's folder, or a Hugging Face
+    hub name / local folder.
 
     `local_only` never goes to the network: for names read from files, which the user did not type.
     """
@@ -317,6 +348,8 @@ def load_tokenizer(spec: str = DEFAULT_TOKENIZER, local_only: bool = False) -> T
     if spec == ByteTokenizer.name:
         return ByteTokenizer()
     spec = expand_user(spec)
+    if is_cut_vocab_folder(spec):  # tiktoken speed; the folder also loads in AutoTokenizer
+        return cut_vocab_tokenizer(spec)
     if Path(spec).is_dir() or looks_like_hub_name(spec, ()):
         return HFTokenizer(spec, local_only)
     if "/" in spec:  # a path that is not there: "no such folder" at once, never a hub lookup of a typo

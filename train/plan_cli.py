@@ -14,6 +14,7 @@ from common.cli import one_line_errors
 from model.cli_common import dtype_option
 from model.gpt import GPTConfig
 from model.runtime import resolve_dtype
+from prep.tokenizer import load_tokenizer, pad_vocab_size
 from train.config import AUTO, PRESETS, apply_overrides, preset
 from train.plan import (
     CUDA_CONTEXT,
@@ -108,13 +109,16 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
               help="override a config field, as in `train pretrain` (micro_batch_size=auto: the largest that fits)")
 @click.option("--vocab", type=click.IntRange(1, 1 << 24), default=GPTConfig.vocab_size, show_default=True,
               help="padded vocabulary size (the Qwen2 tokenizer's by default; 384 for the bytes tokenizer)")
+@click.option("--tokenizer", default=None, metavar="NAME",
+              help="take --vocab from this tokenizer: qwen2, a cut vocabulary's folder (prep vocab), bytes, ...")
 @click.option("--gpu-mem", help="plan for a CUDA card with this much memory, e.g. 24GB; a bare number is GB "
               "(default: this machine)")
 @click.option("--nproc", type=click.IntRange(1, 1 << 16), default=1, show_default=True, help="processes (GPUs), as torchrun's")
 @dtype_option(default=None, help="the step's precision (default: the config's dtype, --set dtype=...); auto: as "
               "training picks: bf16 on a card that has it (Ampere and later; give fp16 for older), fp32 on a CPU")
 @one_line_errors
-def plan_command(preset_name: str, assignments, vocab: int, gpu_mem: str | None, nproc: int, dtype: str | None) -> None:
+def plan_command(preset_name: str, assignments, vocab: int, tokenizer: str | None, gpu_mem: str | None, nproc: int,
+                 dtype: str | None) -> None:
     """How much memory one training step needs, and the largest micro-batch that fits.
 
     Computed from the model's tensors (the formulas are in train/plan.py), not measured: on CUDA the
@@ -124,6 +128,8 @@ def plan_command(preset_name: str, assignments, vocab: int, gpu_mem: str | None,
         cfg = apply_overrides(preset(preset_name), assignments)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if tokenizer is not None:
+        vocab = pad_vocab_size(len(load_tokenizer(tokenizer)))
     device, budget, where = _memory_target(gpu_mem)
     bf16 = device == "cuda" and (gpu_mem is not None or torch.cuda.is_bf16_supported())
     dtype = resolve_dtype(device, dtype or cfg.dtype, bf16)

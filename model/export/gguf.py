@@ -46,7 +46,7 @@ from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import vocab_and_merges
-from prep.tokenizer import QwenTiktokenTokenizer, Tokenizer, load_tokenizer
+from prep.tokenizer import TiktokenTokenizer, Tokenizer, load_tokenizer
 
 ARCH = "gpt2"
 GGUF_TYPES = {
@@ -99,8 +99,9 @@ def stored_nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> i
 
 
 def qwen2_ranks(tok: Tokenizer) -> dict[bytes, int]:
-    """The BPE ranks behind `tok`: only Qwen2's vocabulary (however loaded) has a GGUF form here."""
-    if isinstance(tok, QwenTiktokenTokenizer):
+    """The BPE ranks behind `tok`: only Qwen2's vocabulary (however loaded, or cut to a corpus by
+    ``prep vocab``) has a GGUF form here."""
+    if isinstance(tok, TiktokenTokenizer):
         return tok.ranks
     qwen = load_tokenizer("qwen2")
     if tok.fingerprint != qwen.fingerprint:  # e.g. Qwen/Qwen2-0.5B from the hub: same ids, same bytes

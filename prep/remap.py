@@ -1,0 +1,67 @@
+"""Renumber a token folder made with Qwen2's tokenizer into a cut vocabulary's ids, without tokenizing again.
+
+Exact only when every id of the folder is kept: then the cut tokenizer would have made the same pieces
+(`prep.vocab`), so new id = position of the old id. A folder holding any dropped id is refused, with the
+command that re-tokenizes it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from common.outputs import read_json
+from prep.tokenfile import SPLITS, Split, TokenFolder, TokenFolderWriter, open_token_folder
+from prep.tokenizer import CUT_VOCAB_FILE, check_identity, is_cut_vocab_folder, load_tokenizer
+from prep.vocab import VocabError, id_map
+
+REMAPPABLE = ("pretrain", "sft")
+
+
+def remap_folder(src: str | os.PathLike, vocab: str, out: str | os.PathLike) -> dict:
+    """Write `src` renumbered into the cut vocabulary `vocab` as `out`; returns the meta.json written."""
+    if not is_cut_vocab_folder(vocab):
+        raise VocabError(f"{vocab}: not a cut vocabulary (no {CUT_VOCAB_FILE}); build one with `prep vocab`")
+    folder = open_token_folder(src)
+    if folder.kind not in REMAPPABLE:
+        raise VocabError(f"{folder.path}: a {folder.kind!r} token folder; only {' and '.join(REMAPPABLE)} ones remap")
+    record = read_json(Path(vocab) / CUT_VOCAB_FILE)
+    check_identity(record["source"], folder.tokenizer, f"{vocab} (cut from)", f"{folder.path}'s tokenizer")
+    source, cut = load_tokenizer(record["source"]["name"]), load_tokenizer(vocab)
+    lookup = id_map(source, record["kept_ids"], cut)
+    splits = {name: folder.split(name) for name in SPLITS}
+    for name, split in splits.items():
+        _check_kept(folder, name, split, lookup, source, vocab)
+    writer = TokenFolderWriter(out, folder.kind, cut.identity(), with_mask=folder.kind == "sft",
+                               with_turns=all(s.turn_starts is not None for s in splits.values()))
+    with writer:
+        for name, split in splits.items():
+            _copy_split(writer, name, split, lookup)
+        extra = {k: v for k, v in folder.meta.items() if k not in ("format_version", "kind", "tokenizer", "splits")}
+        return writer.finish({**extra, "remapped_from": {"path": str(folder.path), "tokenizer": folder.tokenizer}})
+
+
+def _check_kept(folder: TokenFolder, name: str, split: Split, lookup: np.ndarray, source, vocab: str) -> None:
+    gone = lookup[np.asarray(split.tokens)] < 0
+    if gone.any():
+        example = int(np.asarray(split.tokens)[np.argmax(gone)])
+        raise VocabError(f"{folder.path}: {int(gone.sum()):,} tokens of split {name!r} are not in {vocab} "
+                         f"(e.g. id {example}, {source.decode([example])!r}); re-tokenize the text with "
+                         f"`--tokenizer {vocab}` instead")
+
+
+def _copy_split(writer: TokenFolderWriter, name: str, split: Split, lookup: np.ndarray) -> None:
+    """Every document renumbered, masks and turn starts as they were; the byte counts are the source's
+    (the same text), given with the last document since only split totals are kept."""
+    starts = split.doc_starts.astype(np.int64)
+    turns = split.turn_starts.astype(np.int64) if split.turn_starts is not None else None
+    stats = split.stats
+    for d in range(split.n_docs):
+        begin, end = int(starts[d]), int(starts[d + 1])
+        last = d == split.n_docs - 1
+        in_doc = () if turns is None else turns[np.searchsorted(turns, begin):np.searchsorted(turns, end)] - begin
+        writer.add(name, lookup[np.asarray(split.tokens[begin:end])],
+                   split.mask[begin:end] if split.mask is not None else None, in_doc,
+                   stats.get("bytes", 0) if last else 0, stats.get("target_bytes", 0) if last else 0)
