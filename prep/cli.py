@@ -11,6 +11,7 @@ import click
 
 from common.cli import one_line_errors
 from prep.cli_common import prep_options
+from prep.pref_command import pref
 from prep.sft_command import sft
 from prep.text_command import text
 from prep.wiki import DEFAULT_MIN_CHARS
@@ -77,3 +78,4 @@ def inspect_cmd(folder: Path, split: str, doc_index: int, n_tokens: int) -> None
 
 cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py
 cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
+cli.add_command(pref)  # `prep pref`: prep/pref_command.py, prep/pref.py
