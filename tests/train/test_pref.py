@@ -65,6 +65,21 @@ def test_dpo_starts_at_ln2_and_reward_accuracy_rises(pref_setup, tmp_path):
     assert {"margin", "chosen_logp", "rejected_logp"} <= train[-1].keys() and "val_chosen_shift" in evals[-1]
     assert json.loads((out / "checkpoint" / "model.json").read_text())["chat"] is True
     assert "reference log-probs of" in " ".join(r.stderr.split())
+    report = " ".join(run_cli("report", "--lineage", str(out)).stdout.split())
+    assert "base model (pretrain)" in report and "chat model (sft)" in report and "chat model (dpo)" in report
+    assert "lineage pretrain (" in report.replace("│", "").replace("  ", " ")
+
+
+def test_the_dpo_model_chats_and_exports_as_a_chat_model(pref_setup, tmp_path):
+    out = tmp_path / "dpo"
+    assert run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2")).returncode == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    model = lambda *a: subprocess.run([PY, "-m", "model", *a], cwd=ROOT, env=env, capture_output=True,  # noqa: E731
+                                      text=True, timeout=120)
+    chat = model("chat", "--ckpt", str(out), "--message", "q a1?", "--max-new-tokens", "3")
+    assert chat.returncode == 0 and "assistant:" in chat.stdout + chat.stderr
+    export = model("export", "--ckpt", str(out), "--out", str(tmp_path / "hf"))
+    assert export.returncode == 0 and "exported a chat model" in " ".join((export.stdout + export.stderr).split())
 
 
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])
@@ -113,3 +128,13 @@ def test_two_processes_train_as_one(pref_setup, tmp_path):
     a, b = load_file(one / "checkpoint" / "model.safetensors"), load_file(two / "checkpoint" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_plan_knows_the_stage():
+    from click.testing import CliRunner
+
+    from train.plan_cli import plan_command
+
+    r = CliRunner().invoke(plan_command, ["--stage", "dpo", "--preset", "tiny", "--gpu-mem", "24GB"])
+    assert r.exit_code == 0, r.output
+    assert "reference model is never held" in " ".join(r.output.split())
