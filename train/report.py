@@ -58,12 +58,20 @@ def _lineage(path: Path, longest: int = 8) -> list[tuple[str, str]]:
     while current is not None and len(chain) < longest:
         try:
             info = read_run_info(resolve_model_dir(current))
-        except (CheckpointError, OSError):
-            chain.append((str(RunFolder.of(current).path), "?"))
+        except (CheckpointError, OSError):  # no train_config.json: its model.json's data kind says the stage
+            chain.append((str(RunFolder.of(current).path), _stage_of_data(current)))
             break
         chain.append((str(RunFolder.of(current).path), str(info.get("stage", "?"))))
         current = Path(info["init"]) if info.get("init") else None
     return chain[::-1]
+
+
+def _stage_of_data(path: Path) -> str:
+    try:
+        kind = read_model_info(path).get("data_kind")
+    except (CheckpointError, OSError):
+        return "?"
+    return {"pretrain": "pretrain", "sft": "sft", "pref": "dpo"}.get(kind, "?")
 
 
 def _curve(evals: list[dict]) -> dict:
