@@ -86,13 +86,19 @@ def save(path, parts: dict[str, np.ndarray], identity: str) -> None:
 
 
 def load(trainer) -> dict[str, np.ndarray]:
-    """The kept log-probs (rank 0 reads them; every rank gets rank 0's copy)."""
-    path = trainer.run_folder.reference
-    parts = _read(path, data_identity(trainer)) if trainer.main else None
-    if trainer.d.enabled:
-        box = [parts]
+    """The kept log-probs (rank 0 reads them; every rank gets rank 0's copy, or its reason to stop)."""
+    parts, problem = None, None
+    if trainer.main:
+        try:
+            parts = _read(trainer.run_folder.reference, data_identity(trainer))
+        except ReferenceError as e:
+            problem = str(e)
+    if trainer.d.enabled:  # the other ranks wait here: they must not be left waiting if rank 0 stops
+        box = [(parts, problem)]
         torch.distributed.broadcast_object_list(box, src=0)
-        parts = box[0]
+        parts, problem = box[0]
+    if problem:
+        raise ReferenceError(problem)
     return parts
 
 

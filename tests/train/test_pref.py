@@ -138,3 +138,12 @@ def test_plan_knows_the_stage():
     r = CliRunner().invoke(plan_command, ["--stage", "dpo", "--preset", "tiny", "--gpu-mem", "24GB"])
     assert r.exit_code == 0, r.output
     assert "reference model is never held" in " ".join(r.output.split())
+
+
+def test_a_resumed_run_without_its_reference_stops_with_one_line(pref_setup, tmp_path):
+    out = tmp_path / "dpo"
+    run = ["--max-steps", "4", "--eval-every", "4"]
+    assert run_cli(*dpo_args(pref_setup, out, *run, "--stop-at", "2")).returncode == 0
+    (out / "reference_logps.npz").unlink()
+    r = run_cli(*dpo_args(pref_setup, out, *run))
+    assert r.returncode == 1 and "reference_logps.npz: missing" in r.stderr and "Traceback" not in r.stderr
