@@ -97,6 +97,29 @@ sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrai
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
+prep-pref: OUT ?= data_bin/pref
+prep-pref: export MK_OUT = $(call verbatim,OUT)
+prep-pref: export MK_PREF = $(call verbatim,PREF)
+prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS=--max-len N]
+	@test -n "$$MK_PREF" || { echo "usage: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS='--max-len 257']"; exit 2; }
+	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT"
+
+dpo: DATA ?= data_bin/pref
+dpo: INIT ?= runs/sft
+dpo: OUT ?= runs/dpo
+dpo: export MK_DATA = $(call verbatim,DATA)
+dpo: export MK_INIT = $(call verbatim,INIT)
+dpo: export MK_OUT = $(call verbatim,OUT)
+dpo: export MK_PRESET = $(call verbatim,PRESET)
+dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
+	@$(CHECK_NPROC)
+	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+
+report: RUN ?= runs/dpo
+report: export MK_RUN = $(call verbatim,RUN)
+report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo]
+	$(PY) -m train report --lineage "$$MK_RUN"
+
 sample: CKPT ?= runs/sft
 sample: PROMPT ?= 数学是
 sample: export MK_CKPT = $(call verbatim,CKPT)
@@ -216,6 +239,18 @@ test: $(STAMP) $(TF4)/.installed ## lint and run the test suite (offline, CPU, a
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
+
+# After `make demo`: a short DPO stage on sample_data/pref, from the demo's SFT model (about 1-2 minutes).
+demo-dpo: $(STAMP) ## after make demo: DPO on the bundled preference pairs, then a chat turn and the lineage
+	@test -f $(DEMO_RUNS)/sft/checkpoint/model.json || { echo "make demo-dpo starts from the demo's SFT model: run make demo first"; exit 2; }
+	rm -rf $(DEMO_DATA)/pref $(DEMO_RUNS)/dpo
+	@printf '\n== 1/3  prep-pref: sample_data/pref -> $(DEMO_DATA)/pref (dialogs of at most 65 tokens: block 64 + 1)\n'
+	$(SUB_MAKE) prep-pref PREF=sample_data/pref/dpo_zh.jsonl OUT=$(DEMO_DATA)/pref ARGS="--val-fraction 0.1 --max-len 65"
+	@printf '\n== 2/3  dpo: prefer the chosen replies (reference: the SFT model, scored once)\n'
+	$(SUB_MAKE) dpo PRESET=tiny DATA=$(DEMO_DATA)/pref INIT=$(DEMO_RUNS)/sft OUT=$(DEMO_RUNS)/dpo ARGS=
+	@printf '\n== 3/3  one chat turn with the preference-tuned model\n'
+	$(SUB_MAKE) chat CKPT=$(DEMO_RUNS)/dpo ARGS="--message 数学是什么？ $(DEMO_SAMPLING)"
+	@$(PY) -m train report --lineage $(DEMO_RUNS)/dpo
 
 bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.prep

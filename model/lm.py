@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.attention import KVCache
+from model.row_loss import row_losses
 
 
 @dataclass
@@ -158,7 +159,7 @@ class CausalLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                 *, cache: KVCache | None = None, start_pos: int | Sequence[int] | None = None,
-                last_only: bool = False):
+                last_only: bool = False, per_row: bool = False):
         """Logits, or the summed loss.
 
         * ``targets`` None: fp32 logits (B, T, V), or (B, 1, V) for the last position if `last_only`
@@ -168,6 +169,7 @@ class CausalLM(nn.Module):
         * ``targets`` (B, T) given: ``(loss_sum, n_targets)``, two fp32 scalars: the cross-entropy summed
           over the positions where `loss_mask` (B, T) is nonzero (every position if None) and how many
           those are. Divide by the token count of the whole effective batch, not per micro-batch.
+          With `per_row`, both are (B,): each row's sum and count (`model.row_loss`, for pair losses).
         """
         h = self.hidden_states(idx, cache, start_pos)
         weight = self.output_weight()
@@ -176,6 +178,8 @@ class CausalLM(nn.Module):
                 h = h[:, -1:, :]
             return F.linear(h, weight).float()
         mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
+        if per_row:
+            return row_losses(h, weight, targets, mask, self.config.loss_chunk_tokens)
         mask = mask.reshape(-1)
         loss_sum = ChunkedLinearCrossEntropy.apply(
             h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), mask, self.config.loss_chunk_tokens, _matmul_dtype(h)

@@ -11,6 +11,7 @@ import click
 
 from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
+from prep.pref_command import pref
 from prep.sft_command import sft
 from prep.text_command import text
 from prep.vocab_command import remap, vocab
@@ -81,3 +82,4 @@ cli.add_command(sft)  # `prep sft`: prep/sft_command.py, prep/sft.py
 cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
 cli.add_command(vocab)  # `prep vocab`: prep/vocab_command.py, prep/vocab.py, prep/vocab_build.py
 cli.add_command(remap)  # `prep remap`: prep/remap.py
+cli.add_command(pref)  # `prep pref`: prep/pref_command.py, prep/pref.py

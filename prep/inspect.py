@@ -3,7 +3,7 @@
 What people need when a model misbehaves: the counts prep recorded (and what it skipped), how long
 documents are in tokens, and one document decoded. For SFT folders the decoded dialog shows which
 tokens carry loss (green) and every special token (magenta), so a wrong mask or template is visible
-at a glance.
+at a glance; a preference folder's pair is shown as its chosen and its rejected dialog.
 """
 
 from __future__ import annotations
@@ -108,5 +108,19 @@ def inspect_folder(folder: str | Path, split: str = "train", doc_index: int = 0,
         console.print(Text.assemble("legend: ", ("trained text", TRAINED_STYLE), "  untrained text  ",
                                     ("<|special|>", SPECIAL_STYLE), "  ", ("<|trained special|>",
                                                                           SPECIAL_STYLE + " underline")))
-    console.print(render_doc(tok, shown, mask[:n_tokens] if mask is not None else None))
+    if tf.kind == "pref":  # one pair: show each of its two dialogs from its start
+        _print_pair(console, tok, s, k, ids, mask, n_tokens)
+    else:
+        console.print(render_doc(tok, shown, mask[:n_tokens] if mask is not None else None))
     console.rule()
+
+
+def _print_pair(console: Console, tok: Tokenizer, s: Split, k: int, ids: np.ndarray, mask: np.ndarray,
+                n_tokens: int) -> None:
+    """The chosen and the rejected dialog of pair `k` (the second starts at the pair's second turns.idx entry)."""
+    turns = np.asarray(s.turn_starts if s.turn_starts is not None else [], dtype=np.int64)
+    cut = int(turns[2 * k + 1] - s.doc_starts[k]) if len(turns) == 2 * s.n_docs else len(ids)
+    for name, part in (("chosen", slice(0, cut)), ("rejected", slice(cut, len(ids)))):
+        dialog, dialog_mask = ids[part], mask[part]
+        console.print(Text(f"{name}: {len(dialog):,} tokens, {int(dialog_mask.sum()):,} trained", style="bold"))
+        console.print(render_doc(tok, dialog[:n_tokens], dialog_mask[:n_tokens]))

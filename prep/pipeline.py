@@ -65,7 +65,7 @@ from prep.near_dedup import NearDedup, NearDedupConfig
 from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
-from prep.tokenfile import TokenFolderWriter
+from prep.tokenfile import MASKED_KINDS, TokenFolderWriter
 from prep.tokenizer import SpecialIds, Tokenizer, TokenizerError, load_tokenizer, nfc
 
 
@@ -131,7 +131,7 @@ def _init_worker(tokenizer: str, parse: Callable, kind: str, val_fraction: float
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, *STOP_SIGNALS})  # held while forking
         threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     tok = load_tokenizer(tokenizer)
-    _WORKER = _Worker(tok, tok.specials, parse, kind == "sft", val_fraction, near)
+    _WORKER = _Worker(tok, tok.specials, parse, kind in MASKED_KINDS, val_fraction, near)
 
 
 def _exit_when_orphaned(parent: int) -> None:
@@ -286,7 +286,7 @@ class PrepJob:
     source: Source
     parse: Callable[[Chunk, SpecialIds], list[Document | Skipped | Repaired]]
     out: Path
-    kind: str  # "pretrain" or "sft"
+    kind: str  # "pretrain", "sft" or "pref" (prep.tokenfile.KINDS)
     options: dict
     tokenizer: str = "qwen2"
     val_fraction: float = 0.005
@@ -315,7 +315,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
     workers = job.workers or default_workers()
     stats = PrepStats(job.source.inputs)
     started = time.perf_counter()
-    writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind == "sft",
+    writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind in MASKED_KINDS,
                                with_turns=job.with_turns)
     init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:

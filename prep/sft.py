@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def sft_parser(system: str = "") -> partial:
     return partial(parse_sft, system=system)
 
 
-def _jsonl_format(path: Path) -> str:
+def _jsonl_format(path: Path, detect: Callable[[Iterator[object]], str | None]) -> str:
     """Detect a JSON-lines file's format from its first decodable rows."""
     def rows() -> Iterator[object]:
         with open(path, "rb") as f:
@@ -87,36 +87,46 @@ def _jsonl_format(path: Path) -> str:
                 except (ValueError, RecursionError):  # bad JSON or UTF-8: counted later, when the row is parsed
                     continue
 
-    return detect_row_format(rows()) or "unknown"
-
-
-def _row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: int,
-                file_bytes: int = 0) -> Iterator[Chunk]:
-    """`row_chunks` of format detected from the first rows."""
-    head = list(itertools.islice(rows, DETECT_ROWS))
-    fmt = detect_row_format(row for _, row, _ in head) or "unknown"
-    return row_chunks(name, itertools.chain(head, rows), chunk_bytes, fmt, file_bytes)
+    return detect(rows()) or "unknown"
 
 
 class SftSource:
-    """Chunks of every input in a fixed order: JSON lines as raw bytes, JSON arrays and hub rows as parsed rows."""
+    """Chunks of every input in a fixed order: JSON lines as raw bytes, JSON arrays and hub rows as parsed rows.
 
-    def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
+    `detect` names a file's format from its first rows (`prep.pref.PrefSource` passes the preference
+    formats'); `check_format` may refuse a file whose format it could not name."""
+
+    what = "SFT data files"
+
+    def __init__(self, spec: str | Path, chunk_bytes: int | None = None,
+                 detect: Callable[[Iterator[object]], str | None] = detect_row_format):
         self.spec = str(spec)
+        self.detect = detect
         self.hub = looks_like_hub_name(self.spec)
-        self.files, self.inputs = spec_inputs(self.spec, self.hub, INPUT_PATTERNS, "SFT data files")
+        self.files, self.inputs = spec_inputs(self.spec, self.hub, INPUT_PATTERNS, self.what)
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
+
+    def check_format(self, name: str, fmt: str, head: list[object]) -> None:
+        """Nothing for SFT: rows of an unknown format are skipped and counted (`unknown_format`)."""
+
+    def _row_chunks(self, name: str, rows: Iterator[tuple[int, object, int]], file_bytes: int = 0) -> Iterator[Chunk]:
+        """`row_chunks` of format detected from the first rows."""
+        head = list(itertools.islice(rows, DETECT_ROWS))
+        fmt = self.detect(row for _, row, _ in head) or "unknown"
+        self.check_format(name, fmt, [row for _, row, _ in head])
+        return row_chunks(name, itertools.chain(head, rows), self.chunk_bytes, fmt, file_bytes)
 
     def chunks(self) -> Iterator[Chunk]:
         if self.hub:
             rows = ((n, row, json_size(row)) for n, row in hub_rows(self.spec))
-            yield from _row_chunks(self.spec, rows, self.chunk_bytes)
+            yield from self._row_chunks(self.spec, rows)
             return
         for (path, name), info in zip(self.files, self.inputs, strict=True):
             if info.n_bytes and is_json_array(path):
-                yield from _row_chunks(name, json_array_rows(path), self.chunk_bytes, info.n_bytes)
+                yield from self._row_chunks(name, json_array_rows(path), info.n_bytes)
             else:  # JSON lines; FileSource also turns empty and compressed files into counted skips
-                fmt = _jsonl_format(path)
+                fmt = _jsonl_format(path, self.detect)
+                self.check_format(name, fmt, [])
                 yield from FileSource([(path, name)], lambda _head, fmt=fmt: fmt, {fmt: b"\n"},
                                       self.chunk_bytes).chunks()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from prep.chat_template import Message
 
@@ -98,6 +98,17 @@ def alpaca_messages(row: dict) -> list[Message]:
     return _check_texts([("user", question), ("assistant", _field(row, "output").strip())])
 
 
+def turn_message(turn: object) -> Message:
+    """One ShareGPT ``{"from", "value"}`` or ``{"role", "content"}`` turn as (role, stripped text)."""
+    if not isinstance(turn, dict):
+        raise RowError("wrong_type", f"a turn is {type(turn).__name__}, expected an object")
+    role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
+    role = _SHAREGPT_ROLES.get(str(turn.get(role_key)).lower())
+    if role is None:
+        raise RowError("unknown_role", repr(turn.get(role_key)))
+    return role, _field(turn, text_key).strip()
+
+
 def sharegpt_messages(row: dict, repairs: list[str] | None = None) -> list[Message]:
     """Turns of a ShareGPT-style row. A trailing unanswered user turn trains nothing: it is dropped and
     noted in `repairs` as ``unanswered_last_turn_dropped``."""
@@ -111,14 +122,7 @@ def sharegpt_messages(row: dict, repairs: list[str] | None = None) -> list[Messa
     system = _field(row, "system", False).strip()
     if system:
         messages.append(("system", system))
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise RowError("wrong_type", f"a turn is {type(turn).__name__}, expected an object")
-        role_key, text_key = ("from", "value") if "from" in turn else ("role", "content")
-        role = _SHAREGPT_ROLES.get(str(turn.get(role_key)).lower())
-        if role is None:
-            raise RowError("unknown_role", repr(turn.get(role_key)))
-        messages.append((role, _field(turn, text_key).strip()))
+    messages += [turn_message(turn) for turn in turns]
     if messages and messages[-1][0] == "user":
         messages.pop()
         if repairs is not None:
@@ -160,15 +164,17 @@ def row_format(row: object) -> str | None:
     return None
 
 
-def detect_row_format(rows: Iterable[object]) -> str | None:
-    """The most common format among the first `DETECT_ROWS` recognisable rows (None if there are none)."""
+def detect_row_format(rows: Iterable[object], classify: Callable[[object], str | None] = row_format,
+                      formats: Sequence[str] = FORMATS) -> str | None:
+    """The most common format among the first `DETECT_ROWS` recognisable rows (None if there are none);
+    `classify` names one row's format (`prep.pref_formats` passes its own, with its `formats`)."""
     votes: Counter[str] = Counter()
     for row in rows:
-        fmt = row_format(row)
+        fmt = classify(row)
         if fmt is not None:
             votes[fmt] += 1
             if sum(votes.values()) >= DETECT_ROWS:
                 break
     if not votes:
         return None
-    return max(FORMATS, key=lambda f: votes[f])  # ties go to the earlier format in FORMATS: deterministic
+    return max(formats, key=lambda f: votes[f])  # ties go to the earlier format in `formats`: deterministic

@@ -4,9 +4,14 @@ A dataset is a folder holding, for each split (``train``, ``val``):
 
 * ``{split}.bin``       flat little-endian uint32 token ids (Qwen ids exceed 65,535);
 * ``{split}.idx``       uint64 offset of every document / dialog start, then the token count;
-* ``{split}.mask.bin``  (SFT) one uint8 per token, 1 = "this token is a training target";
+* ``{split}.mask.bin``  (SFT, pref) one uint8 per token, 1 = "this token is a training target";
 * ``{split}.turns.idx`` (SFT) uint64 offset of every user turn, so a sampler can start a block
-  inside a dialog longer than the block;
+  inside a dialog longer than the block; (pref) the start of each pair's two dialogs;
+
+A ``pref`` folder (`prep.pref`) holds one document per preference pair: the chosen dialog, then the
+rejected dialog, with the same prompt tokens, each ending in ``<|endoftext|>``; its mask is 1 on the
+two final replies and their ``<|im_end|>``; ``{split}.turns.idx`` has two entries per pair (where each
+dialog starts), so dialog ``2i`` is pair i's chosen one and ``2i + 1`` its rejected one.
 
 and ``meta.json``, written last. A folder without ``meta.json`` is unfinished and every reader
 refuses it. The writer builds the folder with `common.outputs.OutputFolder` (beside the target, swapped
@@ -33,6 +38,7 @@ from common.outputs import JSONFileError, OutputError, OutputFolder, read_json, 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 KINDS = ("pretrain", "sft", "pref")  # pref: preference pairs, two dialogs each (see the module docstring)
+MASKED_KINDS = ("sft", "pref")  # kinds whose folders carry a loss mask
 META_NAME = "meta.json"
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_DTYPE = np.dtype("<u8")
@@ -297,7 +303,7 @@ class TokenFolder:
         n_docs = _count(stats, "docs", f"{meta_path}: split {name}")
         tokens = _memmap(self.path / f"{name}.bin", TOKEN_DTYPE, n)
         starts = _memmap(self.path / f"{name}.idx", INDEX_DTYPE, n_docs + 1)
-        mask = _memmap(self.path / f"{name}.mask.bin", MASK_DTYPE, n) if self.kind == "sft" else None
+        mask = _memmap(self.path / f"{name}.mask.bin", MASK_DTYPE, n) if self.kind in MASKED_KINDS else None
         turns_path = self.path / f"{name}.turns.idx"
         turns = _memmap(turns_path, INDEX_DTYPE, None) if turns_path.exists() else None
         _check_offsets(starts, n, self.path / f"{name}.idx", last_is_end=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prep.pref import run_pref
 from prep.sft import run_sft
 from prep.tokenfile import open_token_folder
 from prep.wiki import run_wiki
@@ -26,3 +27,10 @@ def test_belle_sample_parses_every_dialog(tmp_path):
                    show_progress=False)
     assert meta["records"]["kept"] == 48 and not meta["skipped"]
     assert open_token_folder(tmp_path / "sft").split("val").n_docs > 0
+
+
+def test_pref_sample_keeps_every_pair_within_the_demo_block(tmp_path):
+    meta = run_pref(SAMPLE / "pref" / "dpo_zh.jsonl", tmp_path / "pref", max_len=65, val_fraction=0.1, workers=1,
+                    show_progress=False)
+    assert meta["records"]["kept"] == 51 and not meta["skipped"] and not meta["repaired"]
+    assert open_token_folder(tmp_path / "pref").split("val").n_docs > 0

@@ -28,7 +28,8 @@ DATA_HELP = ("token folder (prep output), or a mixture of several with weights: 
 
 @click.group()
 def cli() -> None:
-    """Train the GPT: `pretrain` on a token folder from `prep wiki`, then `sft` on one from `prep sft`.
+    """Train the GPT: `pretrain` on a token folder from `prep wiki`, `sft` on one from `prep sft`, then `dpo`
+    on one from `prep pref`.
 
     Run the same command again on the same --out to resume exactly where it stopped. Under
     `torchrun --nproc_per_node N` the same command trains on N processes (DDP).
@@ -109,6 +110,24 @@ def sft(preset: str, data: str, out: Path, init: Path | None, assignments, stop_
     The model shape comes from --init; the preset NAME means its NAME-sft variant.
     """
     run("sft", preset, data, out, init, assignments, stop_at, **plain)
+
+
+@cli.command()
+@run_options
+@click.option("--init", type=click.Path(path_type=Path),
+              help="SFT run (or any run or checkpoint folder) whose weights are the policy's start and DPO's reference")
+def dpo(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
+    """Preference-tune on a `prep pref` token folder, from --init: --set loss=dpo (default), simpo or orpo.
+
+    \b
+    dpo    -log sigmoid(beta * (chosen - rejected log-ratio to the reference)); dpo_beta 0.1 (DPO paper)
+    simpo  -log sigmoid(beta * (mean chosen - mean rejected log-prob) - gamma); simpo_beta 2.0, simpo_gamma 1.0
+           (SimPO's Llama-3-Base recipe); no reference model
+    orpo   chosen NLL - lambda * log sigmoid(log odds ratio); orpo_lambda 0.1 (ORPO paper); no reference model
+    For DPO, the --init model scores every pair once before the first step (kept in OUT/reference_logps.npz).
+    batch_size and micro_batch_size count sequences, two per pair. The preset NAME means NAME-dpo.
+    """
+    run("dpo", preset, data, out, init, assignments, stop_at, **plain)
 
 
 cli.add_command(eval_command)  # `train eval`: train/full_eval.py

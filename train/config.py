@@ -24,6 +24,7 @@ from model.lm import ModelConfig
 from model.runtime import DTYPES
 from train.stage import get as get_stage
 
+PREF_LOSSES = ("dpo", "simpo", "orpo")  # the preference stage's losses (train.pref_loss)
 AUTO = "auto"  # micro_batch_size=auto: the largest that fits, chosen at run start (train.plan.resolve_micro_batch)
 
 
@@ -42,6 +43,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # preference stage only (train.pref_loss): the pair loss and its weights; defaults are the published ones
+    loss: str = "dpo"  # dpo | simpo | orpo
+    dpo_beta: float = 0.1  # DPO paper (Rafailov et al. 2023) and trl's DPOConfig
+    simpo_beta: float = 2.0  # SimPO paper's Llama-3-Base recipe (Meng et al. 2024): beta 2.0,
+    simpo_gamma: float = 1.0  # gamma_beta_ratio 0.5
+    orpo_lambda: float = 0.1  # ORPO paper (Hong et al. 2024) and trl's ORPOConfig beta
     # evaluation, logging, checkpoints
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
@@ -136,12 +143,21 @@ _TINY = dict(
 _SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_size=64, eval_every=100,
             ckpt_every=500, sample_prompt="什么是数学？")  # SFT samples wrap the prompt as a user turn
 
+# Preference tuning (`train dpo`): trl's DPOConfig learning rate (1e-6; Zephyr used 5e-7 at 7B), a 10% warmup
+# as LLaMA-Factory's DPO examples, no weight decay (as SFT). batch_size counts sequences: 64 = 32 pairs.
+_DPO = dict(lr=1e-6, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
+            ckpt_every=250, sample_prompt="什么是数学？")
+
 PRESETS: dict[str, dict] = {
     "mini": _MINI,
     "tiny": _TINY,
     "mini-sft": {**_MINI, **_SFT},
     "tiny-sft": {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
                  "eval_every": 50, "ckpt_every": 100},
+    "mini-dpo": {**_MINI, **_DPO},
+    # the demo's: a tiny model learns its pairs' preference in a few dozen steps at this rate (measured)
+    "tiny-dpo": {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 60,
+                 "eval_every": 20, "ckpt_every": 60},
 }
 
 
@@ -308,6 +324,10 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
+    if config.loss not in PREF_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(PREF_LOSSES)}, got {config.loss!r}")
+    if min(config.dpo_beta, config.simpo_beta, config.orpo_lambda) <= 0 or config.simpo_gamma < 0:
+        raise ValueError("need dpo_beta, simpo_beta, orpo_lambda > 0 and simpo_gamma >= 0")
     if config.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {config.compile!r}")
     return config

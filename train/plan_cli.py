@@ -105,6 +105,8 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
 @click.command("plan")
 @click.option("--preset", "preset_name", default="mini", show_default=True,
               help=f"field values to start from: {', '.join(PRESETS)}")
+@click.option("--stage", type=click.Choice(["pretrain", "sft", "dpo"]), default="pretrain", show_default=True,
+              help="the stage whose preset variant to plan (sft: NAME-sft, dpo: NAME-dpo)")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="override a config field, as in `train pretrain` (micro_batch_size=auto: the largest that fits)")
 @click.option("--vocab", type=click.IntRange(1, 1 << 24), default=GPTConfig.vocab_size, show_default=True,
@@ -117,15 +119,15 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
 @dtype_option(default=None, help="the step's precision (default: the config's dtype, --set dtype=...); auto: as "
               "training picks: bf16 on a card that has it (Ampere and later; give fp16 for older), fp32 on a CPU")
 @one_line_errors
-def plan_command(preset_name: str, assignments, vocab: int, tokenizer: str | None, gpu_mem: str | None, nproc: int,
-                 dtype: str | None) -> None:
+def plan_command(preset_name: str, stage: str, assignments, vocab: int, tokenizer: str | None, gpu_mem: str | None,
+                 nproc: int, dtype: str | None) -> None:
     """How much memory one training step needs, and the largest micro-batch that fits.
 
     Computed from the model's tensors (the formulas are in train/plan.py), not measured: on CUDA the
     trainer prints the measured peak beside this figure after its first step.
     """
     try:
-        cfg = apply_overrides(preset(preset_name), assignments)
+        cfg = apply_overrides(preset(preset_name, stage), assignments)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if tokenizer is not None:
@@ -151,6 +153,10 @@ def plan_command(preset_name: str, assignments, vocab: int, tokenizer: str | Non
     console.print(f"micro-batch {micro} x {plan.accumulation} accumulation x {nproc} process(es): peak "
                   f"{fmt(plan.peak)} per {'GPU' if device == 'cuda' else 'process'}, {plan.tokens_per_step:,} tokens "
                   f"per optimizer step; {verdict} in {fmt(budget)} ({where}).")
+    if stage == "dpo":
+        console.print("dpo: a micro-batch of m sequences is m/2 pairs and needs what m SFT sequences need (each "
+                      "row's loss is checkpointed per chunk); the reference model is never held: its log-probs "
+                      "are computed once, before the first step, by a forward pass over the pairs.")
     if fitting is None:
         console.print("[red]No micro-batch fits[/]: try --dtype bf16, --set loss_chunk_tokens=256, more processes or "
                       "a smaller model.")

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
 from model.gpt import GPTConfig
-from model.io import RunFolder, is_chat, read_model_info
+from model.io import CheckpointError, RunFolder, is_chat, read_model_info, resolve_model_dir
+from train.checkpoint import read_run_info
 from train.metrics import read_records
 
 
@@ -30,12 +31,15 @@ def summarize(path: Path) -> dict:
     ``val_sources`` holds the same first / last / best figures for each folder of a mixture."""
     run = RunFolder.of(path)
     info = read_model_info(path)
+    chain = _lineage(path)
     train, evals = read_metrics(run)
     names = dict.fromkeys(name for e in evals for name in (e.get("sources") or {}))
     by_source = {name: [{"step": e.get("step"), **(e.get("sources") or {}).get(name, {})} for e in evals]
                  for name in names}
     return {
-        "kind": "chat model (sft)" if is_chat(info) else "base model (pretrain)",
+        "kind": f"{'chat' if is_chat(info) else 'base'} model ({chain[-1][1]})",
+        "lineage": chain,
+        "val_reward_acc": next((e["val_reward_acc"] for e in reversed(evals) if "val_reward_acc" in e), None),
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
             **GPTConfig.from_dict(info["config"]).to_dict()),
@@ -44,6 +48,30 @@ def summarize(path: Path) -> dict:
         "train_last": train[-1].get("loss") if train else None,
         "files": {"checkpoint": run.checkpoint, "metrics": run.metrics, "plot": run.plot},
     }
+
+
+def _lineage(path: Path, longest: int = 8) -> list[tuple[str, str]]:
+    """``(run folder, stage)`` from the first run of a lineage to `path`, following each run's --init
+    (recorded in its train_config.json); a run whose record cannot be read ends it with stage "?"."""
+    chain: list[tuple[str, str]] = []
+    current: Path | None = Path(path)
+    while current is not None and len(chain) < longest:
+        try:
+            info = read_run_info(resolve_model_dir(current))
+        except (CheckpointError, OSError):  # no train_config.json: its model.json's data kind says the stage
+            chain.append((str(RunFolder.of(current).path), _stage_of_data(current)))
+            break
+        chain.append((str(RunFolder.of(current).path), str(info.get("stage", "?"))))
+        current = Path(info["init"]) if info.get("init") else None
+    return chain[::-1]
+
+
+def _stage_of_data(path: Path) -> str:
+    try:
+        kind = read_model_info(path).get("data_kind")
+    except (CheckpointError, OSError):
+        return "?"
+    return {"pretrain": "pretrain", "sft": "sft", "pref": "dpo"}.get(kind, "?")
 
 
 def _curve(evals: list[dict]) -> dict:
@@ -67,16 +95,21 @@ def _val_row(curve: dict) -> str:
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=UserPath())
+@click.option("--lineage", is_flag=True, help="also every run each RUN started from (its --init, and theirs)")
 @one_line_errors
-def report_command(runs: tuple[Path, ...]) -> None:
+def report_command(runs: tuple[Path, ...], lineage: bool) -> None:
     """Summarise run folders: model, steps, validation loss first / best / last, and their files."""
     console = Console()
+    if lineage:
+        runs = tuple(dict.fromkeys(Path(p) for run in runs for p, stage in _lineage(run) if stage != "?"))
     for run in runs:
         s = summarize(run)
         table = Table(title=f"{run}: {s['kind']}", show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         table.add_row("model", f"{s['shape']}, step {s['step']}")
+        if len(s["lineage"]) > 1:
+            table.add_row("lineage", " -> ".join(f"{stage} ({path})" for path, stage in s["lineage"]))
         mixed = " (weighted)" if s["val_sources"] else ""
         table.add_row(f"val loss{mixed}", _val_row(s))
         if s["val_last"][2] is not None:
@@ -84,6 +117,8 @@ def report_command(runs: tuple[Path, ...]) -> None:
         for name, curve in s["val_sources"].items():
             bpb = curve["val_last"][2]
             table.add_row(f"  {name}", _val_row(curve) + ("" if bpb is None else f"; {bpb:.3f} bits/byte"))
+        if s["val_reward_acc"] is not None:
+            table.add_row("val reward accuracy", f"{s['val_reward_acc']:.3f} (last eval)")
         if s["train_last"] is not None:
             table.add_row("train loss", f"{s['train_last']:.3f} (last step)")
         for name, path in s["files"].items():

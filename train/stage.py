@@ -12,7 +12,13 @@ The hooks, all called by `train.trainer.Trainer` (and `train.step.Stepper` for t
   so the step divides by the whole step's count over all micro-batches and ranks;
 * `micro_loss`: ``(loss_sum, metric_sums)`` of one micro-batch on the (compiled, DDP) forward;
 * `eval_starts` and `eval_sums`: the fixed validation windows and their summed loss (and metrics);
-* `prepare`: one-time work before the first step (e.g. a reference model's log-probabilities).
+* `prepare`: one-time work before the first step (e.g. a reference model's log-probabilities);
+* `for_config`: the stage bound to the run's config (a preference stage takes its loss and weights
+  from it), asked once the config is final;
+* `eval_note`: a warning about an eval's figures for the run's console (or None).
+
+`train.pref` registers the preference stage (``dpo``) on first use of `get`, as `model.arch` does
+its built-in architectures: it imports this module, so this one cannot import it at the top.
 """
 
 from __future__ import annotations
@@ -68,6 +74,14 @@ class LMStage:
     def prepare(self, trainer) -> None:
         """One-time work after the model is built and before the first step (none for LM stages)."""
 
+    def for_config(self, cfg) -> LMStage:
+        """This stage with whatever it takes from the run's `train.config.TrainConfig` (nothing for LM stages)."""
+        return self
+
+    def eval_note(self, record: dict) -> str | None:
+        """A warning about an eval record (``val_loss``, ``val_<metric>`` ...), or None."""
+        return None
+
     def check_trainable(self, path, split: Split) -> str | None:
         """Why `split` cannot train this stage, or None."""
         if split.mask is not None and not split.mask.any():  # the mask itself, not meta.json's count of it
@@ -85,6 +99,8 @@ def register(stage: LMStage) -> LMStage:
 
 
 def get(name: str) -> LMStage:
+    import train.pref  # noqa: F401 - registers the preference stage on first use (it imports this module)
+
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     return STAGES[name]

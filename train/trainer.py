@@ -84,6 +84,7 @@ class Trainer:
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
         self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
+        self.stage = self.stage.for_config(self.cfg)  # e.g. a preference stage's loss and its weights
         self._build()
         self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
         self.val_sources = None
@@ -298,6 +299,8 @@ class Trainer:
             self.metrics.write(record)
             self.metrics.plot()
             self.live.print(self._eval_line(), markup=False)  # a sample or a folder name may hold "[/x]"
+            if note := self.stage.eval_note(record):
+                self.live.print(f"[yellow]warning: {escape(note)}[/]")
 
     def _eval_line(self) -> str:
         cfg = self.cfg
