@@ -136,12 +136,22 @@ _TINY = dict(
 _SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_size=64, eval_every=100,
             ckpt_every=500, sample_prompt="什么是数学？")  # SFT samples wrap the prompt as a user turn
 
+_TINY_SFT = {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
+             "eval_every": 50, "ckpt_every": 100}
+
+# The modern recipe (model/qwen3.py) at the seed presets' cost: qwen3's defaults give the same matmul
+# weights per layer (12·C²), so the same depth and width cost the same FLOPs per token.
+_QWEN3 = dict(arch="qwen3")
+
 PRESETS: dict[str, dict] = {
     "mini": _MINI,
     "tiny": _TINY,
     "mini-sft": {**_MINI, **_SFT},
-    "tiny-sft": {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
-                 "eval_every": 50, "ckpt_every": 100},
+    "tiny-sft": _TINY_SFT,
+    "qwen3-mini": {**_MINI, **_QWEN3},
+    "qwen3-tiny": {**_TINY, **_QWEN3},
+    "qwen3-mini-sft": {**_MINI, **_SFT, **_QWEN3},
+    "qwen3-tiny-sft": {**_TINY_SFT, **_QWEN3},
 }
 
 

@@ -158,7 +158,7 @@ def _output_layer_chunk(s: Setup, micro: int) -> int:
 def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
     """The parts of one step's memory, and which are live at each moment where the peak can fall."""
     P, P_lin = param_counts(s)
-    N, C, V, a = micro * s.block_size, s.n_embd, s.vocab_size, s.matmul_bytes
+    N, C, V = micro * s.block_size, s.n_embd, s.vocab_size
     layer = sum(layer_activations(s, micro).values())
     embed_mask = (1 if s.device == "cuda" else 4) * N * C if s.dropout > 0 else 0  # the embeddings are fp32
     parts = {
@@ -173,7 +173,7 @@ def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
         "grad_w": 4 * V * C,
         "chunk": _output_layer_chunk(s, micro),
         "scaled_grads": 4 * N * C + 4 * V * C,
-        "block_backward": 4 * V * C + 4 * a * N * C + 4 * 4 * C * C,
+        "block_backward": 4 * V * C + s.model.backward_peak_extra(s, micro),
         "embedding_backward": 4 * V * C + 4 * N * C + (4 * V * C if accumulation > 1 else 0),
     }
     held = ["weights", "optimizer", "ddp"] + (["gradients"] if accumulation > 1 else [])
