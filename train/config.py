@@ -42,6 +42,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    # adamw (the seed's) or muon: Muon on the hidden matrices at muon_lr, AdamW at lr on the rest (train.optim);
+    # Keller Jordan's Muon defaults
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     # evaluation, logging, checkpoints
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
@@ -297,8 +303,22 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"need weight_decay >= 0 and grad_clip > 0, got {config.weight_decay} and {config.grad_clip}")
     if config.sample_tokens < 0:
         raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
+    _validate_optimizer(config)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {config.compile!r}")
     return config
+
+
+MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay")
+
+
+def _validate_optimizer(config: TrainConfig) -> None:
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be adamw or muon, got {config.optimizer!r}")
+    muon_set = [k for k in MUON_FIELDS if k in config.set_fields]
+    if muon_set and config.optimizer != "muon":
+        raise ValueError(f"{', '.join(muon_set)} set but optimizer is {config.optimizer}; add --set optimizer=muon")
+    if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or config.muon_weight_decay < 0:
+        raise ValueError("need muon_lr > 0, 0 <= muon_momentum < 1 and muon_weight_decay >= 0")

@@ -75,7 +75,7 @@ def measured_peak(s: Setup, micro: int, accumulation: int) -> int:
     cfg = apply_overrides(preset("tiny"), [
         f"n_layer={s.n_layer}", f"n_head={s.n_head}", f"n_embd={s.n_embd}", f"block_size={s.block_size}",
         f"batch_size={micro * accumulation}", f"micro_batch_size={micro}", f"loss_chunk_tokens={s.loss_chunk_tokens}",
-        f"dtype={s.dtype}", "compile=off"])
+        f"dtype={s.dtype}", "compile=off", f"optimizer={s.optimizer}"])
     g = torch.Generator().manual_seed(0)
     ids = lambda: torch.randint(0, s.vocab_size, (micro, s.block_size), generator=g)  # noqa: E731
     batch = StepBatch(0, [(ids(), ids(), torch.ones(micro, s.block_size, dtype=torch.bool))
@@ -124,6 +124,16 @@ QWEN3_CASES = {
     "deep-short": (qwen3_setup(4, 4, 256, 16, 4096), 2, 2),
     "bf16": (qwen3_setup(2, 4, 128, 64, 8192, dtype="bf16"), 8, 2),
 }
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
+def test_muon_plan_matches_a_measured_step(arch):
+    """Muon keeps one momentum per hidden-matrix entry where AdamW keeps two moments."""
+    setup = dataclasses.replace(SHAPES["wide-body"][0] if arch == "gpt2" else QWEN3_CASES["wide-body"][0],
+                                optimizer="muon")
+    plan = plan_step(setup, 4, 2)
+    assert plan.parts["optimizer"] < plan_step(dataclasses.replace(setup, optimizer="adamw"), 4, 2).parts["optimizer"]
+    assert plan.peak == pytest.approx(measured_peak(setup, 4, 2), rel=0.1), plan.peak_at
 
 
 @pytest.mark.parametrize("name", QWEN3_CASES)

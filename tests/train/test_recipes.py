@@ -1,4 +1,5 @@
-"""The modern recipe's parts in a real run: arch qwen3 trains, resumes exactly after kill -9, and samples."""
+"""The modern recipe's parts in a real run: arch qwen3 and optimizer muon (on both archs) train, resume
+exactly after kill -9, and sample."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from model.cli import cli as model_cli
 from tests.train.conftest import run_cli, tiny_args
 from tests.train.test_resume import RUN, STOP, assert_same_run, ckpt_step, start, train_lines, wait_for_step
 
-RECIPES = {"qwen3": ["--set", "arch=qwen3"]}
+RECIPES = {"qwen3": ["--set", "arch=qwen3"], "gpt2-muon": ["--set", "optimizer=muon"],
+           "qwen3-muon": ["--set", "arch=qwen3", "--set", "optimizer=muon"]}
 
 
 def reference_run(data: Path, out: Path, recipe: list[str]) -> Path:
