@@ -4,5 +4,7 @@ from __future__ import annotations
 
 from model.arch import Arch, register
 from model.gpt import GPT, GPTConfig
+from model.qwen3 import Qwen3, Qwen3Config
 
 register(Arch("gpt2", GPTConfig, GPT))
+register(Arch("qwen3", Qwen3Config, Qwen3))

@@ -74,6 +74,10 @@ class GPTConfig(ModelConfig):
             saved["dropout masks of the two residual branches"] = 2 * mask * N * C
         return saved
 
+    def backward_peak_extra(self, s, micro: int) -> int:
+        """The GELU's gradients (4·aNC) and c_fc's fp32 weight gradient (4C x C)."""
+        return 4 * s.matmul_bytes * micro * s.block_size * self.n_embd + 4 * 4 * self.n_embd * self.n_embd
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):

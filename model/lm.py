@@ -91,6 +91,11 @@ class ModelConfig:
         """Bytes one block saves for its backward, tensor by tensor, for `train.plan.Setup` `s`."""
         raise NotImplementedError
 
+    def backward_peak_extra(self, s, micro: int) -> int:
+        """Bytes of the temporaries at the start of the last block's backward (its widest activation
+        gradients and weight gradient), beside the output layer's gradients (`train.plan.plan_step`)."""
+        raise NotImplementedError
+
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs (forward + backward) per token: 6·N + 12·L·C·T.
 

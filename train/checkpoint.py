@@ -56,7 +56,7 @@ def checkpoint_bytes(model: CausalLM) -> int:
     return int(BYTES_PER_PARAM * model.num_params() * 1.02) + CHECKPOINT_SLACK
 
 
-def save_checkpoint(run: RunFolder, model: CausalLM, optimizer: torch.optim.Optimizer, scaler, step: int,
+def save_checkpoint(run: RunFolder, model: CausalLM, optimizer, scaler, step: int,
                     tokenizer: dict, data_kind: str, chat: bool, run_info: dict) -> Path:
     """Write the checkpoint for `step` (rank 0 only) and swap it in atomically."""
     state = {
@@ -97,25 +97,13 @@ def load_trainer_state(ckpt: Path) -> dict:
     return state
 
 
-def check_optimizer_state(state: dict, model: CausalLM, info_step: int, where: Path) -> None:
-    """Refuse optimizer state that does not belong to `model` (e.g. a trainer.pt copied from another run)."""
+def check_optimizer_state(state: dict, optimizer, info_step: int, where: Path) -> None:
+    """Refuse optimizer state that does not belong to this run's `train.optim.Optimizer` and model (e.g. a
+    trainer.pt copied from another run), or to another step than the weights'."""
     if state["step"] != info_step:
         raise CheckpointError(f"{where}: trainer.pt is at step {state['step']} but model.json at step {info_step}; "
                               "the checkpoint mixes two runs")
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = state["optimizer"].get("param_groups", [])
-    n_saved = sum(len(g.get("params", [])) for g in groups)
-    if n_saved != len(params):
-        raise CheckpointError(f"{where}: trainer.pt holds optimizer state for {n_saved} tensors, the model has "
-                              f"{len(params)}")
-    order = [p for p in params if p.dim() >= 2] + [p for p in params if p.dim() < 2]  # train.optim's groups
-    saved = state["optimizer"].get("state", {})
-    for index, p in enumerate(order):
-        for key in ("exp_avg", "exp_avg_sq"):
-            t = saved.get(index, {}).get(key)
-            if t is not None and tuple(t.shape) != tuple(p.shape):
-                raise CheckpointError(f"{where}: optimizer state {key} of tensor {index} has shape {tuple(t.shape)}, "
-                                      f"the model's has {tuple(p.shape)} (another model's trainer.pt?)")
+    optimizer.check_state(state["optimizer"], where)
 
 
 def read_run_info(ckpt: Path) -> dict:

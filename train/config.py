@@ -49,6 +49,12 @@ class TrainConfig:
     simpo_beta: float = 2.0  # SimPO paper's Llama-3-Base recipe (Meng et al. 2024): beta 2.0,
     simpo_gamma: float = 1.0  # gamma_beta_ratio 0.5
     orpo_lambda: float = 0.1  # ORPO paper (Hong et al. 2024) and trl's ORPOConfig beta
+    # adamw (the seed's) or muon: Muon on the hidden matrices at muon_lr, AdamW at lr on the rest (train.optim);
+    # Keller Jordan's Muon defaults
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     # evaluation, logging, checkpoints
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
@@ -147,17 +153,30 @@ _SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_si
 # as LLaMA-Factory's DPO examples, no weight decay (as SFT). batch_size counts sequences: 64 = 32 pairs.
 _DPO = dict(lr=1e-6, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
             ckpt_every=250, sample_prompt="什么是数学？")
+_TINY_DPO = {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 60, "eval_every": 20,
+             "ckpt_every": 60}
+
+_TINY_SFT = {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
+             "eval_every": 50, "ckpt_every": 100}
+
+# The modern recipe (model/qwen3.py) at the seed presets' cost: qwen3's defaults give the same matmul
+# weights per layer (12·C²), so the same depth and width cost the same FLOPs per token.
+_QWEN3 = dict(arch="qwen3")
 
 PRESETS: dict[str, dict] = {
     "mini": _MINI,
     "tiny": _TINY,
     "mini-sft": {**_MINI, **_SFT},
-    "tiny-sft": {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
-                 "eval_every": 50, "ckpt_every": 100},
+    "tiny-sft": _TINY_SFT,
     "mini-dpo": {**_MINI, **_DPO},
     # the demo's: a tiny model learns its pairs' preference in a few dozen steps at this rate (measured)
-    "tiny-dpo": {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 60,
-                 "eval_every": 20, "ckpt_every": 60},
+    "tiny-dpo": _TINY_DPO,
+    "qwen3-mini": {**_MINI, **_QWEN3},
+    "qwen3-tiny": {**_TINY, **_QWEN3},
+    "qwen3-mini-sft": {**_MINI, **_SFT, **_QWEN3},
+    "qwen3-tiny-sft": {**_TINY_SFT, **_QWEN3},
+    "qwen3-mini-dpo": {**_MINI, **_DPO, **_QWEN3},
+    "qwen3-tiny-dpo": {**_TINY_DPO, **_QWEN3},
 }
 
 
@@ -322,6 +341,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"warmup_steps must be at most {CEILINGS['max_steps']:,}, got {config.warmup_steps}")
     if not 0 <= config.sample_tokens <= CEILINGS["block_size"]:
         raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
+    _validate_optimizer(config)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.loss not in PREF_LOSSES:
@@ -331,3 +351,16 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {config.compile!r}")
     return config
+
+
+MUON_FIELDS = ("muon_lr", "muon_momentum", "muon_weight_decay")
+
+
+def _validate_optimizer(config: TrainConfig) -> None:
+    if config.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be adamw or muon, got {config.optimizer!r}")
+    muon_set = [k for k in MUON_FIELDS if k in config.set_fields]
+    if muon_set and config.optimizer != "muon":
+        raise ValueError(f"{', '.join(muon_set)} set but optimizer is {config.optimizer}; add --set optimizer=muon")
+    if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or config.muon_weight_decay < 0:
+        raise ValueError("need muon_lr > 0, 0 <= muon_momentum < 1 and muon_weight_decay >= 0")

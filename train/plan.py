@@ -89,10 +89,11 @@ class Setup:
     dtype: str = "fp32"  # the step's precision: fp32 | bf16 | fp16 (autocast; master weights stay fp32)
     device: str = "cpu"  # cpu | cuda | mps: decides the attention kernel and the dropout mask's size
     world_size: int = 1
+    optimizer: str = "adamw"  # adamw: two fp32 moments per parameter; muon: one momentum per hidden matrix entry
 
     @classmethod
     def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
-        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size)
+        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer)
 
     def __getattr__(self, name: str):
         """The model's fields (block_size, n_embd, vocab_size, dropout, loss_chunk_tokens, ...) read through."""
@@ -143,6 +144,17 @@ def layer_activations(s: Setup, micro: int) -> dict[str, int]:
     return s.model.layer_activations(s, micro)
 
 
+def optimizer_bytes(s: Setup) -> int:
+    """The optimizer's state: AdamW's two fp32 moments per parameter; with Muon, one fp32 momentum
+    buffer per entry of the hidden matrices (`train.optim.hidden_matrices`) and AdamW's on the rest.
+    Muon's Newton-Schulz temporaries (a few copies of one matrix during the step) are left out."""
+    P, _ = param_counts(s)
+    if s.optimizer != "muon":
+        return 8 * P
+    hidden = s.n_layer * s.model.matmul_weights_per_layer()
+    return 4 * hidden + 8 * (P - hidden)
+
+
 def _output_layer_chunk(s: Setup, micro: int) -> int:
     """Peak bytes of one chunk inside the output layer's forward (the V x C gradient not included)."""
     N, C, V = micro * s.block_size, s.n_embd, s.vocab_size
@@ -158,13 +170,13 @@ def _output_layer_chunk(s: Setup, micro: int) -> int:
 def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
     """The parts of one step's memory, and which are live at each moment where the peak can fall."""
     P, P_lin = param_counts(s)
-    N, C, V, a = micro * s.block_size, s.n_embd, s.vocab_size, s.matmul_bytes
+    N, C, V = micro * s.block_size, s.n_embd, s.vocab_size
     layer = sum(layer_activations(s, micro).values())
     embed_mask = (1 if s.device == "cuda" else 4) * N * C if s.dropout > 0 else 0  # the embeddings are fp32
     parts = {
         "weights": 4 * P,
         "gradients": 4 * P,
-        "optimizer": 8 * P,
+        "optimizer": optimizer_bytes(s),
         "ddp": 4 * P if s.world_size > 1 else 0,
         "amp_weights": 2 * P_lin if s.amp else 0,
         "activations": s.n_layer * layer + embed_mask + 4 * N * C + 17 * N,  # + ln_f input + the batch
@@ -173,7 +185,7 @@ def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
         "grad_w": 4 * V * C,
         "chunk": _output_layer_chunk(s, micro),
         "scaled_grads": 4 * N * C + 4 * V * C,
-        "block_backward": 4 * V * C + 4 * a * N * C + 4 * 4 * C * C,
+        "block_backward": 4 * V * C + s.model.backward_peak_extra(s, micro),
         "embedding_backward": 4 * V * C + 4 * N * C + (4 * V * C if accumulation > 1 else 0),
     }
     held = ["weights", "optimizer", "ddp"] + (["gradients"] if accumulation > 1 else [])

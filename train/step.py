@@ -24,7 +24,7 @@ from model.runtime import Precision
 from train.config import TrainConfig
 from train.data import StepBatch
 from train.dist import Dist
-from train.optim import build_optimizer
+from train.optim import Optimizer
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Stepper:
         self.model, self.cfg, self.d, self.precision, self.stage = model, cfg, d, precision, stage
         device = d.device
         self.compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-        self.optimizer = build_optimizer(model, cfg, device)
+        self.optimizer = Optimizer(model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.needs_grad_scaler)
         # compile first, then DDP (nanoGPT's order): DDP's gradient hooks stay on the real parameters
         fwd = torch.compile(model) if self.compiled else model
@@ -53,18 +53,15 @@ class Stepper:
         return self.precision.autocast()
 
     def load_state(self, state: dict) -> None:
-        """Optimizer and scaler state from a checkpoint; today's weight decay and betas win over saved ones."""
+        """Optimizer and scaler state from a checkpoint (checked by `Optimizer.check_state`)."""
         self.optimizer.load_state_dict(state["optimizer"])
-        for group, wd in zip(self.optimizer.param_groups, (self.cfg.weight_decay, 0.0), strict=True):
-            group.update(weight_decay=wd, betas=(self.cfg.beta1, self.cfg.beta2))
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
 
     def forward_backward(self, batch: StepBatch, lr: float, stop_requested: bool = False) -> StepStats:
         """Accumulate the step's gradients and clip them; `apply()` then updates the weights."""
         d, device = self.d, self.d.device
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.set_lr(lr)
         # torch.full fills on the device: unlike torch.tensor(x, device=...), no synchronising host copy
         count = d.all_reduce_sum(torch.full((), float(batch.n_targets), device=device))
         scale = d.world_size / count.clamp(min=1.0)
@@ -79,7 +76,8 @@ class Stepper:
             loss_sum += micro_sum.detach()
             if metrics:
                 metric_sums += torch.stack([metrics[name].detach().float() for name in self.stage.metrics])
-        self.scaler.unscale_(self.optimizer)
+        for opt in self.optimizer.parts.values():
+            self.scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         votes = d.all_reduce_sum(torch.cat([torch.stack([loss_sum, torch.full((), float(stop_requested),
                                                                                device=device)]), metric_sums]))
@@ -97,6 +95,7 @@ class Stepper:
         return None
 
     def apply(self) -> None:
-        self.scaler.step(self.optimizer)  # skipped by the scaler if fp16 gradients overflowed
+        for opt in self.optimizer.parts.values():
+            self.scaler.step(opt)  # skipped by the scaler if fp16 gradients overflowed
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()

@@ -227,7 +227,7 @@ class Trainer:
 
     def _load_trainer_state(self) -> int:
         state = load_trainer_state(self.ckpt)
-        check_optimizer_state(state, self.model, self.ckpt_step, self.ckpt)
+        check_optimizer_state(state, self.stepper.optimizer, self.ckpt_step, self.ckpt)
         self.stepper.load_state(state)
         return int(state["step"])
 

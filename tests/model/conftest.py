@@ -9,23 +9,31 @@ from pathlib import Path
 
 import torch
 
-from model.gpt import GPT, GPTConfig
+from model.arch import build, config_from_dict
+from model.gpt import GPT
 from model.io import save_model
+from model.lm import CausalLM
 from prep.tokenizer import load_tokenizer
 from tests.conftest import ROOT
 
 
-def tiny_model(block_size: int = 32, vocab_size: int = 384, std: float = 0.3, seed: int = 0, **kw) -> GPT:
-    """A 2-layer, 32-wide GPT. Weights drawn wider than GPT-2's init (std 0.02) so that greedy output
-    varies from token to token instead of repeating one token, which would make comparisons weak."""
+def tiny_model(block_size: int = 32, vocab_size: int = 384, std: float = 0.3, seed: int = 0, **kw) -> CausalLM:
+    """A 2-layer, 32-wide GPT (or another arch: ``arch="qwen3"``). Weights drawn wider than GPT-2's init
+    (std 0.02) so that greedy output varies from token to token instead of repeating one token, which
+    would make comparisons weak."""
     torch.manual_seed(seed)
     config = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": block_size, "vocab_size": vocab_size, **kw}
-    model = GPT(GPTConfig(**config)).eval()
+    model = build(config_from_dict(config)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, std)
     return model
+
+
+def tiny_qwen3(**kw) -> CausalLM:
+    """`tiny_model` in arch qwen3: 4 query heads sharing 2 key/value heads."""
+    return tiny_model(**{"arch": "qwen3", "n_head": 4, **kw})
 
 
 def favour(model: GPT, token_ids, strength: float = 20.0) -> GPT:

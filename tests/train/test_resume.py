@@ -32,9 +32,10 @@ def weights(out: Path) -> dict:
     return load_file(out / "checkpoint" / "model.safetensors")
 
 
-def start(data: Path, out: Path) -> subprocess.Popen:
+def start(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([PY, "-m", "train", "pretrain", *tiny_args("--data", str(data), "--out", str(out), *RUN)],
+    args = tiny_args("--data", str(data), "--out", str(out), *RUN, *extra)
+    return subprocess.Popen([PY, "-m", "train", "pretrain", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
