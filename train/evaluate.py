@@ -15,16 +15,17 @@ import numpy as np
 import torch
 
 from model.generate import Engine, stream_text
-from model.gpt import GPT
 from model.io import stop_ids
+from model.lm import CausalLM
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
 from prep.tokenfile import Split
 from train.data import read_windows
+from train.mixture import Mixture, mixture_figures
 
 
 @torch.no_grad()
-def evaluate_windows(model: GPT, split: Split, starts: np.ndarray, block_size: int, batch_size: int,
+def evaluate_windows(model: CausalLM, split: Split, starts: np.ndarray, block_size: int, batch_size: int,
                      device: torch.device, autocast=contextlib.nullcontext, rank: int = 0,
                      world_size: int = 1) -> tuple[float, float]:
     """``(loss_sum, n_targets)`` over this rank's share (``starts[rank::world_size]``) of the windows.
@@ -55,6 +56,24 @@ def bits_per_byte(mean_loss: float, split: Split) -> float | None:
     return mean_loss / math.log(2) * tokens / n_bytes
 
 
+def val_record(step: int, rows: list[list[float]], splits: list[Split], mixture: Mixture, stage) -> dict | None:
+    """An eval's metrics.jsonl record from each folder's summed ``[loss, count, *stage.val_metrics]``, or None
+    when no block held a target. A mixture's val_loss / val_bpb weight-average the folders' (`train.mixture`)."""
+    losses = [row[0] / row[1] if row[1] else None for row in rows]
+    if all(loss is None for loss in losses):
+        return None
+    bpbs = [None if loss is None or not stage.bits_per_byte else bits_per_byte(loss, split)
+            for loss, split in zip(losses, splits, strict=True)]
+    val_loss, val_bpb = mixture_figures(losses, bpbs, mixture.weights)
+    count = sum(row[1] for row in rows)
+    record = {"step": step, "val_loss": val_loss, "val_bpb": val_bpb,
+              **{f"val_{name}": sum(row[2 + j] for row in rows) / count for j, name in enumerate(stage.val_metrics)}}
+    if len(losses) > 1:
+        record["sources"] = {name: {"val_loss": loss, "val_bpb": bpb}
+                             for name, loss, bpb in zip(mixture.names, losses, bpbs, strict=True)}
+    return record
+
+
 def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     """The sample prompt's ids: raw text for pretraining, a ChatML user turn + assistant header for SFT."""
     if chat:
@@ -62,7 +81,7 @@ def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer.encode(prompt)
 
 
-def sample_text(model: GPT, tokenizer, prompt: str, chat: bool, max_new_tokens: int,
+def sample_text(model: CausalLM, tokenizer, prompt: str, chat: bool, max_new_tokens: int,
                 autocast=contextlib.nullcontext, seed: int = 0) -> str:
     """A seeded sample (temperature 0.8, top-50) continuing the prompt, up to the model's stop token.
 

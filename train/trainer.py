@@ -40,9 +40,9 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig, config_changes, inherit_shape, shape_of
 from train.data import StepLoader
-from train.evaluate import bits_per_byte, sample_text
+from train.evaluate import sample_text, val_record
 from train.metrics import LiveView, MetricsLog, source_figures
-from train.mixture import data_line, mixture_changes, mixture_figures, open_mixture
+from train.mixture import data_line, mixture_changes, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
 from train.plan import cuda_memory_check, fmt, free_memory, resolve_micro_batch
@@ -278,23 +278,13 @@ class Trainer:
                                          self.stepper.autocast, d.rank, d.world_size)
         sums = d.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=d.device)).tolist()
         rows = [sums[i : i + width] for i in range(0, len(sums), width)]  # one per folder
-        losses = [row[0] / row[1] if row[1] else None for row in rows]
-        if all(loss is None for loss in losses):  # SFT blocks shorter than a user turn: nothing to score
+        record = val_record(self.step, rows, self.val_splits, self.mixture, self.stage)
+        if record is None:  # SFT blocks shorter than a user turn: nothing to score
             if self.main:
                 self.live.print(f"step {self.step}: the {sum(map(len, self.val_starts))} eval blocks hold no target "
                                 "tokens; raise block_size")
             return
-        bpbs = [None if loss is None or not self.stage.bits_per_byte else bits_per_byte(loss, split)
-                for loss, split in zip(losses, self.val_splits, strict=True)]
-        self.val_loss, self.val_bpb = mixture_figures(losses, bpbs, self.mixture.weights)
-        count = sum(row[1] for row in rows)
-        record = {"step": self.step, "val_loss": self.val_loss, "val_bpb": self.val_bpb,
-                  **{f"val_{name}": sum(row[2 + j] for row in rows) / count
-                     for j, name in enumerate(self.stage.val_metrics)}}
-        if len(losses) > 1:
-            self.val_sources = {name: {"val_loss": loss, "val_bpb": bpb}
-                                for name, loss, bpb in zip(self.mixture.names, losses, bpbs, strict=True)}
-            record["sources"] = self.val_sources
+        self.val_loss, self.val_bpb, self.val_sources = record["val_loss"], record["val_bpb"], record.get("sources")
         if self.main:
             self.metrics.write(record)
             self.metrics.plot()
