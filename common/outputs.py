@@ -105,19 +105,24 @@ def output_lock(out: str | os.PathLike, what: str, check: Callable[[], None] | N
 
     `check` (which raises to refuse `out`) runs first, before the lock file or a missing parent folder
     is made, so a refused command leaves nothing beside the user's file; and again under the lock,
-    where no other writer can change the answer.
+    where no other writer can change the answer. A lock file this call made is removed again when the
+    block fails (a refusal found later, by a caller without `check`), while still held: a writer that
+    opened it meanwhile was refused, and the next one makes a new file.
     """
     out = Path(out)
     if check is not None:
         check()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        made = not lock_path(out).exists()
         f = open(lock_path(out), "a+")
     except OSError as e:
         raise disk_error(e, str(out)) or e from None
+    held = False
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
@@ -130,6 +135,10 @@ def output_lock(out: str | os.PathLike, what: str, check: Callable[[], None] | N
         if check is not None:
             check()
         yield
+    except BaseException:
+        if made and held:
+            remove(lock_path(out))
+        raise
     finally:
         f.close()  # closing releases the lock
 

@@ -138,7 +138,8 @@ def parquet_chunks(path: Path, name: str, size: int, columns: Sequence[str] | No
     """Rows of a Parquet file in batches of about `chunk_bytes` (of the columns read), never the whole file.
 
     A file pyarrow cannot read (not Parquet, cut off, damaged) gives the rows read so far, then
-    ``invalid_parquet`` for the rest.
+    ``invalid_parquet`` for the rest. A row group whose rows hold more than `MAX_RECORD_BYTES` each on
+    average once decompressed (by its footer: a small file of gigabytes) is never decoded: ``too_large``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -151,19 +152,26 @@ def parquet_chunks(path: Path, name: str, size: int, columns: Sequence[str] | No
         if n_rows == 0:
             yield Chunk(name, 1, b"", n_bytes=size, file_skip="empty_file")
             return
-        batch_rows = max(1, chunk_bytes * n_rows // max(1, _uncompressed_bytes(pf, present)))
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=present):
-            rows = batch.to_pylist() if present else [{}] * batch.num_rows
-            progress = size * (done + len(rows)) // n_rows - reported
-            yield Chunk(name, done + 1, list(enumerate(rows, done + 1)), "rows", progress)
-            done, reported = done + len(rows), reported + progress
+        for group in range(pf.num_row_groups):
+            group_rows, held = pf.metadata.row_group(group).num_rows, _uncompressed_bytes(pf, present, group)
+            if held > MAX_RECORD_BYTES * max(1, group_rows):
+                progress = size * (done + group_rows) // n_rows - reported
+                yield Chunk(name, done + 1, b"", n_bytes=progress, file_skip="too_large")
+                done, reported = done + group_rows, reported + progress
+                continue
+            batch_rows = max(1, chunk_bytes * group_rows // max(1, held))
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=present, row_groups=[group]):
+                rows = batch.to_pylist() if present else [{}] * batch.num_rows
+                progress = size * (done + len(rows)) // n_rows - reported
+                yield Chunk(name, done + 1, list(enumerate(rows, done + 1)), "rows", progress)
+                done, reported = done + len(rows), reported + progress
     except (pa.ArrowException, OSError):
         yield Chunk(name, done + 1, b"", n_bytes=size - reported, file_skip="invalid_parquet")
 
 
-def _uncompressed_bytes(pf, columns: Sequence[str]) -> int:
-    """What the given top-level columns hold once decompressed, from the file's footer (nothing is read)."""
-    md = pf.metadata
-    return sum(rg.column(j).total_uncompressed_size
-               for rg in (md.row_group(i) for i in range(md.num_row_groups))
-               for j in range(md.num_columns) if rg.column(j).path_in_schema.split(".", 1)[0] in columns)
+def _uncompressed_bytes(pf, columns: Sequence[str], group: int) -> int:
+    """What the given top-level columns of row group `group` hold once decompressed, from the file's footer
+    (nothing is read)."""
+    rg = pf.metadata.row_group(group)
+    return sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
+               if rg.column(j).path_in_schema.split(".", 1)[0] in columns)

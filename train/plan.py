@@ -228,7 +228,8 @@ def parse_size(text: str, bare_unit: str = "") -> int:
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
         raise PlanError(f"expected a memory size such as 24GB or 800MB, got {text!r}")
-    n = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or bare_unit or " ")
+    unit = m.group(2) or ("" if m.group(3) else bare_unit)  # "24B" says bytes; only "24" takes bare_unit
+    n = float(m.group(1)) * 1024 ** " kmgt".index(unit or " ")
     if not n <= MAX_MEMORY:  # (also an overflow to infinity)
         raise PlanError(f"{text!r} is more than 1 PiB of memory; give a size such as 24GB")
     return int(n)

@@ -23,6 +23,7 @@ from prep.chat_template import ChatFormatError, Message
 
 DEFAULTS = SamplingParams()
 MAX_STOPS = 4  # as OpenAI
+MAX_STOP_CHARS = 256  # text that may begin a stop string is held back and re-checked each token: keep it short
 # A chat history longer than this is refused (400): no context of ours holds more turns than this, and
 # every message costs work to render before any of it can be dropped.
 MAX_MESSAGES = 1024
@@ -108,8 +109,9 @@ class SamplingRequest(BaseModel):
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > MAX_STOPS or any(not s for s in stops):
-            raise ApiError(400, f"stop must be up to {MAX_STOPS} non-empty strings", "stop")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ApiError(400, f"stop must be up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                                "characters", "stop")
         return stops
 
     @property

@@ -56,6 +56,7 @@ def error(r: httpx.Response) -> dict:
     ({"max_completion_tokens": 5000}, "max_completion_tokens"),
     ({"n": 3}, "n"),  # more than the batch of 2
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": "a" * 100_000}, "stop"),  # re-checked at every token on the event loop: quadratic
     ({"presence_penalty": 0.5}, "presence_penalty"),
     ({"logprobs": True}, "logprobs"),
     ({"messages": []}, "messages"),

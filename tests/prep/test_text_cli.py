@@ -50,9 +50,9 @@ def test_cli_options_reach_the_run_and_meta(tmp_path, byte_tokenizer):
                                            ("--min-cjk", "-0.5")])
 def test_every_number_is_checked_where_it_is_typed(tmp_path, option, value):
     """NaN slipped through click's ranges (every comparison with it is false): a NaN filter kept or dropped
-    everything silently, a billion --workers forked until memory ran out."""
-    src = write_rows(tmp_path / "a.jsonl", [{"text": t} for t in texts(2)])
-    r = CliRunner().invoke(cli, ["text", str(src), "--out", str(tmp_path / "out"), option, value])
+    everything silently, a billion --workers forked until memory ran out. The input does not exist: the
+    value is refused before it is looked at (and a run that never checked it stops there, not in a fork)."""
+    r = CliRunner().invoke(cli, ["text", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"), option, value])
     assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output, r.output
     assert not (tmp_path / "out").exists()
 

@@ -204,6 +204,11 @@ def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, by
                                                 + b'"}\n' + jsonl_bytes([{"text": TEXTS[1]}]), "zst"))
     write(tmp_path / "in/c.json.gz", gzip.compress(b'[{"text": "' + TEXTS[2].encode() + b'"}, "' + endless + b'"]'))
     write(tmp_path / "in/d.jsonl.gz", gzip.compress(endless, mtime=0))  # one line, no newline at all
+    import pyarrow as pa
+    import pyarrow.parquet as pq  # a row group of one row holding 8 MB, compressed to a few hundred bytes
+
+    pq.write_table(pa.table({"text": [TEXTS[4], endless.decode()]}), tmp_path / "in/f.parquet", compression="zstd",
+                   row_group_size=1)
     assert sum(p.stat().st_size for p in (tmp_path / "in").iterdir()) < 200_000
     held = []
     real = sources.Chunk.__init__
@@ -215,8 +220,9 @@ def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, by
     monkeypatch.setattr(sources.Chunk, "__init__", record)
     meta = prep(tmp_path / "in", tmp_path / "out", chunk_bytes=64 << 10)
     assert max(held) <= 2 * cap  # no chunk ever held the 8 MB records
-    assert skipped(meta)["too_large"] == (4, ["a.txt.gz:1", "b.jsonl.zst:2", "c.json.gz:1", "d.jsonl.gz:1"])
+    assert skipped(meta)["too_large"] == (5, ["a.txt.gz:1", "b.jsonl.zst:2", "c.json.gz:1", "d.jsonl.gz:1",
+                                              "f.parquet:2"])
     assert skipped(meta)["too_long_word"] == (1, ["e.jsonl:1"])
-    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:4]
+    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:5]
 
 

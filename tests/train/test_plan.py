@@ -279,8 +279,9 @@ def test_a_bare_gpu_mem_is_gigabytes_and_absurd_sizes_are_one_line_at_once():
     unit = CliRunner().invoke(cli, ["plan", "--gpu-mem", "24GB"], terminal_width=160)
     assert bare.exit_code == 0 and bare.output == unit.output, bare.output  # 24 GB, not 24 bytes
     assert parse_size("24", bare_unit="g") == 24 << 30 and parse_size("24") == 24
+    assert parse_size("24B", bare_unit="g") == 24 and parse_size("2mb", bare_unit="g") == 2 << 20
     started = time.monotonic()
-    for args in (["--gpu-mem", "0.1"], ["--gpu-mem", "9" * 400], ["--set", "batch_size=1000000000000"],
+    for args in (["--gpu-mem", "0.1"], ["--gpu-mem", "9" * 400], ["--set", "batch_size=100000000"],
                  ["--set", "n_layer=1000000000"], ["--set", "block_size=1e12"], ["--vocab", str(10**18)],
                  ["--nproc", str(10**9)]):
         r = CliRunner().invoke(cli, ["plan", *args])

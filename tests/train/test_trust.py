@@ -67,6 +67,7 @@ def test_an_out_folder_that_is_not_a_run_is_refused(pretrain_data, tmp_path):
     (out / "thesis.tex").write_text("mine")
     err = one_line(run_cli("pretrain", *tiny_args("--data", str(pretrain_data), "--out", str(out))))
     assert "is not a run folder" in err and sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no .mine.lock left beside it
     (tmp_path / "file").write_text("x")
     err = one_line(run_cli("pretrain", *tiny_args("--data", str(pretrain_data), "--out", str(tmp_path / "file"))))
     assert "is not a folder" in err
