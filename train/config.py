@@ -156,8 +156,8 @@ PRESETS: dict[str, dict] = {
                  "eval_every": 50, "ckpt_every": 100},
     "mini-dpo": {**_MINI, **_DPO},
     # the demo's: a tiny model learns its pairs' preference in a few dozen steps at this rate (measured)
-    "tiny-dpo": {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 60,
-                 "eval_every": 20, "ckpt_every": 60},
+    "tiny-dpo": {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 40,
+                 "eval_every": 20, "ckpt_every": 40},
 }
 
 
