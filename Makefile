@@ -255,6 +255,7 @@ demo-dpo: $(STAMP) ## after make demo: DPO on the bundled preference pairs, then
 bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.prep
 	$(PY) -m bench.train
+	$(PY) -m bench.dpo
 	$(PY) -m bench.generate
 	$(PY) -m bench.serve
 	$(PY) -m bench.vocab

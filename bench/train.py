@@ -84,6 +84,8 @@ def main(preset_name, data, mix, steps, warmup, micro_steps, device, compile_, a
         T = cfg.model.block_size
         n_tokens = max(200_000, 4 * cfg.micro_batch_size * (T + 1))
         mixture = open_mixture(data or synthetic_mixture(Path(tmp), mix, n_tokens))
+        if mixture.kind == "pref":
+            raise click.UsageError(f"{data}: a preference folder; its step is timed by python -m bench.dpo")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(
             cfg.model, vocab_size=pad_vocab_size(mixture.tokenizer["len"])))
         torch.manual_seed(cfg.seed)

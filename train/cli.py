@@ -39,7 +39,7 @@ def cli() -> None:
 def run_options(f):
     options = [
         click.option("--preset", default="mini", show_default=True,
-                     help=f"field values to start from: {', '.join(PRESETS)} (sft uses NAME-sft)"),
+                     help=f"field values to start from: {', '.join(PRESETS)} (sft and dpo use NAME-sft, NAME-dpo)"),
         click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),

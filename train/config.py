@@ -153,8 +153,8 @@ _SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_si
 # as LLaMA-Factory's DPO examples, no weight decay (as SFT). batch_size counts sequences: 64 = 32 pairs.
 _DPO = dict(lr=1e-6, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
             ckpt_every=250, sample_prompt="什么是数学？")
-_TINY_DPO = {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 60, "eval_every": 20,
-             "ckpt_every": 60}
+_TINY_DPO = {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 40, "eval_every": 20,
+             "ckpt_every": 40}
 
 _TINY_SFT = {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
              "eval_every": 50, "ckpt_every": 100}

@@ -167,7 +167,8 @@ class Trainer:
         """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
         out = self.spec.out
         ckpt = find_checkpoint(self.run_folder) if self.main else None
-        if self.main and ckpt is None and out.is_dir() and any(out.iterdir()) and not self.run_folder.metrics.exists():
+        started = self.run_folder.metrics.exists() or self.run_folder.reference.exists()  # dpo writes that first
+        if self.main and ckpt is None and out.is_dir() and any(out.iterdir()) and not started:
             raise TrainError(f"{out}: exists and is not a run folder (no checkpoint/ or metrics.jsonl); choose "
                              "another --out (nothing was changed)")
         if self.d.enabled:

@@ -147,3 +147,12 @@ def test_a_resumed_run_without_its_reference_stops_with_one_line(pref_setup, tmp
     (out / "reference_logps.npz").unlink()
     r = run_cli(*dpo_args(pref_setup, out, *run))
     assert r.returncode == 1 and "reference_logps.npz: missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(pref_setup, tmp_path):
+    out = tmp_path / "dpo"
+    out.mkdir()
+    (out / "reference_logps.npz").write_bytes(b"cut short by kill -9")  # the run's first file, nothing else
+    r = run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2"))
+    assert r.returncode == 0, r.stderr
+    assert "reference log-probs of" in " ".join(r.stderr.split())  # computed again by the --init model

@@ -37,3 +37,12 @@ def test_simpo_and_orpo_use_length_normalised_log_probs_and_no_reference():
     odds = lambda p: p - math.log(1 - math.exp(p))  # noqa: E731 - log odds of a mean log-prob
     assert orpo.tolist() == pytest.approx([-c - 0.1 * math.log(sig(odds(c) - odds(r))) for c, r in mean], rel=1e-5)
     assert sums["reward_acc"] == 0  # pair 0 ties, pair 1 prefers the rejected reply
+
+
+def test_a_falling_chosen_log_prob_is_warned_about():
+    from train.stage import get
+
+    dpo = get("dpo")
+    assert dpo.eval_note({"val_loss": 0.5, "val_chosen_shift": 0.3}) is None
+    assert "fell by 1.500 nats" in dpo.eval_note({"val_loss": 0.5, "val_chosen_shift": -1.5})
+    assert get("sft").eval_note({"val_loss": 1.0}) is None
