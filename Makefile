@@ -260,5 +260,13 @@ bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.serve
 	$(PY) -m bench.vocab
 
+recipe: export MK_DATA = $(call verbatim,DATA)
+recipe: $(STAMP) ## seed vs modern recipe (gpt2/qwen3 x AdamW/Muon, lr sweeps): make recipe DATA=data_bin/wiki [ARGS=...]
+	@test -n "$$MK_DATA" || { echo "usage: make recipe DATA=token_folder [ARGS=...]"; exit 2; }
+	$(PY) -m bench.recipe --data "$$MK_DATA"
+
+gpu-check: $(STAMP) ## on a CUDA machine: mini in both archs, bf16 + compile, tokens/s, MFU, memory, loss, serving
+	$(PY) -m bench.gpu_check
+
 clean: ## remove .venv and caches (keeps data_bin/ and runs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,7 +16,7 @@ Nothing outside this module constructs a model class by name: `build(config)` do
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -47,6 +47,9 @@ class GGUFMapping:
 
     architecture: str  # general.architecture, llama.cpp's name: gpt2, qwen3
     metadata: Callable[[object, ModelConfig], None]  # writes the architecture's keys into a gguf.GGUFWriter
+    # (our fp32 state dict, config, tokenizer length) -> (llama.cpp name, tensor), in the file's order
+    tensors: Callable[[dict[str, torch.Tensor], ModelConfig, int], Iterator[tuple[str, torch.Tensor]]]
+    title: str  # the architecture in prose: "GPT-2", "Qwen3"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,14 @@ def get(name: str) -> Arch:
 
 def arch_of(config: ModelConfig) -> Arch:
     return get(config.arch)
+
+
+def mapping(config: ModelConfig, kind: str) -> HFMapping | GGUFMapping:
+    """The architecture's export table of `kind` (``hf`` or ``gguf``); an `ArchError` if it has none."""
+    found = getattr(arch_of(config), kind)
+    if found is None:
+        raise ArchError(f"arch {config.arch} has no {'Hugging Face' if kind == 'hf' else 'GGUF'} export")
+    return found
 
 
 def config_from_dict(d: dict) -> ModelConfig:

@@ -1,18 +1,18 @@
-"""Export to one GGUF file that llama.cpp, Ollama and LM Studio run: llama.cpp's ``gpt2`` architecture
-with Qwen2's byte-level BPE vocabulary.
+"""Export to one GGUF file that llama.cpp, Ollama and LM Studio run: llama.cpp's own graph of the model's
+architecture (``gpt2`` or ``qwen3``) with Qwen2's byte-level BPE vocabulary.
 
 Why our own writer on the PyPI ``gguf`` library, not llama.cpp's ``convert_hf_to_gguf.py`` on the
 Hugging Face export: the converter is not on PyPI by itself (it ships inside llama.cpp's sources),
 wants its own pinned transformers, and writes the 34 padding rows of the embedding as ``[PAD…]``
-tokens that llama.cpp can sample. Our model *is* llama.cpp's ``gpt2`` graph, so writing it directly
-takes a name table and ~30 metadata keys, works offline, and the vocabulary is the tokenizer's own:
+tokens that llama.cpp can sample. Our models *are* llama.cpp's ``gpt2`` and ``qwen3`` graphs, so
+writing them directly takes a name table and a few metadata keys per architecture
+(`model.arch.GGUFMapping`: `model.gpt2_formats`, `model.qwen3_formats`), works offline, and the
+vocabulary is the tokenizer's own:
 
-* tensors: ``token_embd`` (only the tokenizer's rows: 151,646, not the padded 151,680), ``position_embd``,
-  per block ``attn_norm``, ``attn_qkv``, ``attn_output``, ``ffn_norm``, ``ffn_up``, ``ffn_down`` and
-  ``output_norm``, each weight and bias. No ``output`` tensor: llama.cpp then uses ``token_embd``, which
-  is how our output layer is tied. Our `nn.Linear` weights are (out, in), which is exactly ggml's
-  layout, so nothing is transposed. A model trained without biases gets zero biases (llama.cpp's gpt2
-  requires them).
+* tensors: the architecture's names; ``token_embd`` holds only the tokenizer's rows (151,646, not the
+  padded 151,680), and a tied output layer is no ``output`` tensor (llama.cpp then uses
+  ``token_embd``). Our `nn.Linear` weights are (out, in), which is exactly ggml's layout, so nothing
+  is transposed.
 * types as llama.cpp's converter chooses them: 1-D tensors (norms, biases) and ``position_embd`` stay
   f32; the matrices are f32, f16 or q8_0 (a matrix whose rows are not a multiple of q8_0's 32-value
   blocks falls back to f16).
@@ -40,15 +40,15 @@ import torch
 
 from common.errors import UserError
 from common.outputs import atomic_file, check_replaceable_file, output_lock
-from model.gpt import GPT
+from model.arch import GGUFMapping, mapping
 from model.io import RunFolder, is_chat, load_model, read_model_info, resolve_model_dir, stop_ids
+from model.lm import CausalLM
 from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import vocab_and_merges
 from prep.tokenizer import TiktokenTokenizer, Tokenizer, load_tokenizer
 
-ARCH = "gpt2"
 GGUF_TYPES = {
     "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
@@ -56,9 +56,6 @@ GGUF_TYPES = {
 }
 MARKER = "zh_mini_llm.format_version"  # our key: a file that has it may be replaced by a new export
 BASENAME = "zh-mini-llm"
-# our module names -> llama.cpp's, inside a block
-BLOCK_TENSORS = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-                 "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
 
 Progress = Callable[[int, int], None]  # (bytes written, bytes in all)
 
@@ -67,21 +64,15 @@ class GGUFExportError(UserError, ValueError):
     """The GGUF cannot be written: a tokenizer without a GGUF vocabulary, or an output that is not ours."""
 
 
-def gguf_tensors(model: GPT, n_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(llama.cpp name, fp32 tensor)`` for every tensor, in the order llama.cpp's converter writes them."""
+def mapping_of(model: CausalLM) -> GGUFMapping:
+    return mapping(model.config, "gguf")
+
+
+def gguf_tensors(model: CausalLM, n_vocab: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(llama.cpp name, fp32 tensor)`` for every tensor, in the order llama.cpp's converter writes them
+    (the architecture's table: `model.arch.GGUFMapping.tensors`)."""
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-
-    def weight_and_bias(ours: str, theirs: str) -> Iterator[tuple[str, torch.Tensor]]:
-        w = state[f"{ours}.weight"]
-        yield f"{theirs}.weight", w
-        yield f"{theirs}.bias", state.get(f"{ours}.bias", torch.zeros(w.shape[0]))
-
-    yield "token_embd.weight", state["transformer.wte.weight"][:n_vocab]
-    yield "position_embd.weight", state["transformer.wpe.weight"]
-    for i in range(model.config.n_layer):
-        for ours, theirs in BLOCK_TENSORS.items():
-            yield from weight_and_bias(f"transformer.h.{i}.{ours}", f"blk.{i}.{theirs}")
-    yield from weight_and_bias("transformer.ln_f", "output_norm")
+    return mapping_of(model).tensors(state, model.config, n_vocab)
 
 
 def storage_type(name: str, shape: tuple[int, ...], type_name: str) -> gguf.GGMLQuantizationType:
@@ -133,7 +124,7 @@ def model_name(ckpt: str | os.PathLike, info: dict) -> str:
     return f"{BASENAME} {run}" if run == stage else f"{BASENAME} {run} · {stage}"
 
 
-def write_model_keys(writer: gguf.GGUFWriter, model: GPT, info: dict, n_vocab: int, name: str,
+def write_model_keys(writer: gguf.GGUFWriter, model: CausalLM, info: dict, n_vocab: int, name: str,
                      type_name: str) -> None:
     """What the model is: names, shape, context, file type, and our default sampling."""
     c, chat = model.config, is_chat(info)
@@ -144,16 +135,11 @@ def write_model_keys(writer: gguf.GGUFWriter, model: GPT, info: dict, n_vocab: i
     writer.add_basename(BASENAME)
     writer.add_size_label(gguf.size_label(params, 0, 0, 0))
     writer.add_description(
-        f"Chinese {'chat' if chat else 'base'} model, GPT-2 architecture, {c.n_layer} layers x {c.n_embd}, "
+        f"Chinese {'chat' if chat else 'base'} model, {mapping_of(model).title} architecture, {c.n_layer} layers x {c.n_embd}, "
         f"context {c.block_size} tokens, trained by zh-mini-llm ({info.get('data_kind')} step {info.get('step')})")
     writer.add_file_type(GGUF_TYPES[type_name][1])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_context_length(c.block_size)
-    writer.add_embedding_length(c.n_embd)
-    writer.add_feed_forward_length(4 * c.n_embd)
-    writer.add_block_count(c.n_layer)
-    writer.add_head_count(c.n_head)
-    writer.add_layer_norm_eps(c.layer_norm_eps)
+    mapping_of(model).metadata(writer, c)
     d = SamplingParams()  # what `python -m model sample` does by default; llama.cpp's tools read these
     writer.add_sampling_temp(d.temperature)
     writer.add_sampling_top_k(d.top_k)
@@ -212,7 +198,7 @@ def is_our_gguf(path: Path) -> bool:
     return False
 
 
-def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str, name: str,
+def write_gguf(model: CausalLM, info: dict, tok: Tokenizer, out: Path, type_name: str, name: str,
                progress: Progress | None = None) -> int:
     """Write the GGUF beside `out` and rename it into place (`common.outputs.atomic_file`); returns its size."""
     plan = []
@@ -221,7 +207,7 @@ def write_gguf(model: GPT, info: dict, tok: Tokenizer, out: Path, type_name: str
         plan.append((tensor_name, t, qtype, stored_nbytes(tuple(t.shape), qtype)))
     total = sum(p[3] for p in plan)
     with atomic_file(out, f"the GGUF {out}") as tmp:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+        writer = gguf.GGUFWriter(tmp, mapping_of(model).architecture)
         try:
             write_model_keys(writer, model, info, len(tok), name, type_name)
             write_tokenizer_keys(writer, tok, is_chat(info))

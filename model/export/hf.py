@@ -1,18 +1,12 @@
-"""Export to a Hugging Face folder that `GPT2LMHeadModel` loads: ``AutoModelForCausalLM`` + ``AutoTokenizer``
-+ ``generate`` work offline, and tools that read that layout (vLLM, llama.cpp's ``convert_hf_to_gguf.py``)
-take it as a plain GPT-2.
+"""Export to a Hugging Face folder that transformers loads with no custom code: ``AutoModelForCausalLM``
++ ``AutoTokenizer`` + ``generate`` work offline, and tools that read that layout (vLLM, llama.cpp's
+``convert_hf_to_gguf.py``) take it as the plain model it is.
 
-Our GPT *is* GPT-2's architecture (pre-norm, learned positions, tied embeddings, tanh GELU), so the
-export only renames nothing and transposes a little:
-
-* GPT-2 keeps its projections in ``Conv1D`` modules whose weight is (in, out); ours are `nn.Linear`
-  (out, in). ``c_attn``, ``c_proj`` and ``c_fc`` weights are transposed, nothing else.
-* The output layer is the token embedding (``tie_word_embeddings``), stored once as ``wte``.
-* ``activation_function="gelu_pytorch_tanh"`` is the very kernel our MLP calls
-  (``nn.GELU(approximate="tanh")``), so logits match to float rounding; the LayerNorm epsilon is copied.
-* ``n_positions`` (and ``n_ctx``, which llama.cpp reads) is the block size; ``vocab_size`` is the
-  padded embedding size (151,680 for Qwen2). Dropout is 0. A model trained without biases gets zero
-  biases, as GPT-2 always has them.
+Each architecture is a class transformers ships: arch ``gpt2`` exports as `GPT2LMHeadModel`, ``qwen3``
+as `Qwen3ForCausalLM`. The names, layouts and config fields are the architecture's table
+(`model.arch.HFMapping`: `model.gpt2_formats`, `model.qwen3_formats`); this module writes the folder.
+``vocab_size`` is the padded embedding size (151,680 for Qwen2), and the output layer, when tied, is
+stored once as the token embedding (``tie_word_embeddings``).
 
 Stop ids go into ``generation_config.json``: ``<|endoftext|>`` for a base model, ``<|im_end|>`` and
 ``<|endoftext|>`` for a chat model, with the padded vocabulary rows as ``suppress_tokens``; a chat
@@ -31,8 +25,9 @@ from pathlib import Path
 import torch
 
 from common.outputs import OutputFolder, read_json
-from model.gpt import GPT
+from model.arch import HFMapping, mapping
 from model.io import is_chat, load_model, read_model_info, save_weights, stop_ids
+from model.lm import CausalLM
 from model.loader import load_tokenizer_for
 from model.runtime import TORCH_DTYPES, dtype_name
 from model.sampling import SamplingParams
@@ -40,7 +35,6 @@ from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import save_hf_tokenizer
 from prep.tokenizer import IM_END, Tokenizer
 
-CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 MARKER = "zh_mini_llm_export"  # in config.json: recognises exports written before folders had a manifest
 # What an export of the offline Qwen2 tokenizer holds (the legacy recogniser's list).
 EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "README.md", "vocab.json",
@@ -48,44 +42,24 @@ EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "R
                 "chat_template.jinja"}
 
 
-def gpt2_state_dict(model: GPT, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Our weights under GPT2LMHeadModel's names and layouts (Conv1D weights transposed)."""
-    out = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().to("cpu", torch.float32)
-        if name.endswith(CONV1D_SUFFIXES):
-            t = t.t()
-        out[name] = t.to(dtype).contiguous()
-    if not model.config.bias:  # GPT-2 always has biases: add zero ones
-        for name, module in model.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)) and module.bias is None:
-                width = module.weight.shape[0]
-                out[f"{name}.bias"] = torch.zeros(width, dtype=dtype)
-    return out
+def mapping_of(model: CausalLM) -> HFMapping:
+    return mapping(model.config, "hf")
 
 
-def gpt2_config(model: GPT, tokenizer_ids: dict, dtype: torch.dtype) -> dict:
-    c = model.config
+def hf_state_dict(model: CausalLM, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Our weights under the Hugging Face class's names and layouts (the architecture's table)."""
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    return {k: t.to(dtype).contiguous() for k, t in mapping_of(model).state_dict(state, model.config).items()}
+
+
+def hf_config(model: CausalLM, tokenizer_ids: dict, dtype: torch.dtype) -> dict:
+    """config.json: the architecture's own fields, the vocabulary and the special ids."""
+    table = mapping_of(model)
     return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": c.vocab_size,
-        "n_positions": c.block_size,
-        "n_ctx": c.block_size,
-        "n_embd": c.n_embd,
-        "n_layer": c.n_layer,
-        "n_head": c.n_head,
-        "n_inner": 4 * c.n_embd,
-        "activation_function": "gelu_pytorch_tanh",
-        "layer_norm_epsilon": c.layer_norm_eps,
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "scale_attn_by_inverse_layer_idx": False,
-        "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True,
+        "architectures": [table.architecture],
+        "model_type": table.model_type,
+        "vocab_size": model.config.vocab_size,
+        **table.config(model.config),
         "use_cache": True,
         "bos_token_id": tokenizer_ids["eot"],
         "eos_token_id": tokenizer_ids["eos"],
@@ -151,19 +125,20 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp3
     info = read_model_info(ckpt)
     tok = load_tokenizer_for(info, str(ckpt))
     model, info = load_model(ckpt, "cpu")
+    table = mapping_of(model)
     chat = is_chat(info)
     stops = stop_ids(tok, chat)
     ids = {"eot": tok.eot_id, "eos": stops[0]}
     with OutputFolder(out, "hf-export", "Hugging Face export", _legacy_export_files) as folder:
-        save_weights(gpt2_state_dict(model, torch_dtype), folder.path("model.safetensors"), {"format": "pt"})
+        save_weights(hf_state_dict(model, torch_dtype), folder.path("model.safetensors"), {"format": "pt"})
         folder.path("model.safetensors").chmod(0o644)  # safetensors writes 0600; a shared folder needs to be read
-        _write_json(folder.path("config.json"), gpt2_config(model, ids, torch_dtype))
+        _write_json(folder.path("config.json"), hf_config(model, ids, torch_dtype))
         _write_json(folder.path("generation_config.json"),
                     generation_config(ids, stops, len(tok), model.config.vocab_size, SamplingParams()))
         tokenizer_written = save_hf_tokenizer(tok, folder.partial)
         if tokenizer_written and chat:
             _chat_tokenizer_files(folder.partial)
-        folder.path("README.md").write_text(model_card(out, info, tok, chat, tokenizer_written), "utf-8")
+        folder.path("README.md").write_text(model_card(out, info, tok, chat, tokenizer_written, table), "utf-8")
         folder.commit()
     return {"out": str(out), "chat": chat, "stop_ids": stops, "tokenizer": tokenizer_written,
             "params": model.num_params(), "dtype": str(torch_dtype).removeprefix("torch.")}
@@ -173,7 +148,7 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
 
 
-def model_card(out: Path, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool) -> str:
+def model_card(out: Path, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool, table: HFMapping) -> str:
     c = info["config"]
     kind = "chat model (SFT, ChatML)" if chat else "base model (pretrained, continues text)"
     stops = "`<|im_end|>` and `<|endoftext|>`" if chat else "`<|endoftext|>`"
@@ -187,7 +162,7 @@ def model_card(out: Path, info: dict, tok: Tokenizer, chat: bool, tokenizer_writ
         f"\nThe `{tok.name}` tokenizer has no Hugging Face form, so no tokenizer files are included.\n")
     return f"""# {out.name}
 
-A Chinese {kind} with GPT-2's architecture, exported by zh-mini-llm (`python -m model export`)
+A Chinese {kind} with the architecture of `{table.architecture}`, exported by zh-mini-llm (`python -m model export`)
 from a checkpoint at step {info.get("step")}: {c["n_layer"]} layers, {c["n_head"]} heads, {c["n_embd"]} wide,
 a context of {c["block_size"]} tokens, tokenizer `{tok.name}` ({len(tok)} ids; the embedding is padded to
 {c["vocab_size"]} rows, and `generation_config.json` suppresses the padding). Generation stops at {stops}.
@@ -202,7 +177,7 @@ print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
 ```
 
 `generate` samples with the defaults of `python -m model sample` (temperature {d.temperature}, top-k {d.top_k}); pass
-`do_sample=False` for greedy output. The layout is plain GPT-2 (`GPT2LMHeadModel`, `gelu_pytorch_tanh`)
-for tools that read it, such as vLLM and llama.cpp's `convert_hf_to_gguf.py`. Only the first
-{c["block_size"]} positions exist: longer inputs must be cut.
+`do_sample=False` for greedy output. The layout is plain `{table.architecture}` (model_type
+`{table.model_type}`) for tools that read it, such as vLLM and llama.cpp's `convert_hf_to_gguf.py`. The
+model was trained on {c["block_size"]} positions: longer inputs must be cut.
 """

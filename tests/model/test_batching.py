@@ -12,7 +12,7 @@ from model.generate import Engine
 from model.sampling import SamplingParams
 from model.serve.batching import Failed, Finished, QueueFull, Scheduler, SchedulerClosed, Tokens
 from model.serve.replies import StopText
-from tests.model.conftest import favour, tiny_model
+from tests.model.conftest import favour, tiny_model, tiny_qwen3
 
 EOT, IM_END = 256, 258
 N_VOCAB = 259
@@ -69,7 +69,14 @@ JOBS = [  # greedy and sampled, one with 2 samples, a repetition penalty, and co
 ]
 
 
-def test_same_tokens_alone_under_load_and_from_the_engine(engine):
+@pytest.fixture(params=["gpt2", "qwen3"])
+def any_engine(request, engine) -> Engine:
+    """The scheduler's exactness for each architecture (qwen3: GQA cache, rotary positions per row)."""
+    return engine if request.param == "gpt2" else Engine(tiny_qwen3(block_size=32), N_VOCAB, [EOT])
+
+
+def test_same_tokens_alone_under_load_and_from_the_engine(any_engine):
+    engine = any_engine
     scheduler = Scheduler(engine, max_batch=6, group_size=4, threads=1)  # 2 groups: 8 slots
     scheduler.start()
     try:

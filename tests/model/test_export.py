@@ -35,10 +35,13 @@ def hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
     return next((new[:i] for i, t in enumerate(new) if t in stops), new)
 
 
-@pytest.mark.parametrize("kind,bias", [("pretrain", True), ("sft", True), ("pretrain", False)],
-                         ids=["base", "chat", "no-bias"])
-def test_exported_logits_and_greedy_tokens_match(tmp_path, byte_tokenizer, kind, bias):
-    model = tiny_model(block_size=48, bias=bias)
+@pytest.mark.parametrize("kind,model_kw", [
+    ("pretrain", {}), ("sft", {}), ("pretrain", {"bias": False}),
+    ("pretrain", {"arch": "qwen3", "n_head": 4}),  # Qwen3ForCausalLM: GQA 4 -> 2, QK-norm, RoPE
+    ("sft", {"arch": "qwen3", "n_head": 4, "n_kv_head": 1, "tie_embeddings": False, "rope_theta": 1e6}),
+], ids=["base", "chat", "no-bias", "qwen3", "qwen3-chat-untied"])
+def test_exported_logits_and_greedy_tokens_match(tmp_path, byte_tokenizer, kind, model_kw):
+    model = tiny_model(block_size=48, **model_kw)
     run = save_tiny(tmp_path / "run", kind, model=model)
     summary = export_hf(run, tmp_path / "hf")
     theirs = hf_model(tmp_path / "hf")
@@ -68,6 +71,16 @@ def test_config_matches_the_model(tmp_path):
     assert config["vocab_size"] == 384 and config["tie_word_embeddings"] is True
     assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.0
     assert (tmp_path / "hf" / "README.md").is_file()
+
+
+def test_qwen3_config_names_the_architecture(tmp_path):
+    model = tiny_model(block_size=48, arch="qwen3", n_head=4, intermediate_size=80)
+    export_hf(save_tiny(tmp_path / "run", model=model), tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen3ForCausalLM"] and config["model_type"] == "qwen3"
+    assert (config["num_key_value_heads"], config["head_dim"], config["intermediate_size"]) == (2, 8, 80)
+    assert type(hf_model(tmp_path / "hf")).__name__ == "Qwen3ForCausalLM"
+    assert "Qwen3ForCausalLM" in (tmp_path / "hf" / "README.md").read_text()
 
 
 def test_export_refuses_a_foreign_folder_and_replaces_its_own(tmp_path):

@@ -232,3 +232,38 @@ def test_unknown_type_is_refused(qwen_run):
 def test_qwen2_loaded_from_a_hugging_face_folder_has_the_same_vocabulary(qwen):
     hf = load_tokenizer(str(shared_path("qwen2-tokenizer")))  # e.g. --tokenizer Qwen/Qwen2-0.5B
     assert qwen2_ranks(hf) is qwen2_ranks(qwen)
+
+
+def qwen3_names(model) -> dict[str, torch.Tensor]:
+    """llama.cpp's qwen3 names for our weights, spelled out independently of the exporter."""
+    sd = model.state_dict()
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"][:N_VOCAB], "output_norm.weight": sd["model.norm.weight"]}
+    names = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+             "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    for i in range(model.config.n_layer):
+        out |= {f"blk.{i}.{theirs}.weight": sd[f"model.layers.{i}.{ours}.weight"] for theirs, ours in names.items()}
+    if not model.config.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"][:N_VOCAB]
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied):
+    model = tiny_model(block_size=64, vocab_size=151680, arch="qwen3", n_head=4, tie_embeddings=tied, rope_theta=1e6)
+    out = export_gguf(save_tiny(tmp_path / "q", "pretrain", tokenizer="qwen2", model=model), type_name="f32")["out"]
+    reader = gguf.GGUFReader(out)
+    assert field(reader, "general.architecture") == "qwen3"
+    assert "Qwen3 architecture" in field(reader, "general.description")
+    c = model.config
+    assert field(reader, "qwen3.attention.head_count") == 4 and field(reader, "qwen3.attention.head_count_kv") == 2
+    assert field(reader, "qwen3.attention.key_length") == field(reader, "qwen3.attention.value_length") == 8
+    assert field(reader, "qwen3.feed_forward_length") == c.ffn_width == 96
+    assert field(reader, "qwen3.rope.freq_base") == 1e6
+    assert field(reader, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
+    expected = {k: v.float().numpy() for k, v in qwen3_names(model).items()}
+    stored = {t.name: t for t in reader.tensors}
+    assert set(stored) == set(expected)
+    for name, want in expected.items():
+        np.testing.assert_array_equal(np.asarray(stored[name].data).reshape(want.shape), want, err_msg=name)

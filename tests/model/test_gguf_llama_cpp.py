@@ -81,18 +81,22 @@ def test_token_ids_equal_ours(chat, qwen):
 @pytest.mark.parametrize("type_name,max_diff,min_top1", [("f32", 0.03, 1.0), ("f16", 0.06, 1.0), ("q8_0", 1.5, 0.85)])
 def test_logits_match(chat, qwen, type_name, max_diff, min_top1):
     model, paths = chat
-    ids = qwen.encode("".join(TEXTS))[:BLOCK]
-    llm = load(paths[type_name], logits_all=True)
-    llm.eval(ids)
-    theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
-    with torch.no_grad():
-        ours = model(torch.tensor([ids]))[0, :, :N_VOCAB].numpy()
-    diff = float(np.abs(theirs - ours).max())
-    top1 = float((theirs.argmax(-1) == ours.argmax(-1)).mean())
+    ids, theirs, ours, diff, top1 = compare_logits(model, paths[type_name], qwen)
     print(f"\n[gguf-check] {type_name}: logits max |diff| {diff:.2e} (logits span {ours.min():.1f}..{ours.max():.1f}), "
           f"top-1 agreement {top1:.0%} over {len(ids)} positions")
     assert theirs.shape == (len(ids), N_VOCAB)  # no padding rows: the vocabulary is the tokenizer's
     assert diff < max_diff and top1 >= min_top1
+
+
+def compare_logits(model, path, qwen):
+    """(ids, llama.cpp's logits, ours, max |diff|, top-1 agreement) over the first block of TEXTS."""
+    ids = qwen.encode("".join(TEXTS))[:BLOCK]
+    llm = load(path, logits_all=True)
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]))[0, :, :N_VOCAB].numpy()
+    return ids, theirs, ours, float(np.abs(theirs - ours).max()), float((theirs.argmax(-1) == ours.argmax(-1)).mean())
 
 
 @pytest.fixture(scope="module")
@@ -103,21 +107,50 @@ def base_f32(tmp_path_factory):
     return model, export_gguf(run, type_name="f32")["out"]
 
 
+def llama_greedy(llm, prompt: list[int]) -> list[int]:
+    """llama.cpp's greedy continuation of `prompt`, up to an end-of-generation token or the block."""
+    theirs = []
+    for t in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t) or len(prompt) + len(theirs) >= BLOCK:
+            break
+        theirs.append(t)
+    return theirs
+
+
 def test_greedy_continuation_equals_ours_f32(base_f32, qwen):
     model, path = base_f32
     llm = load(path)
     for text in TEXTS[:2]:
         prompt = qwen.encode(text)[:16]
         mine = ours_greedy(model, qwen, prompt, [qwen.eot_id])
-        theirs = []
-        for t in llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-            if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t) or len(prompt) + len(theirs) >= BLOCK:
-                break
-            theirs.append(t)
+        theirs = llama_greedy(llm, prompt)
         assert len(mine.tokens) >= 10 and len(set(mine.tokens)) > 3  # a real continuation, not one token
         print(f"\n[gguf-check] greedy f32 after {len(prompt)} tokens: {len(mine.tokens)} ours, {len(theirs)} "
               f"llama.cpp's, identical: {theirs == mine.tokens}")
         assert theirs == mine.tokens
+
+
+@pytest.fixture(scope="module")
+def qwen3_base(tmp_path_factory):
+    """(model, {type: gguf path}) of an arch qwen3 base model (GQA 4 -> 2, QK-norm, RoPE) in every type."""
+    model = tiny_model(block_size=BLOCK, vocab_size=151680, seed=3, arch="qwen3", n_head=4)
+    run = save_tiny(tmp_path_factory.mktemp("llama") / "qwen3", "pretrain", tokenizer="qwen2", model=model)
+    return model, {t: export_gguf(run, type_name=t)["out"] for t in ("f32", "f16", "q8_0")}
+
+
+# Written without llama-cpp-python at hand (not installed where arch qwen3 was added): the bounds are
+# gpt2's; q8_0 is held to the logits' top-1 agreement, as gpt2's is, since 8-bit rows can flip a near tie.
+@pytest.mark.parametrize("type_name,max_diff,min_top1", [("f32", 0.03, 1.0), ("f16", 0.06, 1.0), ("q8_0", 1.5, 0.85)])
+def test_qwen3_logits_and_greedy_equal_ours(qwen3_base, qwen, type_name, max_diff, min_top1):
+    model, paths = qwen3_base
+    _, _, _, diff, top1 = compare_logits(model, paths[type_name], qwen)
+    prompt = qwen.encode(TEXTS[0])[:16]
+    mine, greedy = ours_greedy(model, qwen, prompt, [qwen.eot_id]).tokens, llama_greedy(load(paths[type_name]), prompt)
+    print(f"\n[gguf-check] qwen3 {type_name}: logits max |diff| {diff:.2e}, top-1 agreement {top1:.0%}; greedy "
+          f"{len(mine)} tokens, identical: {greedy == mine}")
+    assert diff < max_diff and top1 >= min_top1
+    if type_name != "q8_0":
+        assert greedy == mine
 
 
 def test_chat_prompt_is_identical(chat, qwen):
