@@ -55,7 +55,7 @@ prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OU
 	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-sft: OUT ?= data_bin/sft
-prep-sft: export MK_OUT = $(call verbatim,OUT)
+prep-sft dpo: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
 prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
@@ -89,10 +89,10 @@ pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki | "a:0.3,b:0.7
 sft: DATA ?= data_bin/sft
 sft: INIT ?= runs/pretrain
 sft: OUT ?= runs/sft
-sft: export MK_DATA = $(call verbatim,DATA)
-sft: export MK_INIT = $(call verbatim,INIT)
-sft: export MK_OUT = $(call verbatim,OUT)
-sft: export MK_PRESET = $(call verbatim,PRESET)
+sft dpo: export MK_DATA = $(call verbatim,DATA)
+sft dpo: export MK_INIT = $(call verbatim,INIT)
+sft dpo: export MK_OUT = $(call verbatim,OUT)
+sft dpo: export MK_PRESET = $(call verbatim,PRESET)
 sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
@@ -107,10 +107,6 @@ prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folde
 dpo: DATA ?= data_bin/pref
 dpo: INIT ?= runs/sft
 dpo: OUT ?= runs/dpo
-dpo: export MK_DATA = $(call verbatim,DATA)
-dpo: export MK_INIT = $(call verbatim,INIT)
-dpo: export MK_OUT = $(call verbatim,OUT)
-dpo: export MK_PRESET = $(call verbatim,PRESET)
 dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
