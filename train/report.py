@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import one_line_errors
-from model.gpt import GPTConfig
+from model.arch import config_from_dict
 from model.io import RunFolder, is_chat, read_model_info
 from train.metrics import read_records
 
@@ -38,7 +38,7 @@ def summarize(path: Path) -> dict:
         "kind": "chat model (sft)" if is_chat(info) else "base model (pretrain)",
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
-            **GPTConfig.from_dict(info["config"]).to_dict()),
+            **config_from_dict(info["config"]).to_dict()),  # any architecture: gpt2 when unrecorded
         **_curve(evals),
         "val_sources": {name: _curve(points) for name, points in by_source.items()},
         "train_last": train[-1].get("loss") if train else None,
