@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
-from model.gpt import GPTConfig
+from model.arch import config_from_dict
 from model.io import CheckpointError, RunFolder, is_chat, read_model_info, resolve_model_dir
 from train.checkpoint import read_run_info
 from train.metrics import read_records
@@ -42,7 +42,7 @@ def summarize(path: Path) -> dict:
         "val_reward_acc": next((e["val_reward_acc"] for e in reversed(evals) if "val_reward_acc" in e), None),
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
-            **GPTConfig.from_dict(info["config"]).to_dict()),
+            **config_from_dict(info["config"]).to_dict()),  # any architecture: gpt2 when unrecorded
         **_curve(evals),
         "val_sources": {name: _curve(points) for name, points in by_source.items()},
         "train_last": train[-1].get("loss") if train else None,

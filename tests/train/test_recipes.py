@@ -53,6 +53,8 @@ def test_qwen3_trains_and_samples_with_a_1024_token_context(pretrain_data, tmp_p
     sample = CliRunner().invoke(model_cli, ["sample", "--ckpt", str(out), "--prompt", "数学" * 200,
                                             "--max-new-tokens", "8", "--temperature", "0"])
     assert sample.exit_code == 0, sample.output
+    report = run_cli("report", str(out))
+    assert report.returncode == 0 and "block 1024" in report.stdout + report.stderr, report.stderr
 
 
 def test_a_gqa_that_does_not_divide_is_one_line(pretrain_data, tmp_path):
