@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from common.cli import UserPath
 from model.io import CheckpointError
 from model.runtime import DEVICE_NAMES, DTYPES, dtype_name
 
@@ -46,3 +47,14 @@ def device_option(f: Callable) -> Callable:
 
 def dtype_option(default: str = "auto", help: str = DTYPE_HELP) -> Callable:
     return click.option("--dtype", type=DtypeChoice(), default=default, show_default=True, help=help)
+
+
+def scoring_options(batch_default: int, batch_max: int, batch_help: str, out_help: str) -> Callable:
+    """``--batch-size``, ``--device``, ``--dtype`` and ``--out``: what every command that scores a model on text
+    takes (`model.measure.cli.bpb`, `train eval`)."""
+    def apply(f: Callable) -> Callable:
+        f = click.option("--out", type=UserPath(), default=None, help=out_help)(f)
+        f = device_option(dtype_option()(f))
+        return click.option("--batch-size", type=click.IntRange(1, batch_max), default=batch_default,
+                            show_default=True, help=batch_help)(f)
+    return apply

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
 from common.outputs import check_replaceable_file, json_with_keys, write_json_atomic
-from model.cli_common import device_option, dtype_option
+from model.cli_common import scoring_options
 from model.io import RunFolder, read_model_info, resolve_model_dir
 from model.loader import load_on_device
 from prep.tokenfile import Split, TokenFileError
@@ -120,12 +120,8 @@ def print_table(result: dict, console: Console) -> None:
 @click.option("--data", required=True,
               help="token folder (prep output), or a mixture FOLDER:0.3,FOLDER:0.7: each folder is reported")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=16, show_default=True,
-              help="blocks per forward pass (at most 4096: more is a typo, allocated before it failed)")
-@device_option
-@dtype_option()
-@click.option("--out", type=UserPath(), default=None,
-              help="JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
+@scoring_options(16, 4096, "blocks per forward pass (at most 4096: more is a typo, allocated before it failed)",
+                 "JSON file to write [default: RUN/eval_DATANAME_SPLIT.json]")
 @one_line_errors
 def eval_command(ckpt: Path, data: str, split: str, batch_size: int, device: str, dtype: str, out: Path | None) -> None:
     """Loss, perplexity and bits per byte of a checkpoint over a whole split (non-overlapping blocks)."""

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from common.cli import FiniteFloat, UserPath, one_line_errors
 from common.outputs import atomic_file, check_replaceable_file, json_with_keys, write_json_atomic
-from model.cli_common import device_option, dtype_option
+from model.cli_common import device_option, dtype_option, scoring_options
 from model.io import CheckpointError, is_chat
 from model.measure.bpb import bits_per_byte, load_scored_model
 from model.measure.harness import (
@@ -134,12 +134,8 @@ def print_harness_table(results: dict, chance: dict, only: list[str] | None, con
               help="tokens per window [default: the model's context; at most 2048 for Hugging Face models]")
 @click.option("--stride", type=click.IntRange(1, 1 << 20), default=None,
               help="tokens between window starts [default: half the context]")
-@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True,
-              help="windows per forward pass")
-@device_option
-@dtype_option()
-@click.option("--out", type=UserPath(), default=None,
-              help="also write the figures to this JSON file (a list, one entry per model)")
+@scoring_options(8, MAX_BATCH, "windows per forward pass",
+                 "also write the figures to this JSON file (a list, one entry per model)")
 @one_line_errors
 def bpb(models: tuple[Path, ...], text: Path, context: int | None, stride: int | None, batch_size: int, device: str,
         dtype: str, out: Path | None) -> None:
