@@ -106,6 +106,16 @@ class Optimizer:
         for name, opt in self.parts.items():
             _check_part(saved.get(name) or {}, opt, f"{where}: trainer.pt ({name})")
 
+    def unscale(self, scaler) -> None:
+        """Each part's gradients divided by the grad scaler's scale (a no-op scaler outside fp16)."""
+        for opt in self.parts.values():
+            scaler.unscale_(opt)
+
+    def step(self, scaler) -> None:
+        """Each part's step through the grad scaler, which skips it if fp16 gradients overflowed."""
+        for opt in self.parts.values():
+            scaler.step(opt)
+
     def zero_grad(self) -> None:
         for opt in self.parts.values():
             opt.zero_grad(set_to_none=True)

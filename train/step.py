@@ -76,8 +76,7 @@ class Stepper:
             loss_sum += micro_sum.detach()
             if metrics:
                 metric_sums += torch.stack([metrics[name].detach().float() for name in self.stage.metrics])
-        for opt in self.optimizer.parts.values():
-            self.scaler.unscale_(opt)
+        self.optimizer.unscale(self.scaler)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         votes = d.all_reduce_sum(torch.cat([torch.stack([loss_sum, torch.full((), float(stop_requested),
                                                                                device=device)]), metric_sums]))
@@ -95,7 +94,6 @@ class Stepper:
         return None
 
     def apply(self) -> None:
-        for opt in self.optimizer.parts.values():
-            self.scaler.step(opt)  # skipped by the scaler if fp16 gradients overflowed
+        self.optimizer.step(self.scaler)
         self.scaler.update()
         self.optimizer.zero_grad()
