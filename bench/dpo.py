@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.train import time_steps
-from model.arch import build
+from model.archs import build
 from model.runtime import pick_device, precision
 from prep.pref import run_pref
 from prep.tokenfile import open_token_folder

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.serve import ServerProcess, make_checkpoint, questions, serve_all
-from model.arch import build
+from model.archs import build
 from model.runtime import precision
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 from train.config import apply_overrides, preset

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.arch import build
+from model.archs import build
 from model.lm import CausalLM
 from model.runtime import pick_device, precision
 from prep.tokenfile import TokenFolderWriter

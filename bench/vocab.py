@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.train import QWEN2_LEN, synthetic_folder
-from model.arch import build
+from model.archs import build
 from model.runtime import pick_device, precision
 from prep.tokenizer import pad_vocab_size
 from prep.vocab_build import build_vocab

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
-from model.arch import config_from_dict
+from model.archs import config_from_dict
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
 from model.lm import CausalLM
 from prep.tokenizer import TokenizerError, check_identity

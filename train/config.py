@@ -18,8 +18,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from model.arch import ARCHS, ArchError, config_for, config_from_dict, get
-from model.gpt import GPTConfig
+from model.archs import ARCHS, ArchError, config_for, config_from_dict, get
+from model.archs.gpt2 import GPTConfig
 from model.lm import ModelConfig
 from model.runtime import DTYPES
 from train.stage import get as get_stage

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import one_line_errors
+from model.archs.gpt2 import GPTConfig
 from model.cli_common import dtype_option
-from model.gpt import GPTConfig
 from model.runtime import resolve_dtype
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 from train.config import AUTO, PRESETS, apply_overrides, preset

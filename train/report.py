@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
-from model.arch import config_from_dict
+from model.archs import config_from_dict
 from model.io import CheckpointError, RunFolder, is_chat, read_model_info, resolve_model_dir
 from train.checkpoint import read_run_info
 from train.metrics import read_records

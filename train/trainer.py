@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from common.errors import UserError
 from common.outputs import check_free_space, output_lock
-from model.arch import build
+from model.archs import build
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
 from model.runtime import precision
 from prep.tokenfile import Split

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from train.config import TrainConfig
 from train.optim import Optimizer, lr_at
 
@@ -34,7 +34,7 @@ def test_decay_only_on_matrices():
 
 
 def test_muon_trains_the_hidden_matrices_and_adamw_the_rest():
-    from model.qwen3 import Qwen3, Qwen3Config
+    from model.archs.qwen3 import Qwen3, Qwen3Config
     for model in (GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=128)),
                   Qwen3(Qwen3Config(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=128, tie_embeddings=False))):
         cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02)

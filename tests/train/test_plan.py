@@ -22,9 +22,9 @@ import torch
 from click.testing import CliRunner
 from torch.profiler import ProfilerActivity, profile
 
-from model.arch import build
-from model.gpt import GPT, GPTConfig
-from model.qwen3 import Qwen3Config
+from model.archs import build
+from model.archs.gpt2 import GPT, GPTConfig
+from model.archs.qwen3 import Qwen3Config
 from model.runtime import precision
 from tests.train.conftest import tiny_args
 from train.cli import cli

@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from model import arch as arch_registry
+from model import archs as arch_registry
+from model.archs.gpt2 import GPT, GPTConfig
 from model.cli import cli as model_cli
-from model.gpt import GPT, GPTConfig
 from model.io import CheckpointError, load_model
 from tests.train.conftest import TINY_SET
 from train import stage as stage_registry

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from model.gpt import GPT
+from model.archs.gpt2 import GPT
 from prep.tokenizer import load_tokenizer
 from tests.train.conftest import TINY_SET, tiny_args, write_sft
 from train.cli import cli
