@@ -29,7 +29,8 @@ from rich.table import Table
 
 from common.cli import make_args
 from model.archs import build
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, train
 
 RECIPES = {"gpt2 + AdamW (seed)": ("gpt2", "adamw"), "gpt2 + Muon": ("gpt2", "muon"),

@@ -51,7 +51,6 @@ class RunFolder:
         self.harness = self.path / "harness"  # lm-eval results (`model.measure.harness`)
         self.tensorboard = self.path / "tb"  # `train --log tensorboard`
         self.wandb_id = self.path / "wandb_id.txt"  # `train --log wandb`: a resumed run continues the same one
-        self.reference = self.path / "reference_logps.npz"  # `train dpo`: the initial model's log-probs of each pair
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:

@@ -38,16 +38,18 @@ from train.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
-from train.config import TrainConfig, config_changes, inherit_shape, shape_of
+from train.config import TrainConfig
 from train.data import StepLoader
 from train.evaluate import sample_text, val_record
+from train.inherit import config_changes, inherit_model, shape_of
 from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import data_line, mixture_changes, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
 from train.plan import cuda_memory_check, fmt, free_memory, resolve_micro_batch
 from train.run import RunResult, RunSpec, StopFlag, print_summary, step_seed
-from train.stage import get as get_stage
+from train.stages import PrepareContext, StageError
+from train.stages import get as get_stage
 from train.step import Stepper, StepStats
 from train.tracking import check_available, open_trackers
 
@@ -79,7 +81,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console):
         self.spec, self.d, self.console = spec, d, console
         self.run_folder = RunFolder(spec.out)
-        self.main, self.stage = d.is_main, get_stage(spec.stage)
+        try:
+            self.main, self.stage = d.is_main, get_stage(spec.stage)
+            cfg = cfg.for_stage(spec.stage)  # its settings are that stage's (a config of another is converted)
+        except (StageError, ValueError) as e:
+            raise TrainError(str(e)) from None
         self.wall_start = time.perf_counter()
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
@@ -121,9 +127,9 @@ class Trainer:
     def _resolve_model(self, cfg: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
         """Check OUT's checkpoint and --init against the data; ``(config, checkpoint, init folder)``.
 
-        A stage that starts from --init takes the model shape (architecture included) from it (or from its
-        own checkpoint) unless a field was set on the command line, in which case it must agree: a shape
-        mismatch is an error, never a silent reshape.
+        A run that continues a model (a resumed run, or a stage that starts from --init) keeps its function:
+        every model field but the training knobs comes from that model, and one set on the command line
+        to another value is an error, never a silent change (`train.inherit`).
         """
         ckpt = self._existing_checkpoint()
         init = None
@@ -133,8 +139,9 @@ class Trainer:
             init = resolve_model_dir(self.spec.init)
         source = ckpt or init
         info = read_model_info(source) if source is not None else None  # its model.json
-        if info is not None and self.stage.needs_init:
-            cfg = dataclasses.replace(cfg, model=inherit_shape(cfg.model, info["config"], cfg.set_fields))
+        if info is not None:
+            where = f"{init} (--init)" if ckpt is None else f"{ckpt} (the run being resumed)"
+            cfg = dataclasses.replace(cfg, model=inherit_model(cfg.model, info["config"], cfg.set_fields, where))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.identity["vocab_size"]))
         wanted = shape_of(cfg.model)
         self.saved_run = self.ckpt_step = None  # the checkpoint's train_config.json and step, when resuming
@@ -167,7 +174,8 @@ class Trainer:
         """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
         out = self.spec.out
         ckpt = find_checkpoint(self.run_folder) if self.main else None
-        started = self.run_folder.metrics.exists() or self.run_folder.reference.exists()  # dpo writes that first
+        # a stage's own files (dpo's reference log-probs) come before the first metrics line
+        started = self.run_folder.metrics.exists() or any((out / name).exists() for name in self.stage.run_files)
         if self.main and ckpt is None and out.is_dir() and any(out.iterdir()) and not started:
             raise TrainError(f"{out}: exists and is not a run folder (no checkpoint/ or metrics.jsonl); choose "
                              "another --out (nothing was changed)")
@@ -197,13 +205,12 @@ class Trainer:
         self.model.to(d.device)
         self.stepper = Stepper(self.model, cfg, d, self.precision, self.stage)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
-        T = cfg.model.block_size
-        self.sampler = self.stage.sampler(self.train_splits, self.mixture.weights, T, cfg.micro_batch_size, cfg.seed)
-        self.val_starts = [self.stage.eval_starts(split, T, cfg.eval_blocks) if split.n_tokens >= 2
-                           else np.zeros(0, np.int64) for split in self.val_splits]  # cfg.eval_blocks per folder
-        self.stage.prepare(self)
-        self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device,
-                                 self.stage.count)
+        prepared = self.stage.prepare(PrepareContext(
+            self.model, d, cfg, self.train_splits, self.val_splits, self.mixture.weights, self.data_record,
+            self.run_folder, self.console if self.main else None, self.saved_run, self.stepper.autocast))
+        self.val_starts = prepared.val_starts  # cfg.eval_blocks per folder
+        self.loader = prepared.loader or StepLoader(prepared.sampler, d.rank, cfg.accumulation(d.world_size),
+                                                    self.step, d.device, self.stage.count)
         self.peak = PeakMeter(d.device, self.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
         self.metrics = self._metrics_log() if self.main else None

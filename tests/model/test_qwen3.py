@@ -13,7 +13,8 @@ from model.archs.qwen3 import Qwen3Config
 from model.generate import Engine
 from model.sampling import SamplingParams
 from tests.model.conftest import tiny_qwen3
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 
 N_VOCAB, EOT = 259, 256
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from train.config import PRESETS, TrainConfig, apply_overrides, preset
+from train.config import TrainConfig
+from train.overrides import apply_overrides
+from train.presets import PRESETS, preset
 
 
 def test_mini_is_the_model_of_record():

@@ -66,7 +66,8 @@ def test_a_saved_state_of_the_other_optimizer_is_refused(tmp_path):
     (["optimizer=muon", "muon_momentum=1"], "0 <= muon_momentum < 1"),
 ])
 def test_wrong_optimizer_settings_are_one_line_errors(sets, message):
-    from train.config import apply_overrides, preset
+    from train.overrides import apply_overrides
+    from train.presets import preset
     with pytest.raises(ValueError, match=message) as e:
         apply_overrides(preset("tiny"), sets)
     assert "\n" not in str(e.value)

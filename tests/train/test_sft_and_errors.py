@@ -13,7 +13,8 @@ from model.archs.gpt2 import GPT
 from prep.tokenizer import load_tokenizer
 from tests.train.conftest import TINY_SET, tiny_args, write_sft
 from train.cli import cli
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, TrainError, train
 
 
