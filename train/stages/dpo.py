@@ -47,7 +47,8 @@ class PrefOptions(StageOptions):
     def check_options(self, set_fields: tuple[str, ...]) -> None:
         if self.loss not in LOSSES:
             raise OptionsError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        unused = [name for name in set_fields if name in self.RANGES and name not in LOSSES[self.loss]]
+        weights = {name for names in LOSSES.values() for name in names}
+        unused = [name for name in set_fields if name in weights and name not in LOSSES[self.loss]]
         if unused:
             owner = next(loss for loss, names in LOSSES.items() if unused[0] in names)
             raise OptionsError(f"{unused[0]} is a setting of loss={owner}, and this run's loss is {self.loss}; "
