@@ -93,8 +93,9 @@ class LMStage:
     run_files: tuple[str, ...] = ()  # files it writes into the run folder before the first metrics line
     report_metrics: tuple[str, ...] = ()  # val metrics `train report` shows (the last eval's)
     plan_note: str = ""  # what `train plan --stage NAME` adds about this stage's memory
-    make_data: str = ""  # the Makefile target's default DATA (a token folder)
+    make_data: str = ""  # the Makefile target's default DATA (a token folder); "" for no target
     make_init: str = ""  # ... and default INIT (the run it starts from), for a stage that needs one
+    make_summary: str = ""  # its `make help` line's first words (default: its name)
 
     def option_class(self) -> type[StageOptions]:
         """This stage's settings: its own `options` and every shared group that names it (`train.options`)."""

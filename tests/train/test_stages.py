@@ -124,3 +124,11 @@ def test_a_shared_group_is_declared_once_for_several_stages():
             apply_overrides(preset("tiny", "sft"), ["teacher_weight=2"])
     finally:
         SHARED.pop()
+
+
+def test_the_makefile_stage_targets_are_the_registry_s():
+    from tests.train.conftest import ROOT
+    from train.stages.makefile import render
+
+    assert (ROOT / "stages.mk").read_text("utf-8") == render(), "rerun: python -m train.stages.makefile > stages.mk"
+    assert "\ninclude stages.mk\n" in (ROOT / "Makefile").read_text("utf-8")

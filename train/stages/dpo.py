@@ -161,4 +161,4 @@ DPO = PrefStage("dpo", "pref", "prep pref", needs_init=True, chat=True, turn_sta
                 init_help="SFT run (or any run or checkpoint folder) whose weights are the policy's start and DPO's "
                           "reference",
                 options=PrefOptions, overlay=OVERLAY, run_files=(pref_reference.FILE,),
-                report_metrics=("reward_acc",), plan_note=PLAN_NOTE, make_data="data_bin/pref", make_init="runs/sft")
+                report_metrics=("reward_acc",), plan_note=PLAN_NOTE, make_summary="preference-tune", make_data="data_bin/pref", make_init="runs/sft")

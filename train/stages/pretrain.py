@@ -7,5 +7,5 @@ from train.stage import LMStage
 PRETRAIN = LMStage(
     "pretrain", "pretrain", "prep wiki (or prep text)", needs_init=False, chat=False, turn_starts=False,
     help="Pretrain from scratch on a `prep wiki` / `prep text` token folder, or a weighted mixture of them.",
-    make_data="data_bin/wiki",
+    make_summary="pretrain", make_data="data_bin/wiki",
 )

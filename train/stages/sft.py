@@ -19,5 +19,5 @@ SFT = LMStage(
          "--init.\n\nThe model comes from --init (its architecture and every field but the training knobs); "
          "the preset's size gives the schedule, with SFT's own rates.",
     init_help="pretraining run (or checkpoint) folder whose weights SFT starts from",
-    overlay=OVERLAY, make_data="data_bin/sft", make_init="runs/pretrain",
+    overlay=OVERLAY, make_summary="fine-tune", make_data="data_bin/sft", make_init="runs/pretrain",
 )
