@@ -1,7 +1,7 @@
 """The preference stage, ``train dpo``: a chat model tuned on pairs of replies (DPO, SimPO or ORPO).
 
-A `train.stage.LMStage` with its own settings (`PrefOptions`: the loss and its weights), sampler (pairs: `train.pref_data`), loss (`train.pref_loss`, chosen
-with ``--set loss=dpo|simpo|orpo``), evaluation (loss and reward accuracy on fixed validation pairs) and
+A `train.stage.LMStage` with its own settings (`PrefOptions`: the loss and its weights, ``cfg.stage``),
+sampler (pairs: `train.pref_data`), loss (`train.pref_loss`, chosen with ``--set loss=dpo|simpo|orpo``), evaluation (loss and reward accuracy on fixed validation pairs) and
 one-time preparation (the reference log-probs: `train.pref_reference`). The Trainer runs it as it runs
 SFT: the step's loss is the mean over the step's pairs on all ranks (`count` is pairs), so DDP and
 gradient accumulation stay exact, and the checkpoint it writes is a chat model like SFT's.
