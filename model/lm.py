@@ -79,9 +79,11 @@ class ModelConfig:
             integer = types[name] in (int, "int")
             ok = isinstance(value, int) if integer else isinstance(value, (int, float))
             if not ok or isinstance(value, bool) or not low <= value <= high:
-                what = f"an integer from {low:,}" if integer else f"a number from {low:g}"
-                raise ValueError(f"{name} = {value!r}, expected {what} to {high:,}" if integer else
-                                 f"{name} = {value!r}, expected {what} to {high:g}")
+                span = f"an integer from {low:,} to {high:,}" if integer else f"a number from {low:g} to {high:g}"
+                raise ValueError(f"{name} = {value!r}, expected {span}")
+        for name, kind in types.items():  # a switch is a boolean, not "yes" or 1 from a damaged model.json
+            if kind in (bool, "bool") and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} = {getattr(self, name)!r}, expected true or false")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 

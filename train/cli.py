@@ -47,7 +47,8 @@ class StageGroup(click.Group):
 
 @click.group(cls=StageGroup)
 def cli() -> None:
-    """Train the model: `pretrain` on a token folder from `prep wiki`, `sft` on one from `prep sft`, then `dpo`
+    """Train a model (any architecture: --set arch=...): `pretrain` on a token folder from `prep wiki`, `sft` on
+    one from `prep sft`, then `dpo`
     on one from `prep pref`.
 
     Run the same command again on the same --out to resume exactly where it stopped. Under
