@@ -62,7 +62,7 @@ import numpy as np
 
 from common.signals import STOP_SIGNALS, stop_signals_interrupt
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.records import INVALID_UNICODE, Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import MASKED_KINDS, TokenFolderWriter
@@ -201,7 +201,7 @@ def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Documen
                 doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
-                out.skipped.append(Skipped("invalid_unicode", r.location))
+                out.skipped.append(Skipped(INVALID_UNICODE, r.location))  # (a reader that missed it)
                 continue
             if any(len(t) > MAX_RUN and _longest_run(t) > MAX_RUN for t in doc_texts):
                 out.skipped.append(Skipped("too_long_word", r.location))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prep.chat_template import Message, chat_pieces, chatml_text, message_pieces
 from prep.pipeline import PrepJob, run_prep
-from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_pair
+from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_format, row_pair
 from prep.records import Document, PrepError, Repaired, Skipped
 from prep.row_sources import chunk_rows
 from prep.sft import SftSource
@@ -101,7 +101,7 @@ class PrefSource(SftSource):
     what = "preference data files"
 
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
-        super().__init__(spec, chunk_bytes, detect_pref_format)
+        super().__init__(spec, chunk_bytes, detect_pref_format, row_format)
 
     def check_format(self, name: str, fmt: str, head: list[object]) -> None:
         if fmt == "unknown" and (head or self._has_bytes(name)):
