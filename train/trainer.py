@@ -36,6 +36,7 @@ from train.checkpoint import (
     checkpoint_bytes,
     find_checkpoint,
     load_trainer_state,
+    parent_record,
     save_checkpoint,
 )
 from train.config import TrainConfig, config_changes, inherit_shape, shape_of
@@ -84,6 +85,7 @@ class Trainer:
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
         self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
+        self.parent = parent_record(self.saved_run if self.ckpt else None, self.init, self.spec.init, self.main)
         self.stage = self.stage.for_config(self.cfg)  # e.g. a preference stage's loss and its weights
         self._build()
         self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
@@ -307,7 +309,7 @@ class Trainer:
     def save(self) -> None:
         if self.main:
             run_info = {"stage": self.spec.stage, "data": str(self.spec.data), "mixture": self.data_record,
-                        "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
+                        **self.parent, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
                             self.identity, self.data_kind, self.stage.chat, run_info)
