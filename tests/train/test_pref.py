@@ -68,6 +68,8 @@ def test_dpo_starts_at_ln2_and_reward_accuracy_rises(pref_setup, tmp_path):
     report = " ".join(run_cli("report", "--lineage", str(out)).stdout.split())
     assert "base model (pretrain)" in report and "chat model (sft)" in report and "chat model (dpo)" in report
     assert "lineage pretrain (" in report.replace("│", "").replace("  ", " ")
+    parent = json.loads((out / "checkpoint" / "train_config.json").read_text())["init_identity"]
+    assert parent["step"] == 10 and parent["path"] == str(pref_setup[1]) and len(parent["weights_sha256"]) == 64
 
 
 def test_the_dpo_model_chats_and_exports_as_a_chat_model(pref_setup, tmp_path):
@@ -110,6 +112,8 @@ def test_killed_run_resumes_exactly(pref_setup, tmp_path):
     keep = ("step", "loss", "reward_acc", "margin", "val_loss", "val_reward_acc")
     strip = lambda rows: [{k: x[k] for k in keep if k in x} for x in rows]  # noqa: E731
     assert strip(records(out)) == strip(records(whole))
+    kept = [json.loads((o / "checkpoint" / "train_config.json").read_text()) for o in (whole, out)]
+    assert kept[0]["init_identity"] == kept[1]["init_identity"] is not None  # a resumed run keeps its parent
     a, b = load_file(whole / "checkpoint" / "model.safetensors"), load_file(out / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
