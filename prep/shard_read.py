@@ -1,7 +1,8 @@
 """Reading shards back (`prep.shard` writes them): one shard's records, and a checked, complete set of shards.
 
 A set of shards merges only when it is exactly shards 0..N-1 of one run: the same N, command options
-(but ``shard``), tokenizer, kind and input list. Anything else is one line naming the shard at fault:
+(but ``shard``, and ``input``, whose path may differ between machines), tokenizer, kind and input list
+(the names and sizes of all the run's inputs). Anything else is one line naming the shard at fault:
 a missing shard, a shard given twice, a shard of another tokenizer, options or inputs.
 """
 
@@ -92,6 +93,14 @@ class ShardFolder:
         return sketch
 
 
+def is_shards(path: str | os.PathLike) -> bool:
+    """Whether `path` is a shard, or a folder of shards (as `shard_paths` reads it)."""
+    p = Path(path)
+    if (p / RECORD).is_file():
+        return True
+    return p.is_dir() and not (p / META_NAME).exists() and any((c / RECORD).is_file() for c in p.iterdir())
+
+
 def shard_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
     """The shard folders named: each a shard, or a folder whose subfolders are the shards (sorted by name)."""
     out: list[Path] = []
@@ -140,8 +149,9 @@ def _check_same_run(first: ShardFolder, s: ShardFolder) -> None:
         check_identity(first.folder.tokenizer, s.folder.tokenizer, str(first.path), f"{s.path}'s tokenizer")
     except TokenizerError as e:
         raise ShardError(f"{e}; shards of one run share one tokenizer") from None
-    if s.options != first.options:
-        diff = sorted(k for k in {*s.options, *first.options} if s.options.get(k) != first.options.get(k))
+    # the input's path may differ (each node may mount the corpus elsewhere): the inputs are compared below
+    diff = sorted(k for k in {*s.options, *first.options} if k != "input" and s.options.get(k) != first.options.get(k))
+    if diff:
         k = diff[0]
         raise ShardError(f"{where} (option {k}: {s.options.get(k)!r}, not {first.options.get(k)!r})")
     if s.record["run"] != first.record["run"]:

@@ -1,0 +1,164 @@
+"""prep --shard I/N then prep merge: the unsharded folder byte for byte (synthetic corpora, never skipped)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prep.cli import cli
+from prep.merge import merge_shards
+from prep.near_dedup import NearDedupConfig
+from prep.pref import run_pref
+from prep.shard import ShardSpec, parse_shard, shard_of_inputs
+from prep.shard_read import ShardError, ShardFolder
+from prep.sft import run_sft
+from prep.text import run_text
+from prep.tokenfile import open_token_folder
+from prep.wiki import run_wiki
+from tests.conftest import ROOT
+from tests.prep.shard_checks import assert_merge_equals, run_shards
+from tests.prep.text_data import chinese, jsonl_bytes
+from tests.prep.wiki_data import corpus, line, write
+
+QUIET = {"workers": 1, "show_progress": False, "tokenizer": "bytes"}
+
+
+def wiki_corpus(root: Path) -> Path:
+    """9 files of articles, with an exact duplicate across shards, one within a shard, a stub, a bad line."""
+    arts = corpus(180)
+    files = [arts[k::9] for k in range(9)]
+    files[7].append(files[0][3])  # across shards
+    files[8].append(files[8][0])  # within one
+    files[4].append({"id": "9", "title": "短", "text": "短\n"})  # a stub
+    for k, rows in enumerate(files):
+        write(root / ("AA" if k < 5 else "AB") / f"wiki_{k:02d}", b"".join(map(line, rows)) + b"{broken\n" * (k == 2))
+    return root
+
+
+def test_wiki_shards_merge_to_the_unsharded_folder(tmp_path):
+    src = wiki_corpus(tmp_path / "wiki")
+    for meta in assert_merge_equals(run_wiki, src, tmp_path, val_fraction=0.2, **QUIET):
+        assert meta["skipped"]["duplicate"]["count"] == 2
+        assert meta["skipped"]["stub"]["count"] == meta["skipped"]["invalid_json"]["count"] == 1
+        assert meta["splits"]["val"]["docs"] > 0
+
+
+def test_sft_and_pref_shards_keep_masks_and_turns(tmp_path):
+    for name, run, sample in (("sft", run_sft, "belle/multiturn_chat.json"), ("pref", run_pref, "pref/dpo_zh.jsonl")):
+        rows = (ROOT / "sample_data" / sample).read_bytes().splitlines(keepends=True)
+        src = tmp_path / f"{name}-in"
+        for k in range(4):
+            write(src / f"part{k}.jsonl", b"".join(rows[k::4]) + (rows[0] if k == 3 else b""))
+        out = tmp_path / name
+        meta = assert_merge_equals(run, src, out, ns=(3,), val_fraction=0.2, **QUIET)[0]
+        assert meta["skipped"]["duplicate"]["count"] == 1
+        folder = open_token_folder(out / "merged3")
+        assert folder.split("train").mask is not None and folder.split("train").turn_starts is not None
+
+
+def edit(text: str, positions: list[int]) -> str:
+    chars = list(text)
+    for k in positions:
+        chars[k] = "改"
+    return "".join(chars)
+
+
+def test_near_duplicates_are_decided_in_input_order_across_shards(tmp_path):
+    """A in shard 0; B ~ A and C ~ B (but not ~ A) in shard 2: shard 2 alone keeps B and drops C; the whole
+    run drops B (a near-duplicate of A) and so keeps C. The merge must do the same."""
+    rng = random.Random(3)
+    a = chinese(rng, 150)
+    b, c = edit(a, [20, 90]), edit(edit(a, [20, 90]), [50, 130])
+    files = [[chinese(rng, 150) for _ in range(8)] for _ in range(6)]
+    files[0].insert(2, a)
+    files[4][3:3] = [b, c]
+    files[3].append(files[1][5])  # an exact duplicate across shards
+    for k, texts in enumerate(files):
+        write(tmp_path / "in" / f"t{k}.jsonl", jsonl_bytes([{"text": t} for t in texts]))
+    kw = {**QUIET, "val_fraction": 0.1, "near_dedup": NearDedupConfig(0.8)}
+    meta = assert_merge_equals(run_text, tmp_path / "in", tmp_path, ns=(1, 3), **kw)[1]
+    shard2 = ShardFolder(tmp_path / "shards3" / "shard-2")
+    assert shard2.record["held_docs"] == 1  # C, dropped by its shard
+    ids = np.concatenate([np.fromfile(tmp_path / "merged3" / f"{s}.bin", "<u4") for s in ("train", "val")])
+    kept = bytes(ids[ids < 256].astype(np.uint8))  # the bytes tokenizer: ids 0-255 are the bytes
+    assert c.encode() in kept and b.encode() not in kept
+    assert meta["skipped"]["near_duplicate"]["count"] == 1 and meta["skipped"]["duplicate"]["count"] == 1
+
+
+def test_missing_repeated_and_foreign_shards_are_one_line(tmp_path):
+    src = wiki_corpus(tmp_path / "wiki")
+    shards = run_shards(run_wiki, src, tmp_path / "s", 3, val_fraction=0.2, **QUIET)
+    run_wiki(src, tmp_path / "other-options", shard=ShardSpec(1, 3), val_fraction=0.3, **QUIET)
+    run_wiki(src, tmp_path / "other-tok", shard=ShardSpec(1, 3), val_fraction=0.2,
+             **{**QUIET, "tokenizer": "qwen2"})
+    run_wiki(src / "AA", tmp_path / "other-input", shard=ShardSpec(1, 3), val_fraction=0.2, **QUIET)
+    s0, s1, s2 = (str(shards / f"shard-{i}") for i in range(3))
+    cases = {
+        "missing shard 1/3": [s0, s2],
+        "given twice": [s0, s1, s1, s2],
+        "option val_fraction": [s0, str(tmp_path / "other-options"), s2],
+        "made with tokenizer": [s0, str(tmp_path / "other-tok"), s2],
+        "other inputs": [s0, str(tmp_path / "other-input"), s2],
+        "shard 1/2, not of 3": [s0, s1, s2, str(run_shards(run_wiki, src, tmp_path / "two", 2, **QUIET) / "shard-1")],
+    }
+    for expected, args in cases.items():
+        result = CliRunner().invoke(cli, ["merge", *args, "--out", str(tmp_path / "m")])
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and expected in result.output, result.output
+    assert not (tmp_path / "m").exists()
+    result = CliRunner().invoke(cli, ["merge", str(shards), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0 and "wrote" in result.output
+
+
+def test_an_empty_shard_is_valid_and_a_merge_of_nothing_is_one_line(tmp_path):
+    write(tmp_path / "in" / "one.jsonl", jsonl_bytes([{"text": "只有一篇文章，写在一个文件里。"}]))
+    shards = run_shards(run_text, tmp_path / "in", tmp_path / "s", 3, **QUIET)
+    assert sum(ShardFolder(shards / f"shard-{i}").record["docs"] for i in range(3)) == 1
+    merge_shards([shards], tmp_path / "m")
+    write(tmp_path / "stubs" / "one.jsonl", jsonl_bytes([{"text": "短"}]))
+    stubs = run_shards(run_text, tmp_path / "stubs", tmp_path / "s2", 2, **QUIET)
+    with pytest.raises(Exception, match="no usable document; 1 records read; skipped: too_short 1"):
+        merge_shards([stubs], tmp_path / "m2")
+
+
+def test_shard_option_and_partition():
+    assert parse_shard("2/8") == ShardSpec(2, 8) and str(ShardSpec(2, 8)) == "2/8"
+    for bad in ("8/8", "-1/3", "1", "a/b", "0/0"):
+        with pytest.raises(Exception, match="--shard"):
+            parse_shard(bad)
+    assert shard_of_inputs([10] * 6, 3) == [0, 0, 1, 1, 2, 2]
+    assert shard_of_inputs([100, 1, 1, 1], 2) == [0, 1, 1, 1]  # contiguous, by bytes
+    assert shard_of_inputs([0, 0], 4) == [0, 2]
+    sizes = list(np.random.default_rng(0).integers(0, 1000, 50))
+    for n in (1, 3, 8):
+        assert shard_of_inputs(sizes, n) == sorted(shard_of_inputs(sizes, n))  # input order is shard order
+
+
+def test_a_hub_dataset_cannot_be_sharded_and_the_cli_takes_the_option(tmp_path):
+    result = CliRunner().invoke(cli, ["text", "owner/name", "--shard", "0/2", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "cannot be sharded" in result.output and result.output.count("\n") == 1
+    result = CliRunner().invoke(cli, ["wiki", str(tmp_path), "--shard", "3/3"])
+    assert result.exit_code == 2 and "I must be in 0..N-1" in result.output
+    with pytest.raises(ShardError, match="not a shard"):
+        ShardFolder(run_text_plain(tmp_path))
+
+
+def run_text_plain(tmp_path: Path) -> Path:
+    write(tmp_path / "p" / "a.jsonl", jsonl_bytes([{"text": "一篇普通的文章，没有分片。"}]))
+    run_text(tmp_path / "p", tmp_path / "plain", **QUIET)
+    return tmp_path / "plain"
+
+
+def test_shard_records_every_document_in_input_order(tmp_path):
+    src = wiki_corpus(tmp_path / "wiki")
+    shard = ShardFolder(run_shards(run_wiki, src, tmp_path / "s", 1, **QUIET) / "shard-0")
+    meta = json.loads((shard.path / "meta.json").read_text())
+    assert meta["options"]["shard"] == "0/1" and shard.record["docs"] == meta["records"]["kept"] + 2  # + the duplicates
+    assert shard.location(0) == "AA/wiki_00:1"
+    counts = shard.id_counts[0] + shard.id_counts[1]
+    assert counts.sum() == sum(s["tokens"] for s in meta["splits"].values())
