@@ -14,9 +14,9 @@ from prep.cli import cli
 from prep.merge import merge_shards
 from prep.near_dedup import NearDedupConfig
 from prep.pref import run_pref
+from prep.sft import run_sft
 from prep.shard import ShardSpec, parse_shard, shard_of_inputs
 from prep.shard_read import ShardError, ShardFolder
-from prep.sft import run_sft
 from prep.text import run_text
 from prep.tokenfile import open_token_folder
 from prep.wiki import run_wiki
