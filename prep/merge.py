@@ -15,6 +15,11 @@ unsharded run decides in its main process, from the records alone (no text, no t
 The result is written with the same writer, so ``.bin``, ``.idx``, ``.mask.bin``, ``.turns.idx`` and
 ``meta.json`` equal the unsharded run's; ``merge.json`` beside them names the shards it came from.
 `shard_id_counts` gives `prep vocab` the merged folder's id counts from the shards' stored counts.
+
+Where copying is too costly, `write_manifest` writes a small JSON file instead that `train --data` reads
+as a mixture of the shard folders, each weighted by its train tokens (so blocks are drawn as from one
+folder); the shards are then read as they are: deduplicated within each shard, not across shards (the
+manifest records how many documents the exact merge would drop or add).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from common.outputs import write_json_atomic
+from common.outputs import check_replaceable_file, json_with_keys, output_lock, write_json_atomic
 from prep.near_dedup import SEED, NearDedup, NearDedupConfig
 from prep.records import PrepError
 from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE
@@ -197,3 +203,34 @@ def _doc_counts(source: Split, docs: np.ndarray, n_ids: int) -> np.ndarray:
     for d in docs.tolist():
         counts += np.bincount(source.doc(d), minlength=n_ids)[:n_ids]
     return counts
+
+
+MANIFEST_KIND = "zh-mini-llm/shard-manifest"
+
+
+def write_manifest(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """A mixture file naming the shards in place (paths relative to it), weighted by their train tokens."""
+    out = Path(out)
+    shards = open_shards(paths)
+    plan = replay(shards)
+    folders, extra_docs, extra_tokens, missing = [], 0, 0, 0
+    for s, keep in zip(shards, plan.keep, strict=True):
+        docs = s.docs
+        in_folder = docs["fate"] == KEPT
+        starts = [np.asarray(s.folder.split(name).doc_starts, np.int64) for name in SPLITS]
+        for val, st in enumerate(starts):
+            gone = np.flatnonzero(~keep[in_folder & (docs["val"] == val)])
+            extra_docs, extra_tokens = extra_docs + len(gone), extra_tokens + int((st[gone + 1] - st[gone]).sum())
+        missing += int((keep & (docs["fate"] == NEAR_DUPLICATE)).sum())
+        tokens = s.meta["splits"]["train"]["tokens"]
+        if tokens:
+            folders.append({"path": os.path.relpath(s.path.resolve(), out.resolve().parent), "weight": tokens})
+    if not folders:
+        raise PrepError("the shards hold no train tokens: nothing to train on")
+    manifest = {"kind": MANIFEST_KIND, "folders": folders, "shards": len(shards),
+                "not_deduplicated_across_shards": {"documents": extra_docs, "tokens": extra_tokens,
+                                                   "held_out_documents": missing}}
+    with output_lock(out, "shard manifest", lambda: check_replaceable_file(out, json_with_keys("kind", "folders"),
+                                                                            "shard manifest")):
+        write_json_atomic(out, manifest)
+    return manifest

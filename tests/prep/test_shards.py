@@ -162,3 +162,23 @@ def test_shard_records_every_document_in_input_order(tmp_path):
     assert shard.location(0) == "AA/wiki_00:1"
     counts = shard.id_counts[0] + shard.id_counts[1]
     assert counts.sum() == sum(s["tokens"] for s in meta["splits"].values())
+
+
+def test_a_manifest_lets_training_read_the_shards_in_place(tmp_path):
+    from train.mixture import MixtureError, open_mixture
+
+    src = wiki_corpus(tmp_path / "wiki")
+    shards = run_shards(run_wiki, src, tmp_path / "data" / "shards", 3, val_fraction=0.2, **QUIET)
+    result = CliRunner().invoke(cli, ["merge", str(shards), "--manifest", str(tmp_path / "data" / "wiki.json")])
+    assert result.exit_code == 0 and "1 documents" in result.output, result.output
+    record = json.loads((tmp_path / "data" / "wiki.json").read_text())
+    assert [f["path"] for f in record["folders"]] == [f"shards/shard-{i}" for i in range(3)]
+    mixture = open_mixture(str(tmp_path / "data" / "wiki.json"))
+    tokens = [open_token_folder(shards / f"shard-{i}").meta["splits"]["train"]["tokens"] for i in range(3)]
+    assert mixture.weights == pytest.approx([t / sum(tokens) for t in tokens])
+    assert mixture.label == str(tmp_path / "data" / "wiki")
+    (tmp_path / "not.json").write_text("{}")
+    with pytest.raises(MixtureError, match="not a shard manifest"):
+        open_mixture(str(tmp_path / "not.json"))
+    result = CliRunner().invoke(cli, ["merge", str(shards)])
+    assert result.exit_code == 2 and "--out DIR" in result.output
