@@ -68,6 +68,14 @@ prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
 	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
+# Sharded prep (docs/shards.md): make prep-wiki WIKI=... OUT=data_bin/wiki.shards/shard-3 ARGS="--shard 3/8" per shard,
+# then one merge. SHARDS is a folder of shard folders (or one shard).
+merge: export MK_SHARDS = $(call verbatim,SHARDS)
+merge: export MK_OUT = $(call verbatim,OUT)
+merge: $(STAMP) ## merge shards (--shard I/N) into the unsharded folder: make merge SHARDS=folder-of-shards OUT=data_bin/wiki
+	@test -n "$$MK_SHARDS" -a -n "$$MK_OUT" || { echo "usage: make merge SHARDS=data_bin/wiki.shards OUT=data_bin/wiki [ARGS=...]"; exit 2; }
+	$(PY) -m prep merge "$$MK_SHARDS" --out "$$MK_OUT"
+
 vocab: DATA ?= data_bin/wiki
 vocab: SIZE ?= 32768
 vocab: OUT ?= data_bin/vocab

@@ -182,3 +182,20 @@ def test_a_manifest_lets_training_read_the_shards_in_place(tmp_path):
         open_mixture(str(tmp_path / "not.json"))
     result = CliRunner().invoke(cli, ["merge", str(shards)])
     assert result.exit_code == 2 and "--out DIR" in result.output
+
+
+def test_make_merge_takes_paths_verbatim(tmp_path):
+    import os
+    import subprocess
+
+    stamp, project = ROOT / ".venv" / ".installed", ROOT / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < project.stat().st_mtime:
+        pytest.skip("the Makefile's .venv is not built and current (make setup); this test must not build it")
+    src = wiki_corpus(tmp_path / "wiki")
+    shards = run_shards(run_wiki, src, tmp_path / "shards $HOME `x`", 2, **QUIET)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}
+    out = tmp_path / "merged 'q'"
+    r = subprocess.run(["make", "--no-print-directory", "-s", "-C", str(ROOT), "merge", f"SHARDS={shards}",
+                        f"OUT={out}"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "meta.json").is_file()
