@@ -37,7 +37,7 @@ from prep.records import PrepError
 from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE
 from prep.shard_read import ShardFolder, open_shards
 from prep.summary import MAX_EXAMPLES, PrepStats
-from prep.tokenfile import MASKED_KINDS, SPLITS, Split, TokenFolderWriter
+from prep.tokenfile import MASKED_KINDS, SHARD_MANIFEST_KIND, SPLITS, Split, TokenFolderWriter
 
 COPY_TOKENS = 1 << 25  # tokens copied at once (128 MB): memory stays flat whatever a shard holds
 DEDUP_REASONS = ("duplicate", "near_duplicate")
@@ -205,9 +205,6 @@ def _doc_counts(source: Split, docs: np.ndarray, n_ids: int) -> np.ndarray:
     return counts
 
 
-MANIFEST_KIND = "zh-mini-llm/shard-manifest"
-
-
 def write_manifest(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
     """A mixture file naming the shards in place (paths relative to it), weighted by their train tokens."""
     out = Path(out)
@@ -227,7 +224,7 @@ def write_manifest(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -
             folders.append({"path": os.path.relpath(s.path.resolve(), out.resolve().parent), "weight": tokens})
     if not folders:
         raise PrepError("the shards hold no train tokens: nothing to train on")
-    manifest = {"kind": MANIFEST_KIND, "folders": folders, "shards": len(shards),
+    manifest = {"kind": SHARD_MANIFEST_KIND, "folders": folders, "shards": len(shards),
                 "not_deduplicated_across_shards": {"documents": extra_docs, "tokens": extra_tokens,
                                                    "held_out_documents": missing}}
     with output_lock(out, "shard manifest", lambda: check_replaceable_file(out, json_with_keys("kind", "folders"),

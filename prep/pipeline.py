@@ -9,7 +9,8 @@ How a run flows::
                           (results consumed in chunk order, so the output is deterministic)
 
 With ``PrepJob.near_dedup`` the workers also sign each document (MinHash, `prep.near_dedup`) and the
-main process drops near-duplicates of earlier kept documents, in the same order.
+main process drops near-duplicates of earlier kept documents, in the same order. With ``PrepJob.shard``
+only that shard's inputs are read and every document's fate is recorded for `prep merge` (`prep.shard`).
 
 API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` and ``prep/text.py`` do the same):
 

@@ -43,6 +43,7 @@ META_NAME = "meta.json"
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_DTYPE = np.dtype("<u8")
 MASK_DTYPE = np.dtype("u1")
+SHARD_MANIFEST_KIND = "zh-mini-llm/shard-manifest"  # a file naming token folders to train on as one (prep.merge)
 MAX_VOCAB = 1 << 24  # a tokenizer length beyond this is a damaged meta.json, not a vocabulary
 
 

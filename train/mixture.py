@@ -39,10 +39,9 @@ from pathlib import Path
 from common.errors import UserError
 from common.outputs import JSONFileError, read_json
 from common.paths import expand_user
-from prep.tokenfile import META_NAME, Split, TokenFolder, open_token_folder
+from prep.tokenfile import META_NAME, SHARD_MANIFEST_KIND, Split, TokenFolder, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 
-MANIFEST_KIND = "zh-mini-llm/shard-manifest"  # (prep.merge writes it; train never imports prep's engine)
 # a plain decimal number: what may follow the last ':' of an item as its weight
 WEIGHT = re.compile(r"(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -89,7 +88,7 @@ def manifest_specs(path: Path) -> list[SourceSpec]:
     """The folders and weights of a shard manifest (`prep.merge.write_manifest`)."""
     try:
         record = read_json(path)
-        folders = record["folders"] if isinstance(record, dict) and record.get("kind") == MANIFEST_KIND else None
+        folders = record["folders"] if isinstance(record, dict) and record.get("kind") == SHARD_MANIFEST_KIND else None
         specs = [SourceSpec(path.parent / f["path"], float(f["weight"])) for f in folders]
     except (JSONFileError, TypeError, KeyError, ValueError):
         raise MixtureError(f"--data {path}: a file, but not a shard manifest (`prep merge ... --manifest`)") from None
