@@ -178,7 +178,7 @@ $(LLAMA)/.installed: $(STAMP)
 	touch $@
 
 gguf-check: $(STAMP) $(LLAMA)/.installed ## llama.cpp (llama-cpp-python) runs our GGUF: tokens, logits, greedy text, chat
-	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/test_gguf_llama_cpp.py
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/export/test_gguf_llama_cpp.py
 
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki

@@ -16,7 +16,7 @@ import torch
 from model.serve.server import PAGE
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 from tests.model.conftest import save_tiny, tiny_model
-from tests.model.servers import running_server
+from tests.model.serve.servers import running_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
