@@ -199,3 +199,25 @@ def test_make_merge_takes_paths_verbatim(tmp_path):
                         f"OUT={out}"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (out / "meta.json").is_file()
+
+
+def test_a_failed_shard_leaves_the_earlier_one_and_no_partial_folder(tmp_path):
+    import functools
+
+    from common.outputs import partial_path
+    from prep.pipeline import PrepJob, run_prep
+    from prep.wiki import wiki_source
+    from tests.prep.wiki_data import failing_parse
+
+    def folder_bytes(folder: Path) -> dict:
+        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    src = wiki_corpus(tmp_path / "wiki")
+    out = run_shards(run_wiki, src, tmp_path / "s", 1, **QUIET) / "shard-0"
+    before = folder_bytes(out)
+    job = PrepJob(wiki_source(src, chunk_bytes=1024), functools.partial(failing_parse, fail_at=5), out, "pretrain",
+                  {}, tokenizer="bytes", workers=1, show_progress=False, shard=ShardSpec(0, 1))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_prep(job)
+    assert folder_bytes(out) == before and not partial_path(out).exists()
+    ShardFolder(out)  # still a complete shard
