@@ -48,7 +48,10 @@ class ShardFolder:
         except JSONFileError as e:
             raise ShardError(f"{self.path}: not a shard ({e}); make shards with `prep ... --shard I/N`") from None
         keys = ("index", "count", "run", "docs", "held_docs", "held_tokens", "ids")
-        if not isinstance(rec, dict) or rec.get("format") != SHARD_FORMAT or any(k not in rec for k in keys):
+        counts = [rec.get(k) for k in keys if k != "run"] if isinstance(rec, dict) else [None]
+        if not isinstance(rec, dict) or rec.get("format") != SHARD_FORMAT or not isinstance(rec.get("run"), dict) \
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts) \
+                or rec["index"] >= rec["count"]:
             raise ShardError(f"{self.path / RECORD}: not a shard record of format {SHARD_FORMAT}; rerun the shard")
         self.record = rec
         d = self.path / SHARD_DIR

@@ -221,3 +221,7 @@ def test_a_failed_shard_leaves_the_earlier_one_and_no_partial_folder(tmp_path):
         run_prep(job)
     assert folder_bytes(out) == before and not partial_path(out).exists()
     ShardFolder(out)  # still a complete shard
+    record = json.loads((out / "shard" / "shard.json").read_text())
+    (out / "shard" / "shard.json").write_text(json.dumps({**record, "count": "3"}))
+    with pytest.raises(ShardError, match="not a shard record"):
+        ShardFolder(out)
