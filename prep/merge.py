@@ -102,13 +102,16 @@ def _merged_counts(tables: Sequence[dict], replayed: dict | None = None) -> dict
 
 def merged_meta(shards: Sequence[ShardFolder], plan: Replay) -> dict:
     """meta.json's counts for the merged folder (the writer adds format, kind, tokenizer and splits)."""
-    sources: list[dict] = []
+    sources: dict[str, dict] = {}  # by name: a file shared by shards is one input, counted in each
     for s, keep in zip(shards, plan.keep, strict=True):
         kept = np.bincount(s.docs["source"][keep], minlength=len(s.meta["sources"]))
-        sources += [{**src, "records_kept": int(n)} for src, n in zip(s.meta["sources"], kept, strict=True)]
+        for src, n in zip(s.meta["sources"], kept, strict=True):
+            entry = sources.setdefault(src["path"], {**src, "records_read": 0, "records_kept": 0})
+            entry["records_read"] += src["records_read"]
+            entry["records_kept"] += int(n)
     meta = {
         "options": shards[0].options,
-        "sources": sources,
+        "sources": list(sources.values()),
         "records": {"read": sum(s.meta["records"]["read"] for s in shards),
                     "kept": int(sum(k.sum() for k in plan.keep)),
                     "chars": int(sum(s.docs["chars"][k].sum() for s, k in zip(shards, plan.keep, strict=True)))},

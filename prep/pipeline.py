@@ -66,7 +66,7 @@ import numpy as np
 from common.signals import STOP_SIGNALS, stop_signals_interrupt
 from prep.near_dedup import NearDedup, NearDedupConfig
 from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
-from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE, ShardRecorder, ShardSpec, recording, restrict_source
+from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE, ShardRecorder, ShardSource, ShardSpec, recording
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import MASKED_KINDS, TokenFolderWriter
@@ -320,9 +320,9 @@ def run_prep(job: PrepJob, console=None) -> dict:
     workers = job.workers or default_workers()
     recorder = None
     if job.shard is not None:  # (a PrepJob is the caller's: changed in a copy)
-        run = restrict_source(job.source, job.shard)
-        job = dataclasses.replace(job, options={**job.options, "shard": str(job.shard)})
-        recorder = partial(ShardRecorder, spec=job.shard, run=run, inputs=job.source.inputs, n_ids=len(tok),
+        source = ShardSource(job.source, job.shard)
+        job = dataclasses.replace(job, source=source, options={**job.options, "shard": str(job.shard)})
+        recorder = partial(ShardRecorder, spec=job.shard, run=source.run, inputs=source.inputs, n_ids=len(tok),
                            masked=job.kind in MASKED_KINDS)
     stats = PrepStats(job.source.inputs)
     started = time.perf_counter()

@@ -1,14 +1,15 @@
 """Sharded prep: shard I of N takes a fixed part of the input and records what an exact merge needs.
 
-**Which inputs a shard reads.** The inputs (files, in the name order every prep command uses) are cut
-into N contiguous ranges by bytes: input k, whose bytes start at offset ``s`` of the ``T`` bytes of all
-inputs, belongs to shard ``floor((s + size/2) * N / T)`` (the shard holding its middle byte). Shards are
-numbered from 0 (``--shard 0/8`` .. ``--shard 7/8``), as Slurm array task ids and datatrove ranks are. So
-shard 0 holds the first files, shard N-1 the last, and concatenating the shards in order gives the
-input order of the unsharded run; a shard may hold no file at all (then it is an empty folder, still
-valid). A file is never split (a dataset streamed through `datasets` cannot be sharded: one line says
-so); chunks are cut with the chunk size of the whole run, so every document is parsed exactly as the
-unsharded run parses it.
+**Which part of the input a shard reads.** The inputs (files, in the name order every prep command uses)
+are laid end to end, ``T`` bytes in all, and cut into N equal byte ranges; shard I (from 0: ``--shard 0/8``
+.. ``--shard 7/8``, as Slurm array task ids and datatrove ranks) takes every chunk of the unsharded run
+whose middle byte lies in range I (`ShardSource`). Chunks are the engine's own (`prep.sources`: a
+bounded run of whole records, cut with the chunk size of the whole run), so a shard parses each
+document exactly as the unsharded run does; its chunks are a contiguous part of the unsharded run's,
+and the shards in order are the input order. A file inside one range is one shard's alone (the others
+never open it); a file across ranges (one huge file) is shared by byte ranges: each shard reads it,
+without parsing, up to the end of its part. A shard may get nothing (an empty folder, still valid). A
+dataset streamed through `datasets` has no size to cut: one line says so.
 
 **What a shard writes.** A normal token folder (its own documents, deduplicated within the shard, its
 own meta.json with ``options.shard = "I/N"``), plus ``shard/``:
@@ -73,14 +74,9 @@ def parse_shard(text: str) -> ShardSpec:
     return ShardSpec(index, count)
 
 
-def shard_of_inputs(sizes: Sequence[int], count: int) -> list[int]:
-    """The shard of each input: the one holding its middle byte (by input count when every input is empty)."""
-    total, start, out = sum(sizes), 0, []
-    for k, size in enumerate(sizes):
-        where = (2 * start + size) * count // (2 * total) if total else k * count // len(sizes)
-        out.append(min(where, count - 1))
-        start += size
-    return out
+def shard_at(offset2: int, total: int, count: int) -> int:
+    """The shard holding the byte at offset ``offset2 / 2`` of `total` (doubled, so a middle stays whole)."""
+    return min(offset2 * count // (2 * total), count - 1)
 
 
 def run_fingerprint(inputs: Sequence[Any]) -> str:
@@ -89,18 +85,45 @@ def run_fingerprint(inputs: Sequence[Any]) -> str:
     return hashlib.sha256(listing.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def restrict_source(source: Any, spec: ShardSpec) -> dict:
-    """Keep only shard `spec`'s inputs in `source` (its ``files`` and ``inputs``); returns the run's record."""
-    if getattr(source, "hub", None):
-        raise PrepError("--shard: a dataset streamed through `datasets` cannot be sharded; download its files "
-                        "(huggingface-cli download --repo-type dataset NAME --local-dir DIR) and shard DIR")
-    run = {"inputs": len(source.inputs), "bytes": sum(i.n_bytes for i in source.inputs),
-           "fingerprint": run_fingerprint(source.inputs)}
-    mine = [k for k, s in enumerate(shard_of_inputs([i.n_bytes for i in source.inputs], spec.count))
-            if s == spec.index]
-    source.files = [source.files[k] for k in mine]
-    source.inputs = [source.inputs[k] for k in mine]
-    return run
+class ShardSource:
+    """Shard `spec` of `source`: the source's own chunks, so cut and parsed exactly as in the unsharded run,
+    that hold their middle byte in the shard's range. Files wholly in other shards are never opened; a file
+    across a boundary is read (not parsed) up to the end of this shard's part."""
+
+    def __init__(self, source: Any, spec: ShardSpec):
+        if getattr(source, "hub", None):
+            raise PrepError("--shard: a dataset streamed through `datasets` cannot be sharded; download its files "
+                            "(huggingface-cli download --repo-type dataset NAME --local-dir DIR) and shard DIR")
+        self.source, self.spec = source, spec
+        sizes = [i.n_bytes for i in source.inputs]
+        self.total = sum(sizes)
+        self.run = {"inputs": len(sizes), "bytes": self.total, "fingerprint": run_fingerprint(source.inputs)}
+        self.where: dict[str, tuple[int, int, int]] = {}  # name -> (first byte, size, index)
+        mine, start = [], 0
+        for k, (info, size) in enumerate(zip(source.inputs, sizes, strict=True)):
+            self.where[info.name] = (start, size, k)
+            if self._shard(info.name, 0, 0) <= spec.index <= self._shard(info.name, size, 0):
+                mine.append(k)
+            start += size
+        source.files = [source.files[k] for k in mine]
+        source.inputs = [source.inputs[k] for k in mine]
+        self.inputs = source.inputs
+
+    def _shard(self, name: str, offset: int, n_bytes: int) -> int:
+        """The shard of a chunk of `n_bytes` at `offset` in input `name`: where its middle byte lies."""
+        start, size, k = self.where[name]
+        if not self.total:
+            return k * self.spec.count // len(self.where)
+        middle2 = 2 * start + (min(2 * offset + n_bytes, 2 * size - 1) if size else 0)
+        return shard_at(middle2, self.total, self.spec.count)
+
+    def chunks(self) -> Iterator[Any]:
+        done: dict[str, int] = {}
+        for chunk in self.source.chunks():
+            offset = done.get(chunk.name, 0)
+            done[chunk.name] = offset + chunk.n_bytes
+            if self._shard(chunk.name, offset, chunk.n_bytes) == self.spec.index:
+                yield chunk
 
 
 class ShardRecorder:

@@ -15,8 +15,9 @@ from prep.merge import merge_shards
 from prep.near_dedup import NearDedupConfig
 from prep.pref import run_pref
 from prep.sft import run_sft
-from prep.shard import ShardSpec, parse_shard, shard_of_inputs
+from prep.shard import ShardSource, ShardSpec, parse_shard
 from prep.shard_read import ShardError, ShardFolder
+from prep.sources import Chunk, SourceInput
 from prep.text import run_text
 from prep.tokenfile import open_token_folder
 from prep.wiki import run_wiki
@@ -126,17 +127,46 @@ def test_an_empty_shard_is_valid_and_a_merge_of_nothing_is_one_line(tmp_path):
         merge_shards([stubs], tmp_path / "m2")
 
 
+class FakeSource:
+    """Inputs of the given sizes, each one chunk per `step` bytes (as a source cuts them)."""
+
+    def __init__(self, sizes: list[int], step: int = 10):
+        self.step = step
+        self.files = [(Path(f"f{k}"), f"f{k}") for k in range(len(sizes))]
+        self.inputs = [SourceInput(f"f{k}", n) for k, n in enumerate(sizes)]
+        self.opened: list[str] = []
+
+    def chunks(self):
+        for (_, name), info in zip(self.files, self.inputs, strict=True):
+            self.opened.append(name)
+            for at in range(0, max(info.n_bytes, 1), self.step):
+                yield Chunk(name, at, b"", n_bytes=min(self.step, info.n_bytes - at))
+
+
+def partition(sizes: list[int], n: int) -> tuple[list[list[tuple[str, int]]], list[list[str]]]:
+    """Per shard: the (input, first line) of its chunks, and the inputs it opened."""
+    got, opened = [], []
+    for i in range(n):
+        fake = FakeSource(sizes)
+        got.append([(c.name, c.first_line) for c in ShardSource(fake, ShardSpec(i, n)).chunks()])
+        opened.append(fake.opened)
+    return got, opened
+
+
 def test_shard_option_and_partition():
     assert parse_shard("2/8") == ShardSpec(2, 8) and str(ShardSpec(2, 8)) == "2/8"
     for bad in ("8/8", "-1/3", "1", "a/b", "0/0"):
         with pytest.raises(Exception, match="--shard"):
             parse_shard(bad)
-    assert shard_of_inputs([10] * 6, 3) == [0, 0, 1, 1, 2, 2]
-    assert shard_of_inputs([100, 1, 1, 1], 2) == [0, 1, 1, 1]  # contiguous, by bytes
-    assert shard_of_inputs([0, 0], 4) == [0, 2]
-    sizes = list(np.random.default_rng(0).integers(0, 1000, 50))
-    for n in (1, 3, 8):
-        assert shard_of_inputs(sizes, n) == sorted(shard_of_inputs(sizes, n))  # input order is shard order
+    got, opened = partition([10] * 6, 3)
+    assert opened == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"]]  # whole files, each opened by one shard
+    got, opened = partition([300], 3)  # one file: byte ranges of it, each shard reading up to its part's end
+    assert [len(g) for g in got] == [10, 10, 10] and opened == [["f0"]] * 3
+    for sizes in ([300], [5, 0, 280, 15], [0, 0], [int(x) for x in np.random.default_rng(0).integers(0, 100, 20)]):
+        for n in (1, 3, 8):
+            everything = [c for c in FakeSource(list(sizes)).chunks()]
+            got, _ = partition(list(sizes), n)
+            assert [c for g in got for c in g] == [(c.name, c.first_line) for c in everything]  # in order, once
 
 
 def test_a_hub_dataset_cannot_be_sharded_and_the_cli_takes_the_option(tmp_path):
@@ -225,3 +255,26 @@ def test_a_failed_shard_leaves_the_earlier_one_and_no_partial_folder(tmp_path):
     (out / "shard" / "shard.json").write_text(json.dumps({**record, "count": "3"}))
     with pytest.raises(ShardError, match="not a shard record"):
         ShardFolder(out)
+
+
+def test_one_big_file_is_shared_by_byte_ranges(tmp_path):
+    """One wiki file, one JSON array, one gzip'd JSON-lines file, one Parquet file, one SFT file: each read by
+    several shards, each shard taking the chunks of its byte range."""
+    from tests.prep.text_data import write_rows
+
+    arts = corpus(240)
+    arts.append(arts[7])  # a duplicate, in a later shard
+    write(tmp_path / "wiki" / "AA" / "wiki_00", b"".join(map(line, arts)) + b"{cut off")
+    kw = {"val_fraction": 0.2, **QUIET, "chunk_bytes": 4096}
+    meta = assert_merge_equals(run_wiki, tmp_path / "wiki", tmp_path / "w", **kw)[2]
+    assert meta["skipped"]["duplicate"]["count"] == 1 and meta["skipped"]["truncated_last_line"]["count"] == 1
+    assert all(ShardFolder(tmp_path / "w" / "shards8" / f"shard-{i}").record["docs"] for i in range(8))
+
+    rows = [{"text": f"第{i}篇：" + a["text"]} for i, a in enumerate(arts)]
+    for name, how in (("a.json", None), ("b.jsonl", "gz"), ("c.parquet", None)):
+        write_rows(tmp_path / "text" / name, rows[: 120 if name != "a.json" else 240], how)
+    assert_merge_equals(run_text, tmp_path / "text", tmp_path / "t", ns=(3, 8), **kw)
+
+    belle = (ROOT / "sample_data" / "belle" / "multiturn_chat.json").read_bytes()
+    write(tmp_path / "sft" / "one.jsonl", belle + belle.splitlines(keepends=True)[0])
+    assert_merge_equals(run_sft, tmp_path / "sft", tmp_path / "s", ns=(3,), **{**kw, "chunk_bytes": 1024})
