@@ -31,7 +31,7 @@ class ShardOption(click.ParamType):
 def prep_options(f: Callable) -> Callable:
     """--tokenizer, --val-fraction, --workers and --shard: the options every prep command shares."""
     f = click.option("--shard", type=ShardOption(), default=None,
-                     help="Read only shard I (from 0) of N of the inputs (contiguous files by bytes) and record what "
+                     help="Read only shard I (from 0) of N of the inputs (the I-th of N equal byte ranges) and record what "
                      "`prep merge` needs to rebuild the unsharded folder exactly (docs/shards.md).")(f)
     f = click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None,
                      help="Worker processes (default: every core). 1 runs in-process; the output is the same.")(f)
