@@ -96,7 +96,7 @@ class ShardSource:
                             "(huggingface-cli download --repo-type dataset NAME --local-dir DIR) and shard DIR")
         self.source, self.spec = source, spec
         sizes = [i.n_bytes for i in source.inputs]
-        self.total = sum(sizes)
+        self.total, self.n_inputs = sum(sizes), len(sizes)
         self.run = {"inputs": len(sizes), "bytes": self.total, "fingerprint": run_fingerprint(source.inputs)}
         self.where: dict[str, tuple[int, int, int]] = {}  # name -> (first byte, size, index)
         mine, start = [], 0
@@ -105,7 +105,7 @@ class ShardSource:
             if self._shard(info.name, 0, 0) <= spec.index <= self._shard(info.name, size, 0):
                 mine.append(k)
             start += size
-        source.files = [source.files[k] for k in mine]
+        source.files = [source.files[k] for k in mine]  # (in place: a source is made for one run)
         source.inputs = [source.inputs[k] for k in mine]
         self.inputs = source.inputs
 
@@ -113,7 +113,7 @@ class ShardSource:
         """The shard of a chunk of `n_bytes` at `offset` in input `name`: where its middle byte lies."""
         start, size, k = self.where[name]
         if not self.total:
-            return k * self.spec.count // len(self.where)
+            return k * self.spec.count // self.n_inputs  # nothing to cut by bytes: by input
         middle2 = 2 * start + (min(2 * offset + n_bytes, 2 * size - 1) if size else 0)
         return shard_at(middle2, self.total, self.spec.count)
 

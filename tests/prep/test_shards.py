@@ -162,7 +162,8 @@ def test_shard_option_and_partition():
     assert opened == [["f0", "f1"], ["f2", "f3"], ["f4", "f5"]]  # whole files, each opened by one shard
     got, opened = partition([300], 3)  # one file: byte ranges of it, each shard reading up to its part's end
     assert [len(g) for g in got] == [10, 10, 10] and opened == [["f0"]] * 3
-    for sizes in ([300], [5, 0, 280, 15], [0, 0], [int(x) for x in np.random.default_rng(0).integers(0, 100, 20)]):
+    assert partition([0, 0, 0, 0], 4)[1] == [["f0"], ["f1"], ["f2"], ["f3"]]  # no bytes at all: by input
+    for sizes in ([300], [5, 0, 280, 15], [0, 0], [0] * 5, [int(x) for x in np.random.default_rng(0).integers(0, 100, 20)]):
         for n in (1, 3, 8):
             everything = [c for c in FakeSource(list(sizes)).chunks()]
             got, _ = partition(list(sizes), n)
