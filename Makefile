@@ -22,7 +22,7 @@ CHECK_NPROC := case "$$MK_NPROC" in ''|*[!0-9]*|0*) echo "Error: NPROC must be a
 # quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
 # taken verbatim from the command line (make itself would expand a `$` in it), and the recipe quotes
 # it as "$$MK_NAME". ARGS is split into arguments by the program (shell-like quoting, nothing run or
-# expanded): prep/cli_common.py, make_args(). TORCHRUN_ARGS is split on spaces only.
+# expanded): common/cli.py, make_args(). TORCHRUN_ARGS is split on spaces only.
 verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),$($(1)))
 export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
