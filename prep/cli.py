@@ -11,6 +11,7 @@ import click
 
 from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
+from prep.merge_command import merge
 from prep.pref_command import pref
 from prep.sft_command import sft
 from prep.text_command import text
@@ -33,8 +34,8 @@ def cli() -> None:
               "title-only stubs and empty disambiguation pages.")
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
 @one_line_errors
-def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, min_chars: int,
-         to_simplified: bool) -> None:
+def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+         min_chars: int, to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
 
     \b
@@ -55,7 +56,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
     """
     from prep.wiki import run_wiki
 
-    run_wiki(wiki_dir, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
+    run_wiki(wiki_dir, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard,
              min_chars=min_chars, to_simplified=to_simplified)
 
 
@@ -83,3 +84,4 @@ cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
 cli.add_command(vocab)  # `prep vocab`: prep/vocab_command.py, prep/vocab.py, prep/vocab_build.py
 cli.add_command(remap)  # `prep remap`: prep/remap.py
 cli.add_command(pref)  # `prep pref`: prep/pref_command.py, prep/pref.py
+cli.add_command(merge)  # `prep merge`: prep/merge_command.py, prep/merge.py, prep/shard_read.py

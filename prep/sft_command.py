@@ -18,7 +18,8 @@ from prep.cli_common import prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
 @one_line_errors
-def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, system: str) -> None:
+def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+        system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 
     \b
@@ -53,4 +54,5 @@ def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers
     """
     from prep.sft import run_sft
 
-    run_sft(input_spec, out, tokenizer=tokenizer, system=system, val_fraction=val_fraction, workers=workers)
+    run_sft(input_spec, out, tokenizer=tokenizer, system=system, val_fraction=val_fraction, workers=workers,
+            shard=shard)
