@@ -56,6 +56,7 @@ class PrepareContext:
     run_folder: object  # model.io.RunFolder
     console: object | None  # rank 0's console; None on the other ranks
     resuming: dict | None  # the checkpoint's train_config.json when the run continues one, else None
+    parent: dict  # the --init record: its path and identity (`train.checkpoint.parent_record`)
     autocast: Callable = contextlib.nullcontext
 
     @property

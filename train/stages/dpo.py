@@ -104,7 +104,7 @@ class PrefStage(LMStage):
         and attached to the sampler and the val pairs."""
         prepared = super().prepare(ctx)
         need_train = self.objective.needs_reference
-        parts = pref_reference.load(ctx) if ctx.resuming is not None else None
+        parts = pref_reference.load(ctx, prepared.val_starts[0]) if ctx.resuming is not None else None
         if parts is None or (need_train and "train" not in parts):
             if ctx.resuming is not None:
                 began = ctx.resuming.get("config", {})
