@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= mini
 ARGS   ?=
 NPROC  ?= 1
-# The tokenizer of prep-wiki / prep-sft / prep-text: qwen2, or a cut vocabulary's folder (make vocab).
+# The tokenizer of prep-wiki / prep-sft / prep-text / prep-pref: qwen2, or a cut vocabulary's folder (make vocab).
 TOKENIZER ?= qwen2
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
@@ -22,7 +22,7 @@ CHECK_NPROC := case "$$MK_NPROC" in ''|*[!0-9]*|0*) echo "Error: NPROC must be a
 # quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
 # taken verbatim from the command line (make itself would expand a `$` in it), and the recipe quotes
 # it as "$$MK_NAME". ARGS is split into arguments by the program (shell-like quoting, nothing run or
-# expanded): prep/cli_common.py, make_args(). TORCHRUN_ARGS is split on spaces only.
+# expanded): common/cli.py, make_args(). TORCHRUN_ARGS is split on spaces only.
 verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),$($(1)))
 export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
@@ -30,7 +30,7 @@ export MK_TORCHRUN_ARGS = $(call verbatim,TORCHRUN_ARGS)
 export MK_TOKENIZER = $(call verbatim,TOKENIZER)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.10 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -55,18 +55,26 @@ prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OU
 	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-sft: OUT ?= data_bin/sft
-prep-sft dpo: export MK_OUT = $(call verbatim,OUT)
+prep-sft: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
-prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
+prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft] [TOKENIZER=qwen2|folder] [ARGS=...]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
 	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-text: OUT ?= data_bin/text
 prep-text: export MK_OUT = $(call verbatim,OUT)
 prep-text: export MK_SRC = $(call verbatim,SRC)
-prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
+prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [TOKENIZER=qwen2|folder] [ARGS=...]
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
 	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+
+# Sharded prep (docs/shards.md): make prep-wiki WIKI=... OUT=data_bin/wiki.shards/shard-3 ARGS="--shard 3/8" per shard,
+# then one merge. SHARDS is a folder of shard folders (or one shard).
+merge: export MK_SHARDS = $(call verbatim,SHARDS)
+merge: export MK_OUT = $(call verbatim,OUT)
+merge: $(STAMP) ## merge shards (--shard I/N) into the unsharded folder: make merge SHARDS=folder-of-shards OUT=data_bin/wiki
+	@test -n "$$MK_SHARDS" -a -n "$$MK_OUT" || { echo "usage: make merge SHARDS=data_bin/wiki.shards OUT=data_bin/wiki [ARGS=...]"; exit 2; }
+	$(PY) -m prep merge "$$MK_SHARDS" --out "$$MK_OUT"
 
 vocab: DATA ?= data_bin/wiki
 vocab: SIZE ?= 32768
@@ -77,43 +85,19 @@ vocab: export MK_OUT = $(call verbatim,OUT)
 vocab: $(STAMP) ## cut Qwen2's vocabulary to a corpus: [DATA=data_bin/wiki] [SIZE=32768] [OUT=data_bin/vocab]
 	$(PY) -m prep vocab "$$MK_DATA" --size "$$MK_SIZE" --out "$$MK_OUT"
 
-pretrain: DATA ?= data_bin/wiki
-pretrain: OUT ?= runs/pretrain
-pretrain: export MK_DATA = $(call verbatim,DATA)
-pretrain: export MK_OUT = $(call verbatim,OUT)
-pretrain: export MK_PRESET = $(call verbatim,PRESET)
-pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki | "a:0.3,b:0.7"] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
-
-sft: DATA ?= data_bin/sft
-sft: INIT ?= runs/pretrain
-sft: OUT ?= runs/sft
-sft dpo: export MK_DATA = $(call verbatim,DATA)
-sft dpo: export MK_INIT = $(call verbatim,INIT)
-sft dpo: export MK_OUT = $(call verbatim,OUT)
-sft dpo: export MK_PRESET = $(call verbatim,PRESET)
-sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+# pretrain, sft, dpo: one target per stage, generated from the stage registry (train/stages/makefile.py)
+include stages.mk
 
 prep-pref: OUT ?= data_bin/pref
 prep-pref: export MK_OUT = $(call verbatim,OUT)
 prep-pref: export MK_PREF = $(call verbatim,PREF)
-prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS=--max-len N]
+prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [TOKENIZER=qwen2|folder] [ARGS=--max-len N]
 	@test -n "$$MK_PREF" || { echo "usage: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS='--max-len 257']"; exit 2; }
-	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT"
-
-dpo: DATA ?= data_bin/pref
-dpo: INIT ?= runs/sft
-dpo: OUT ?= runs/dpo
-dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 report: RUN ?= runs/dpo
 report: export MK_RUN = $(call verbatim,RUN)
-report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo]
+report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo] [ARGS=...]
 	$(PY) -m train report --lineage "$$MK_RUN"
 
 sample: CKPT ?= runs/sft
