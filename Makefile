@@ -13,6 +13,9 @@ ARGS   ?=
 NPROC  ?= 1
 # The tokenizer of prep-wiki / prep-sft / prep-text: qwen2, or a cut vocabulary's folder (make vocab).
 TOKENIZER ?= qwen2
+# The recipe (common/recipes.py): seed (the reference, the default here) or modern (the recommended: the vocabulary
+# cut to the pretraining corpus, qwen3 + Muon). `make all` defaults to modern.
+RECIPE_ARG := --recipe "$${MK_RECIPE:-seed}"
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
 LAUNCH := $(if $(filter 1,$(NPROC)),$(PY),$(BIN)/torchrun $$MK_TORCHRUN_ARGS --nproc_per_node "$$MK_NPROC")
@@ -28,6 +31,7 @@ export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
 export MK_TORCHRUN_ARGS = $(call verbatim,TORCHRUN_ARGS)
 export MK_TOKENIZER = $(call verbatim,TOKENIZER)
+export MK_RECIPE = $(call verbatim,RECIPE)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,23 +54,23 @@ setup: $(STAMP) ## create .venv and install the dependencies (the other targets 
 prep-wiki: OUT ?= data_bin/wiki
 prep-wiki: export MK_OUT = $(call verbatim,OUT)
 prep-wiki: export MK_WIKI = $(call verbatim,WIKI)
-prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [TOKENIZER=qwen2|folder]
+prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [TOKENIZER=qwen2|folder] [RECIPE=seed|modern]
 	@test -n "$$MK_WIKI" || { echo "usage: make prep-wiki WIKI=path/to/wiki_zh [OUT=data_bin/wiki] [ARGS=...]"; exit 2; }
-	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER" $(RECIPE_ARG)
 
 prep-sft: OUT ?= data_bin/sft
 prep-sft dpo: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
-prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
+prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft] [RECIPE=seed|modern]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
-	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER" $(RECIPE_ARG)
 
 prep-text: OUT ?= data_bin/text
 prep-text: export MK_OUT = $(call verbatim,OUT)
 prep-text: export MK_SRC = $(call verbatim,SRC)
-prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
+prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [RECIPE=seed|modern] [ARGS=...]
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
-	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER" $(RECIPE_ARG)
 
 vocab: DATA ?= data_bin/wiki
 vocab: SIZE ?= 32768
@@ -82,9 +86,9 @@ pretrain: OUT ?= runs/pretrain
 pretrain: export MK_DATA = $(call verbatim,DATA)
 pretrain: export MK_OUT = $(call verbatim,OUT)
 pretrain: export MK_PRESET = $(call verbatim,PRESET)
-pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki | "a:0.3,b:0.7"] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
+pretrain: $(STAMP) ## pretrain: [PRESET=mini] [RECIPE=seed|modern] [DATA=data_bin/wiki | "a:0.3,b:0.7"] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
 	@$(CHECK_NPROC)
-	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
+	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT" $(RECIPE_ARG)
 
 sft: DATA ?= data_bin/sft
 sft: INIT ?= runs/pretrain
@@ -93,23 +97,23 @@ sft dpo: export MK_DATA = $(call verbatim,DATA)
 sft dpo: export MK_INIT = $(call verbatim,INIT)
 sft dpo: export MK_OUT = $(call verbatim,OUT)
 sft dpo: export MK_PRESET = $(call verbatim,PRESET)
-sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
+sft: $(STAMP) ## fine-tune: [PRESET=mini] [RECIPE=seed|modern] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
 	@$(CHECK_NPROC)
-	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT" $(RECIPE_ARG)
 
 prep-pref: OUT ?= data_bin/pref
 prep-pref: export MK_OUT = $(call verbatim,OUT)
 prep-pref: export MK_PREF = $(call verbatim,PREF)
-prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS=--max-len N]
+prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [RECIPE=seed|modern] [ARGS=--max-len N]
 	@test -n "$$MK_PREF" || { echo "usage: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS='--max-len 257']"; exit 2; }
-	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT"
+	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT" $(RECIPE_ARG)
 
 dpo: DATA ?= data_bin/pref
 dpo: INIT ?= runs/sft
 dpo: OUT ?= runs/dpo
-dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
+dpo: $(STAMP) ## preference-tune: [PRESET=mini] [RECIPE=seed|modern] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
 	@$(CHECK_NPROC)
-	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT" $(RECIPE_ARG)
 
 report: RUN ?= runs/dpo
 report: export MK_RUN = $(call verbatim,RUN)

@@ -7,13 +7,21 @@ from collections.abc import Callable
 import click
 
 from common.cli import FiniteFloat
+from common.recipes import DEFAULT_RECIPE, RECIPES
 from prep.tokenizer import DEFAULT_TOKENIZER
 
 MAX_WORKERS = 1024  # processes, each with a copy of the tokenizer: more is a typo, not a machine
 
 
 def prep_options(f: Callable) -> Callable:
-    """--tokenizer, --val-fraction and --workers: the options every prep command shares."""
+    """--tokenizer, --recipe, --vocab-size, --val-fraction and --workers: the options every prep command shares."""
+    f = click.option("--vocab-size", type=click.IntRange(min=300), default=None,
+                     help="--recipe modern: ids of the cut vocabulary when this prep cuts it (default: the "
+                     "recipe's, common/recipes.py).")(f)
+    f = click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+                     help="seed: tokenize with --tokenizer. modern: with the run's vocabulary cut to the pretraining "
+                     "corpus, the folder `vocab` beside OUT (prep wiki|text make it the first time; prep "
+                     "sft|pref reuse it; prep/recipe_vocab.py).")(f)
     f = click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None,
                      help="Worker processes (default: every core). 1 runs in-process; the output is the same.")(f)
     f = click.option("--val-fraction", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.005,

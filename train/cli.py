@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from common.cli import CommandError, UserPath, one_line_errors
+from common.recipes import DEFAULT_RECIPE, RECIPES
 from model.cli_common import device_option, dtype_option
 from train.config import PRESETS, apply_overrides, preset
 from train.full_eval import eval_command
@@ -40,6 +41,9 @@ def run_options(f):
     options = [
         click.option("--preset", default="mini", show_default=True,
                      help=f"field values to start from: {', '.join(PRESETS)} (sft and dpo use NAME-sft, NAME-dpo)"),
+        click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+                     help="laid over the preset, under --set: seed (GPT-2 + AdamW, the reference) or modern "
+                     "(qwen3 + Muon for pretraining; common/recipes.py says what and why)"),
         click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
@@ -67,11 +71,12 @@ def run_options(f):
     return f
 
 
-def build_config(stage: str, preset_name: str, assignments, **plain):
-    """The preset, then plain options, then --set (the names given travel in `set_fields`)."""
+def build_config(stage: str, preset_name: str, assignments, recipe: str = DEFAULT_RECIPE, **plain):
+    """The preset (and its stage overlay), the recipe, then plain options, then --set (the names given travel
+    in `set_fields`)."""
     items = [f"{k}={v}" for k, v in plain.items() if v is not None] + list(assignments)
     try:
-        return apply_overrides(preset(preset_name, stage), items)
+        return apply_overrides(preset(preset_name, stage, recipe), items)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 

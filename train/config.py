@@ -18,6 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from common.recipes import DEFAULT_RECIPE, train_overlay
 from model.arch import ARCHS, ArchError, config_for, config_from_dict, get
 from model.gpt import GPTConfig
 from model.lm import ModelConfig
@@ -67,6 +68,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
+    # the recipe laid over the preset (common.recipes); recorded, set by --recipe (never by --set)
+    recipe: str = DEFAULT_RECIPE
     # the fields given on the command line (plain options or --set), in the order given
     set_fields: tuple[str, ...] = ()
 
@@ -180,15 +183,17 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset(name: str, stage: str = "pretrain") -> TrainConfig:
-    """The preset `name`, or the stage's variant of it where that exists (sft: tiny -> tiny-sft; `train.stage`)."""
+def preset(name: str, stage: str = "pretrain", recipe: str = DEFAULT_RECIPE) -> TrainConfig:
+    """The preset `name`, or the stage's variant of it where that exists (sft: tiny -> tiny-sft; `train.stage`),
+    with `recipe`'s values for that size and stage laid over it (`common.recipes`)."""
 
     suffix = get_stage(stage).preset_suffix
     if suffix and not name.endswith(suffix) and f"{name}{suffix}" in PRESETS:
         name = f"{name}{suffix}"
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return _set(TrainConfig(), PRESETS[name])
+    overlay = train_overlay(recipe, name, stage)  # RecipeError (a ValueError) for an unknown recipe
+    return dataclasses.replace(_set(_set(TrainConfig(), PRESETS[name]), overlay), recipe=recipe)
 
 
 def _set(config: TrainConfig, values: dict) -> TrainConfig:
@@ -207,7 +212,8 @@ def _train_fields() -> dict[str, dataclasses.Field]:
 
 def _settable_fields(arch_config: type[ModelConfig]) -> dict[str, dataclasses.Field]:
     """The fields --set can change: the training fields and those of the architecture being set."""
-    return _train_fields() | {f.name: f for f in fields(arch_config) if f.name != "vocab_size"}
+    own = {k: f for k, f in _train_fields().items() if k != "recipe"}  # a recipe is more than its name: --recipe
+    return own | {f.name: f for f in fields(arch_config) if f.name != "vocab_size"}
 
 
 def _parse(field: dataclasses.Field, text: str):
