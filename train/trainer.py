@@ -26,6 +26,7 @@ from common.outputs import check_free_space, output_lock
 from model.arch import build
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
 from model.runtime import precision
+from model.tokenizer_files import checkpoint_tokenizer, tokenizer_files
 from prep.tokenfile import Split
 from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
 from train import dist
@@ -206,6 +207,7 @@ class Trainer:
                                  self.stage.count)
         self.peak = PeakMeter(d.device, self.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
+        self.tokenizer_files = tokenizer_files(self.identity, self.ckpt, self.init) if self.main else None
         self.metrics = self._metrics_log() if self.main else None
         if self.main:
             check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
@@ -234,9 +236,12 @@ class Trainer:
 
     def _sample_tokenizer(self):
         """The data's tokenizer for eval samples, or None (with a note) where it cannot be loaded here."""
+        source = self.ckpt or self.init  # a checkpoint carries its tokenizer (model.tokenizer_files)
         try:
+            if source is not None:
+                return checkpoint_tokenizer({"tokenizer": self.identity}, source)
             return recorded_tokenizer(self.identity, str(self.spec.data))
-        except (TokenizerError, OSError) as e:
+        except (TokenizerError, CheckpointError, OSError) as e:
             self.console.print(f"[yellow]no eval samples: {e}")
             return None
 
@@ -310,7 +315,7 @@ class Trainer:
                         "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, self.stage.chat, run_info)
+                            self.identity, self.data_kind, self.stage.chat, run_info, self.tokenizer_files)
         self.saved_step = self.step
 
     def train_step(self, stop_requested: bool) -> StepStats:
