@@ -89,3 +89,30 @@ def test_an_older_checkpoint_works_while_its_folder_exists_and_pack_makes_it_who
         assert (old / "checkpoint" / TOKENIZER_DIR / "vocab.json").is_file()
     finally:
         hidden.rename(cut_run / "data" / "vocab")
+
+
+def card_snippet(readme: str) -> str:
+    return readme.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("kind", ["sft", "pretrain"])
+def test_the_model_cards_code_runs_as_written(cut_run, tmp_path, kind):
+    """The export's README.md: a Hugging Face YAML header, and Python that runs offline as printed (a chat
+    template's BatchEncoding included), against a tiny export with its own tokenizer."""
+    import subprocess
+    import sys
+
+    from model.export.hf import export_hf
+    from tests.model.conftest import save_tiny, tiny_model
+
+    run = save_tiny(tmp_path / "run", kind, tokenizer=str(cut_run / "data" / "vocab"),
+                    model=tiny_model(block_size=48, vocab_size=1024))
+    export_hf(run, tmp_path / "hf")
+    readme = (tmp_path / "hf" / "README.md").read_text("utf-8")
+    header = readme.split("---\n")[1]
+    for line in ("language:", "license:", "library_name: transformers", "pipeline_tag: text-generation"):
+        assert line in header
+    result = subprocess.run([sys.executable, "-c", card_snippet(readme)], capture_output=True, text=True, timeout=300,
+                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()  # it printed a continuation
