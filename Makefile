@@ -115,6 +115,19 @@ dpo: $(STAMP) ## preference-tune: [PRESET=mini] [RECIPE=seed|modern] [DATA=data_
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT" $(RECIPE_ARG)
 
+# The whole path in one command, resumable (train/pipeline_all.py): modern unless RECIPE=seed.
+all: OUT ?= runs/all
+all: export MK_OUT = $(call verbatim,OUT)
+all: export MK_WIKI = $(call verbatim,WIKI)
+all: export MK_BELLE = $(call verbatim,BELLE)
+all: export MK_PREF = $(call verbatim,PREF)
+all: export MK_HELDOUT = $(call verbatim,HELDOUT)
+all: export MK_PRESET = $(call verbatim,PRESET)
+all: $(STAMP) ## prep, pretrain, sft, dpo, evals, export, GGUF, report: make all WIKI=... BELLE=... [PREF=...] [RECIPE=modern|seed] [PRESET=mini] [OUT=runs/NAME] [HELDOUT=text]
+	@test -n "$$MK_WIKI" -a -n "$$MK_BELLE" || { echo "usage: make all WIKI=path/to/wiki_zh BELLE=path/to/belle.json [PREF=...] [RECIPE=modern|seed] [PRESET=mini] [OUT=runs/NAME] [HELDOUT=held-out text] [ARGS='--steps 20']"; exit 2; }
+	$(PY) -m train all --wiki "$$MK_WIKI" --belle "$$MK_BELLE" --recipe "$${MK_RECIPE:-modern}" --preset "$$MK_PRESET" \
+		--out "$$MK_OUT" $${MK_PREF:+--pref "$$MK_PREF"} $${MK_HELDOUT:+--heldout "$$MK_HELDOUT"}
+
 report: RUN ?= runs/dpo
 report: export MK_RUN = $(call verbatim,RUN)
 report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo]

@@ -128,7 +128,7 @@ def _usage(out: Path, chat: bool, block_size: int) -> str:
             f'print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))\n')
 
 
-def _evaluations(run: Path) -> list[str]:
+def evaluation_lines(run: Path) -> list[str]:
     """Held-out bits per byte and harness scores where the run folder holds them."""
     lines = []
     heldout = _read(run / HELDOUT_NAME)
@@ -192,7 +192,7 @@ it). Tokens are optimizer steps × batch × context; training time is from the l
 
 ## Evaluation
 
-{chr(10).join(_evaluations(RunFolder.of(resolve_model_dir(ckpt)).path))}
+{chr(10).join(evaluation_lines(RunFolder.of(resolve_model_dir(ckpt)).path))}
 
 ## Use it
 
