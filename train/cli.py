@@ -148,7 +148,7 @@ def dpo(preset: str, data: str, out: Path, init: Path | None, assignments, stop_
 @click.option("--vocab-size", type=click.IntRange(min=300), help="--recipe modern: ids of the cut vocabulary")
 @click.option("--val-fraction", type=float, default=0.005, show_default=True, help="every prep's val share")
 @click.option("--steps", type=click.IntRange(min=1), help="every training stage's max_steps (a quick run)")
-@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="for every training stage")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="for every training stage, or STAGE.KEY=VALUE for one (pretrain.max_steps=800)")
 @click.option("--harness-limit", type=click.IntRange(min=1), help="questions per harness task (where it runs)")
 @one_line_errors
 def all_(wiki, belle, pref, recipe, preset, out, heldout, vocab_size, val_fraction, steps, assignments,

@@ -77,8 +77,15 @@ def prep_pref(spec: AllSpec, ledger: Ledger, state: dict) -> None:
 
 
 def stage_config(spec: AllSpec, stage: str):
-    """The stage's config: size preset -> stage overlay -> recipe -> --steps and --set."""
-    items = ([f"max_steps={spec.steps}"] if spec.steps else []) + list(spec.assignments)
+    """The stage's config: size preset -> stage overlay -> recipe -> --steps and --set (``KEY=VALUE`` for every
+    stage, ``STAGE.KEY=VALUE`` for one: ``pretrain.max_steps=800``)."""
+    items = [f"max_steps={spec.steps}"] if spec.steps else []
+    for item in spec.assignments:
+        prefix, dot, rest = item.partition(".")
+        if dot and prefix in STAGE_NAMES and "=" not in prefix:
+            items += [rest] if prefix == stage else []
+        else:
+            items.append(item)
     try:
         return apply_overrides(preset(spec.preset, stage, spec.recipe), items)
     except ValueError as e:
@@ -174,4 +181,5 @@ def report(spec: AllSpec, ledger: Ledger, state: dict) -> None:
     write_report(spec, ledger, state["runs"])
 
 
+STAGE_NAMES = ("pretrain", "sft", "dpo")
 STEPS = (prep_wiki, prep_sft, prep_pref, pretrain, sft, dpo, heldout_bpb, harness, export, report)
