@@ -25,7 +25,7 @@ CHECK_NPROC := case "$$MK_NPROC" in ''|*[!0-9]*|0*) echo "Error: NPROC must be a
 # quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
 # taken verbatim from the command line (make itself would expand a `$` in it), and the recipe quotes
 # it as "$$MK_NAME". ARGS is split into arguments by the program (shell-like quoting, nothing run or
-# expanded): prep/cli_common.py, make_args(). TORCHRUN_ARGS is split on spaces only.
+# expanded): common/cli.py, make_args(). TORCHRUN_ARGS is split on spaces only.
 verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),$($(1)))
 export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
@@ -71,6 +71,14 @@ prep-text: export MK_SRC = $(call verbatim,SRC)
 prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [RECIPE=seed|modern] [ARGS=...]
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
 	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER" $(RECIPE_ARG)
+
+# Sharded prep (docs/shards.md): make prep-wiki WIKI=... OUT=data_bin/wiki.shards/shard-3 ARGS="--shard 3/8" per shard,
+# then one merge. SHARDS is a folder of shard folders (or one shard).
+merge: export MK_SHARDS = $(call verbatim,SHARDS)
+merge: export MK_OUT = $(call verbatim,OUT)
+merge: $(STAMP) ## merge shards (--shard I/N) into the unsharded folder: make merge SHARDS=folder-of-shards OUT=data_bin/wiki
+	@test -n "$$MK_SHARDS" -a -n "$$MK_OUT" || { echo "usage: make merge SHARDS=data_bin/wiki.shards OUT=data_bin/wiki [ARGS=...]"; exit 2; }
+	$(PY) -m prep merge "$$MK_SHARDS" --out "$$MK_OUT"
 
 vocab: DATA ?= data_bin/wiki
 vocab: SIZE ?= 32768
@@ -187,7 +195,7 @@ $(LLAMA)/.installed: $(STAMP)
 	touch $@
 
 gguf-check: $(STAMP) $(LLAMA)/.installed ## llama.cpp (llama-cpp-python) runs our GGUF: tokens, logits, greedy text, chat
-	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/test_gguf_llama_cpp.py
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/export/test_gguf_llama_cpp.py
 
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki

@@ -11,6 +11,7 @@ import click
 
 from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
+from prep.merge_command import merge
 from prep.pref_command import pref
 from prep.sft_command import sft
 from prep.text_command import text
@@ -34,7 +35,7 @@ def cli() -> None:
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
 @one_line_errors
 def wiki(wiki_dir: Path, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
-         workers: int | None, min_chars: int, to_simplified: bool) -> None:
+         workers: int | None, shard, min_chars: int, to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
 
     \b
@@ -56,11 +57,13 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, recipe: str, vocab_size: int
     from prep.recipe_vocab import recipe_tokenizer
     from prep.wiki import run_wiki
 
-    def run(folder: Path, tokenizer: str) -> dict:
-        return run_wiki(wiki_dir, folder, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
+    def run(folder: Path, tokenizer: str, shard=None) -> dict:
+        return run_wiki(wiki_dir, folder, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard,
                         min_chars=min_chars, to_simplified=to_simplified)
 
-    run(out, recipe_tokenizer(recipe, tokenizer, out, vocab_size, cut_from=lambda folder: run(folder, tokenizer)))
+    # a shard never cuts the vocabulary (it sees a part of the corpus): the unsharded prep or `prep vocab` does
+    cut = None if shard else (lambda folder: run(folder, tokenizer))
+    run(out, recipe_tokenizer(recipe, tokenizer, out, vocab_size, cut_from=cut), shard)
 
 
 @cli.command("inspect")
@@ -87,3 +90,4 @@ cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
 cli.add_command(vocab)  # `prep vocab`: prep/vocab_command.py, prep/vocab.py, prep/vocab_build.py
 cli.add_command(remap)  # `prep remap`: prep/remap.py
 cli.add_command(pref)  # `prep pref`: prep/pref_command.py, prep/pref.py
+cli.add_command(merge)  # `prep merge`: prep/merge_command.py, prep/merge.py, prep/shard_read.py

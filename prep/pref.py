@@ -115,11 +115,12 @@ class PrefSource(SftSource):
 
 def run_pref(input: str | Path, out: str | Path, tokenizer: str = "qwen2", max_len: int = DEFAULT_MAX_LEN,
              val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
-             chunk_bytes: int | None = None, console=None) -> dict:
+             chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep pref` as a function: returns the meta.json written to `out`."""
     options = {"command": "pref", "input": str(input), "tokenizer": tokenizer, "max_len": max_len,
                "val_fraction": val_fraction}
     job = PrepJob(source=PrefSource(input, chunk_bytes), parse=partial(parse_pref, max_len=max_len, tokenizer=tokenizer),
                   out=Path(out), kind="pref", options=options, tokenizer=tokenizer, val_fraction=val_fraction,
-                  workers=workers, with_turns=True, title="prep pref", show_progress=show_progress)
+                  workers=workers, with_turns=True, title="prep pref", show_progress=show_progress,
+                  shard=shard)
     return run_prep(job, console)

@@ -133,11 +133,11 @@ class SftSource:
 
 def run_sft(input: str | Path, out: str | Path, tokenizer: str = "qwen2", system: str = "",
             val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
-            chunk_bytes: int | None = None, console=None) -> dict:
+            chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep sft` as a function: returns the meta.json written to `out`."""
     options = {"command": "sft", "input": str(input), "tokenizer": tokenizer, "system": system,
                "val_fraction": val_fraction}
     job = PrepJob(source=SftSource(input, chunk_bytes), parse=sft_parser(system), out=Path(out), kind="sft",
                   options=options, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
-                  with_turns=True, title="prep sft", show_progress=show_progress)
+                  with_turns=True, title="prep sft", show_progress=show_progress, shard=shard)
     return run_prep(job, console)

@@ -18,7 +18,8 @@ from prep.cli_common import prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
 @one_line_errors
-def sft(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float, workers: int | None, system: str) -> None:
+def sft(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
+        workers: int | None, shard, system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 
     \b
@@ -54,4 +55,5 @@ def sft(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int
     from prep.recipe_vocab import recipe_tokenizer
     from prep.sft import run_sft
 
-    run_sft(input_spec, out, tokenizer=recipe_tokenizer(recipe, tokenizer, out), system=system, val_fraction=val_fraction, workers=workers)
+    run_sft(input_spec, out, tokenizer=recipe_tokenizer(recipe, tokenizer, out), system=system, val_fraction=val_fraction,
+            workers=workers, shard=shard)
