@@ -253,6 +253,11 @@ test: $(STAMP) $(TF4)/.installed ## lint and run the test suite (offline, CPU, a
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 
+demo-dpo: $(STAMP) ## make demo now ends with DPO (runs/demo/dpo): one more chat turn with it, and the lineage
+	@test -f $(DEMO_RUNS)/dpo/checkpoint/model.json || { echo "make demo trains the DPO stage itself now: run make demo first"; exit 2; }
+	$(SUB_MAKE) chat CKPT=$(DEMO_RUNS)/dpo ARGS="--message 你好 $(DEMO_SAMPLING)"
+	@$(PY) -m train report --lineage $(DEMO_RUNS)/dpo
+
 bench: $(STAMP) ## benchmarks on the sample data, printing figures and ratios
 	$(PY) -m bench.prep
 	$(PY) -m bench.train
