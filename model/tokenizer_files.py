@@ -88,8 +88,8 @@ def checkpoint_tokenizer(info: dict, path: str | Path) -> Tokenizer:
             " (this checkpoint names its tokenizer by path and carries no copy: put that folder back)")
         raise CheckpointError(f"{e}{hint}") from None
     if not rebuilt_offline(identity):
-        print(f"note: {where} uses the tokenizer folder {identity['name']}; make the checkpoint self-contained "
-              f"(copy the tokenizer inside): python -m model pack --ckpt {where}", file=sys.stderr)
+        print(f"note: {where} uses the tokenizer folder {identity['name']}; to carry the tokenizer inside the "
+              f"checkpoint: python -m model pack --ckpt {where}", file=sys.stderr)
     return tok
 
 
