@@ -26,11 +26,12 @@ from rich.table import Table
 
 from bench.recipe import Curve, read_curve
 from common.cli import make_args
-from model.arch import build
+from model.archs import build
 from prep.recipe_vocab import recipe_tokenizer
 from prep.tokenizer import DEFAULT_TOKENIZER
 from prep.wiki import run_wiki
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, train
 
 SIDES = ("seed", "modern")

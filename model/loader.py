@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from model.archs.gpt2 import GPT
 from model.generate import Engine
-from model.gpt import GPT
 from model.io import is_chat, load_model, read_model_info, stop_ids
 from model.runtime import Precision, pick_device, precision
 from model.tokenizer_files import checkpoint_tokenizer

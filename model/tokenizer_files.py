@@ -93,6 +93,16 @@ def checkpoint_tokenizer(info: dict, path: str | Path) -> Tokenizer:
     return tok
 
 
+def run_tokenizer(identity: dict, data: str, checkpoint: Path | None) -> Tokenizer:
+    """A training run's tokenizer (for its eval samples): the copy its checkpoint or --init carries, else the
+    one its data's identity names."""
+    from prep.tokenizer import recorded_tokenizer
+
+    if checkpoint is not None:
+        return checkpoint_tokenizer({"tokenizer": identity}, checkpoint)
+    return recorded_tokenizer(identity, data)
+
+
 def pack(path: str | Path) -> Path | None:
     """Copy the tokenizer a checkpoint names into it (``model pack``); returns the folder written, or None when
     the checkpoint needs none (Qwen2's identity) or already carries it. Raises `CheckpointError`."""

@@ -49,7 +49,7 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, recipe: str, vocab_size: int
       skipped:  invalid_json, invalid_utf8, invalid_unicode (a lone surrogate escape), not_an_object,
                 missing_field, non_string_field, truncated_last_line (a cut-off last line), stub,
                 duplicate (same NFC text as an earlier article), empty_file, compressed_file,
-                too_large (a record over 16 MiB, never held whole), too_long_word;
+                too_large (a record over 16 MiB, never held whole);
                 WikiExtractor: truncated_doc, unclosed_doc, bad_doc_header, text_outside_doc
       repaired: bom_stripped (a UTF-8 BOM), crlf_line_end, no_final_newline, blank_line
     --to-simplified uses pure-Python OpenCC: about 4x slower than without.

@@ -45,7 +45,6 @@ import dataclasses
 import hashlib
 import multiprocessing as mp
 import os
-import re
 import signal
 import sys
 import threading
@@ -64,8 +63,9 @@ from typing import Any
 import numpy as np
 
 from common.signals import STOP_SIGNALS, stop_signals_interrupt
+from prep.long_pieces import encode_texts
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.records import INVALID_UNICODE, Document, PrepError, PrepInterrupted, Repaired, Skipped
 from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE, ShardRecorder, ShardSource, ShardSpec, recording
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
@@ -153,7 +153,7 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     docs, texts, sizes, joined = _sort_records(records, out, w.near is not None)
     if w.near is not None:
         out.sketches = w.near.sketches(joined)
-    ids = iter(w.tok.encode_batch(texts))
+    ids = iter(encode_texts(w.tok, texts))  # a huge pre-token by a BPE of bounded time (prep.long_pieces)
     text_iter = iter(zip(texts, sizes, strict=True))
     tokens, mask, ends = array(_U32), array("B"), []
     for doc in docs:
@@ -179,17 +179,6 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     return out
 
 
-# BPE merges within one pre-token (a run of letters, of punctuation or of spaces), in time that grows with
-# the square of its length: a line of a million "x" takes minutes. No text has such words; they are skipped.
-MAX_RUN = 100_000
-_RUNS = re.compile(r"\w+|[^\w\s]+|\s+")
-
-
-def _longest_run(text: str) -> int:
-    """Characters in the longest run of word, punctuation or space characters (a bound on BPE's pre-tokens)."""
-    return max(map(len, _RUNS.findall(text)), default=0)
-
-
 def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Document], list[str], list[int], list[str]]:
     """Documents to encode, all their text pieces (NFC), each piece's UTF-8 size and, if `join`, each
     document's text in one string (for near-dedup); skips and repairs go straight into `out`."""
@@ -205,10 +194,7 @@ def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Documen
                 doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
-                out.skipped.append(Skipped("invalid_unicode", r.location))
-                continue
-            if any(len(t) > MAX_RUN and _longest_run(t) > MAX_RUN for t in doc_texts):
-                out.skipped.append(Skipped("too_long_word", r.location))
+                out.skipped.append(Skipped(INVALID_UNICODE, r.location))  # (a reader that missed it)
                 continue
             docs.append(r)
             texts.extend(doc_texts)

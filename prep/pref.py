@@ -21,8 +21,9 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from prep.chat_template import Message, chat_pieces, chatml_text, message_pieces
+from prep.long_pieces import encode_texts
 from prep.pipeline import PrepJob, run_prep
-from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_pair
+from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_format, row_pair
 from prep.records import Document, PrepError, Repaired, Skipped
 from prep.row_sources import chunk_rows
 from prep.sft import SftSource
@@ -43,7 +44,7 @@ def _message_tokens(role: str, text: str, specials: SpecialIds, tokenizer: str) 
     """Tokens of one ChatML message, exactly as the pipeline will encode its pieces."""
     pieces = message_pieces(role, text, specials)
     texts = [p.text for p in pieces if p.text is not None]
-    return sum(map(len, _tokenizer(tokenizer).encode_batch(texts))) + len(pieces) - len(texts)
+    return sum(map(len, encode_texts(_tokenizer(tokenizer), texts))) + len(pieces) - len(texts)
 
 
 def fit_prompt(prompt: list[Message], replies: tuple[str, str], max_len: int, specials: SpecialIds,
@@ -101,7 +102,7 @@ class PrefSource(SftSource):
     what = "preference data files"
 
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
-        super().__init__(spec, chunk_bytes, detect_pref_format)
+        super().__init__(spec, chunk_bytes, detect_pref_format, row_format)
 
     def check_format(self, name: str, fmt: str, head: list[object]) -> None:
         if fmt == "unknown" and (head or self._has_bytes(name)):

@@ -76,8 +76,7 @@ def text(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: in
       skipped:  invalid_json, invalid_utf8, invalid_unicode, not_an_object, missing_field, non_string_field,
                 truncated_last_line, too_short, low_cjk, repeated_lines, repeated_char, duplicate (same text),
                 near_duplicate, empty_file, compressed_file (bzip2, xz, or compressed Parquet),
-                corrupt_compressed_file, invalid_parquet, too_large (a record over 16 MiB, never held whole),
-                too_long_word (a run of 100,000 letters or symbols, which BPE takes minutes over)
+                corrupt_compressed_file, invalid_parquet, too_large (a record over 16 MiB, never held whole)
       repaired: bom_stripped, crlf_line_end, no_final_newline, blank_line
     A damaged file (cut off, corrupt, bad JSON in an array) gives its rows up to the damage, then the
     rest is counted once at its file:line (corrupt_compressed_file, invalid_json, ...). With --near-dedup, meta.json

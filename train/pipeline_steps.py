@@ -15,8 +15,9 @@ from common.recipes import vocab_size as recipe_vocab_size
 from model.io import INFO_NAME, resolve_model_dir
 from prep.recipe_vocab import recipe_tokenizer, recipe_vocab_folder
 from prep.tokenizer import CUT_VOCAB_FILE, DEFAULT_TOKENIZER
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
 from train.pipeline_ledger import AllError, AllSpec, Ledger, folder_digest, hub_reachable, input_fingerprint
+from train.presets import preset
 
 
 def _check_unchanged(ledger: Ledger, folder: Path, result: dict, name: str, digest_of: str = "meta.json") -> None:

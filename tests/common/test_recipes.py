@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from common.recipes import RecipeError, size_of, train_overlay
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 
 ROOT_SAMPLE = "sample_data/wiki_zh"
 

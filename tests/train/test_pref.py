@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from model.cli import cli as model_cli
 from prep.pref import run_pref
 from tests.train.conftest import PY, ROOT, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_ddp import TORCHRUN
@@ -68,18 +70,18 @@ def test_dpo_starts_at_ln2_and_reward_accuracy_rises(pref_setup, tmp_path):
     report = " ".join(run_cli("report", "--lineage", str(out)).stdout.split())
     assert "base model (pretrain)" in report and "chat model (sft)" in report and "chat model (dpo)" in report
     assert "lineage pretrain (" in report.replace("│", "").replace("  ", " ")
+    parent = json.loads((out / "checkpoint" / "train_config.json").read_text())["init_identity"]
+    assert parent["step"] == 10 and parent["path"] == str(pref_setup[1]) and len(parent["weights_sha256"]) == 64
 
 
 def test_the_dpo_model_chats_and_exports_as_a_chat_model(pref_setup, tmp_path):
     out = tmp_path / "dpo"
     assert run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2")).returncode == 0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    model = lambda *a: subprocess.run([PY, "-m", "model", *a], cwd=ROOT, env=env, capture_output=True,  # noqa: E731
-                                      text=True, timeout=120)
+    model = lambda *a: CliRunner().invoke(model_cli, list(a))  # noqa: E731
     chat = model("chat", "--ckpt", str(out), "--message", "q a1?", "--max-new-tokens", "3")
-    assert chat.returncode == 0 and "assistant:" in chat.stdout + chat.stderr
+    assert chat.exit_code == 0 and "assistant:" in chat.output, chat.output
     export = model("export", "--ckpt", str(out), "--out", str(tmp_path / "hf"))
-    assert export.returncode == 0 and "exported a chat model" in " ".join((export.stdout + export.stderr).split())
+    assert export.exit_code == 0 and "exported a chat model" in " ".join(export.output.split()), export.output
 
 
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])
@@ -110,6 +112,8 @@ def test_killed_run_resumes_exactly(pref_setup, tmp_path):
     keep = ("step", "loss", "reward_acc", "margin", "val_loss", "val_reward_acc")
     strip = lambda rows: [{k: x[k] for k in keep if k in x} for x in rows]  # noqa: E731
     assert strip(records(out)) == strip(records(whole))
+    kept = [json.loads((o / "checkpoint" / "train_config.json").read_text()) for o in (whole, out)]
+    assert kept[0]["init_identity"] == kept[1]["init_identity"] is not None  # a resumed run keeps its parent
     a, b = load_file(whole / "checkpoint" / "model.safetensors"), load_file(out / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -156,3 +160,36 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(pref_setup, tmp_pa
     r = run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2"))
     assert r.returncode == 0, r.stderr
     assert "reference log-probs of" in " ".join(r.stderr.split())  # computed again by the --init model
+
+
+def test_a_damaged_reference_on_resume_is_one_line_and_the_checkpoint_stays(pref_setup, tmp_path):
+    import hashlib
+    import io
+    import shutil
+
+    import numpy as np
+
+    base = tmp_path / "base"
+    run = ["--max-steps", "4", "--eval-every", "4"]
+    assert run_cli(*dpo_args(pref_setup, base, *run, "--stop-at", "2")).returncode == 0
+    with np.load(base / "reference_logps.npz") as f:
+        good = {k: f[k] for k in f.files}
+    npy = io.BytesIO()
+    np.save(npy, good["val"])
+    damaged = {"cut_in_half": (base / "reference_logps.npz").read_bytes()[:300], "npy": npy.getvalue(),
+               "short": {**good, "train": good["train"][:-1]}, "nan": {**good, "val": good["val"] * np.nan}}
+    digest = lambda out: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                          for p in (out / "checkpoint").iterdir()}
+    for name, content in damaged.items():
+        out = tmp_path / name
+        shutil.copytree(base, out)
+        if isinstance(content, bytes):
+            (out / "reference_logps.npz").write_bytes(content)
+        else:
+            np.savez(out / "reference_logps.npz", **content)
+        before = digest(out)
+        r = run_cli(*dpo_args(pref_setup, out, *run))
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert "reference_logps.npz" in last and "start a new run" in last, (name, r.stderr)
+        assert digest(out) == before, name
