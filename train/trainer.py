@@ -26,7 +26,8 @@ from common.outputs import check_free_space, output_lock
 from model.archs import build
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
 from model.runtime import precision
-from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
+from model.tokenizer_files import run_tokenizer, tokenizer_files
+from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size
 from train import dist
 from train.checkpoint import (
     check_optimizer_state,
@@ -211,6 +212,7 @@ class Trainer:
                                                     self.step, d.device, self.stage.count)
         self.peak = PeakMeter(d.device, self.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
+        self.tokenizer_files = tokenizer_files(self.identity, self.ckpt, self.init) if self.main else None
         self.metrics = self._metrics_log() if self.main else None
         if self.main:
             check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
@@ -237,8 +239,8 @@ class Trainer:
     def _sample_tokenizer(self):
         """The data's tokenizer for eval samples, or None (with a note) where it cannot be loaded here."""
         try:
-            return recorded_tokenizer(self.identity, str(self.spec.data))
-        except (TokenizerError, OSError) as e:
+            return run_tokenizer(self.identity, str(self.spec.data), self.ckpt or self.init)
+        except (TokenizerError, CheckpointError, OSError) as e:
             self.console.print(f"[yellow]no eval samples: {e}")
             return None
 
@@ -308,7 +310,7 @@ class Trainer:
                         **self.parent, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, self.stage.chat, run_info)
+                            self.identity, self.data_kind, self.stage.chat, run_info, self.tokenizer_files)
         self.saved_step = self.step
 
     def train_step(self, stop: StopFlag) -> StepStats:
