@@ -1,6 +1,7 @@
 """A checkpoint ready to use on a device: the model, its precision, and for generation its own tokenizer.
 
-Only ``model.json`` and ``model.safetensors`` are read (`model.io`), so loading a downloaded checkpoint
+Only ``model.json`` and ``model.safetensors`` are read (`model.io`; a LoRA run's checkpoint: its base's,
+and ``adapter.safetensors``, merged in by `model.adapters`), so loading a downloaded checkpoint
 never unpickles anything. The tokenizer is the one ``model.json`` records, loaded from local files
 only and checked to have the very ids the model was trained with (`prep.tokenizer.recorded_tokenizer`).
 A chat model (`model.io.is_chat`) gets ChatML prompts and stops at ``<|im_end|>``; a base model
@@ -12,9 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from model.adapters import load_model
 from model.generate import Engine
 from model.gpt import GPT
-from model.io import CheckpointError, is_chat, load_model, read_model_info, stop_ids
+from model.io import CheckpointError, is_chat, read_model_info, stop_ids
 from model.runtime import Precision, pick_device, precision
 from prep.tokenizer import Tokenizer, TokenizerError, recorded_tokenizer
 

@@ -55,6 +55,13 @@ class TrainConfig:
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0
+    # LoRA adapters instead of full fine-tuning (train sft / dpo; train.lora, docs/lora.md); rank 0 = off.
+    # alpha 32 at any rank, dropout 0, every Linear of the blocks: "LoRA Without Regret" (2025), model.lora
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "all"  # or the layers' names: c_attn,c_proj (gpt2), q_proj,v_proj (qwen3), ...
+    lora_lr: float = 3e-4  # the run's lr when lora_rank > 0 and lr is not set: the stage overlay's LoRA rate
     # evaluation, logging, checkpoints
     eval_every: int = 250
     eval_blocks: int = 64  # fixed validation blocks per eval
@@ -146,17 +153,17 @@ _TINY = dict(
 
 # SFT: a pretrained model, so a short warmup, a learning rate in the usual 1e-5..5e-5 band for the
 # model of record, and no weight decay pulling the pretrained weights towards zero.
-_SFT = dict(lr=3e-5, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_size=64, eval_every=100,
+_SFT = dict(lr=3e-5, lora_lr=3e-4, warmup_steps=50, weight_decay=0.0, max_steps=2000, batch_size=64, eval_every=100,
             ckpt_every=500, sample_prompt="什么是数学？")  # SFT samples wrap the prompt as a user turn
 
 # Preference tuning (`train dpo`): trl's DPOConfig learning rate (1e-6; Zephyr used 5e-7 at 7B), a 10% warmup
 # as LLaMA-Factory's DPO examples, no weight decay (as SFT). batch_size counts sequences: 64 = 32 pairs.
-_DPO = dict(lr=1e-6, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
+_DPO = dict(lr=1e-6, lora_lr=1e-5, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
             ckpt_every=250, sample_prompt="什么是数学？")
-_TINY_DPO = {**_TINY, **_DPO, "lr": 5e-4, "warmup_steps": 5, "batch_size": 8, "max_steps": 40, "eval_every": 20,
+_TINY_DPO = {**_TINY, **_DPO, "lr": 5e-4, "lora_lr": 5e-3, "warmup_steps": 5, "batch_size": 8, "max_steps": 40, "eval_every": 20,
              "ckpt_every": 40}
 
-_TINY_SFT = {**_TINY, **_SFT, "lr": 5e-4, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
+_TINY_SFT = {**_TINY, **_SFT, "lr": 5e-4, "lora_lr": 5e-3, "warmup_steps": 10, "batch_size": 8, "max_steps": 100,
              "eval_every": 50, "ckpt_every": 100}
 
 # The modern recipe (model/qwen3.py) at the seed presets' cost: qwen3's defaults give the same matmul
@@ -259,7 +266,14 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
         except ValueError as e:
             raise ValueError(f"--set {item!r}: {e}") from None
     set_fields = tuple(dict.fromkeys([*config.set_fields, *changes]))
-    return validate(dataclasses.replace(_set(config, changes), set_fields=set_fields))
+    return _lora_lr(validate(dataclasses.replace(_set(config, changes), set_fields=set_fields)))
+
+
+def _lora_lr(config: TrainConfig) -> TrainConfig:
+    """An adapter run learns at the overlay's LoRA rate (about 10x full fine-tuning's) unless lr was set."""
+    if config.lora_rank > 0 and "lr" not in config.set_fields:
+        return dataclasses.replace(config, lr=config.lora_lr)
+    return config
 
 
 def config_changes(before: dict | None, now: TrainConfig) -> list[str]:
@@ -342,6 +356,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if not 0 <= config.sample_tokens <= CEILINGS["block_size"]:
         raise ValueError(f"sample_tokens must be >= 0 (0 = no sample at evals), got {config.sample_tokens}")
     _validate_optimizer(config)
+    _validate_lora(config)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {config.dtype!r}")
     if config.loss not in PREF_LOSSES:
@@ -364,3 +379,18 @@ def _validate_optimizer(config: TrainConfig) -> None:
         raise ValueError(f"{', '.join(muon_set)} set but optimizer is {config.optimizer}; add --set optimizer=muon")
     if config.muon_lr <= 0 or not 0 <= config.muon_momentum < 1 or config.muon_weight_decay < 0:
         raise ValueError("need muon_lr > 0, 0 <= muon_momentum < 1 and muon_weight_decay >= 0")
+
+
+LORA_FIELDS = ("lora_alpha", "lora_dropout", "lora_targets", "lora_lr")
+
+
+def _validate_lora(config: TrainConfig) -> None:
+    lora_set = [k for k in LORA_FIELDS if k in config.set_fields]
+    if lora_set and config.lora_rank == 0:
+        raise ValueError(f"{', '.join(lora_set)} set but lora_rank is 0 (full fine-tuning); add --set lora_rank=8")
+    if not 0 <= config.lora_rank <= CEILINGS["n_embd"]:
+        raise ValueError(f"lora_rank must be from 0 (off) to {CEILINGS['n_embd']:,}, got {config.lora_rank}")
+    if config.lora_alpha <= 0 or not 0 <= config.lora_dropout < 1 or config.lora_lr <= 0:
+        raise ValueError("need lora_alpha > 0, 0 <= lora_dropout < 1 and lora_lr > 0")
+    if config.lora_rank and config.optimizer != "adamw":
+        raise ValueError("LoRA adapters train with optimizer=adamw (Muon is for full hidden matrices)")

@@ -19,6 +19,7 @@ import torch
 
 from prep.tokenfile import Split
 from train import pref_reference
+from train.lora import reference_model
 from train.pref_data import EvalPairs, Pairs, PairSampler, PrefDataError, eval_pairs
 from train.pref_loss import TRAIN_METRICS, VAL_METRICS, Objective
 from train.stage import LMStage, register
@@ -77,7 +78,8 @@ class PrefStage(LMStage):
                 raise pref_reference.ReferenceError(
                     f"{trainer.run_folder.reference}: holds no training pairs' log-probs (the run began with "
                     f"loss={trainer.saved_run['config'].get('loss')}); DPO needs them: start a new run")
-            parts = pref_reference.compute(trainer, need_train)
+            with reference_model(trainer):  # the base model: a LoRA run's adapters off
+                parts = pref_reference.compute(trainer, need_train)
         trainer.sampler.reference = parts.get("train")
         if isinstance(trainer.val_starts[0], EvalPairs):
             trainer.val_starts[0].reference = parts["val"]

@@ -24,7 +24,7 @@ from rich.markup import escape
 from common.errors import UserError
 from common.outputs import check_free_space, output_lock
 from model.arch import build
-from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
+from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_dir
 from model.runtime import precision
 from prep.tokenfile import Split
 from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
@@ -41,6 +41,7 @@ from train.checkpoint import (
 from train.config import TrainConfig, config_changes, inherit_shape, shape_of
 from train.data import StepLoader
 from train.evaluate import sample_text, val_record
+from train.lora import check_stage, start_weights, state_bytes
 from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import data_line, mixture_changes, open_mixture
 from train.optim import lr_at
@@ -190,10 +191,9 @@ class Trainer:
         """The model (fresh, from --init or from OUT's checkpoint), its step, the data and the metrics."""
         cfg, d = self.cfg, self.d
         self._check_model_fits()
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        torch.manual_seed(cfg.seed)  # the same initial weights (and adapters) on every rank
         self.model = build(cfg.model)
-        if self.ckpt is not None or self.init is not None:
-            load_weights_into(self.model, self.ckpt or self.init)
+        self.lora = start_weights(self.model, cfg, self.ckpt, self.init, self.spec.init)  # train.lora
         self.model.to(d.device)
         self.stepper = Stepper(self.model, cfg, d, self.precision, self.stage)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
@@ -213,8 +213,9 @@ class Trainer:
 
     def _check_model_fits(self) -> None:
         """Refuse at once a model whose weights, gradients and AdamW state alone exceed the free memory."""
+        check_stage(self.cfg, self.stage)
         params, _ = self.cfg.model.param_counts()
-        need, free = 16 * params, free_memory(self.d.device)
+        need, free = state_bytes(self.cfg), free_memory(self.d.device)
         if need > free:
             raise TrainError(f"{params / 1e6:,.0f}M parameters need {fmt(need)} for weights, gradients and AdamW "
                              f"state, but {fmt(free)} is free on {self.d.device}; `make plan` shows what fits")
@@ -310,7 +311,7 @@ class Trainer:
                         "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, self.stage.chat, run_info)
+                            self.identity, self.data_kind, self.stage.chat, run_info, self.lora and self.lora.record())
         self.saved_step = self.step
 
     def train_step(self, stop_requested: bool) -> StepStats:

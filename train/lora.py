@@ -1,0 +1,118 @@
+"""LoRA runs: ``--set lora_rank=R`` on ``train sft`` and ``train dpo`` (docs/lora.md).
+
+The trainer's hooks, kept here so the trainer only asks: `start_weights` puts the starting weights into
+the freshly built model (a full run's as before; an adapter run's base, then peft's adapters on it,
+`model.lora`), `AdapterRun.record` is what the checkpoint keeps of the adapters (`model.adapters`),
+`reference_model` is DPO's reference (the base: adapters off), `state_bytes` the memory check.
+
+What the run does with the adapters:
+
+* fresh run: the --init model (a full checkpoint, or an adapter one merged into its base, so a chain
+  pretrain -> LoRA-SFT -> LoRA-DPO trains DPO's adapters on the merged SFT model) is the frozen base;
+  its identity (path as given, step, weights digest, tokenizer) goes into every checkpoint;
+* resumed run: the base is loaded again from that path, refused in one line if it changed, and the
+  saved adapters go on it; the options must be the checkpoint's (another rank is another run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+from model.adapters import adapter_record, base_identity, checked_base, load_model, read_adapters
+from model.io import load_weights_into, read_model_info
+from model.lm import CausalLM
+from model.lora import LoraError, LoraOptions, adapter_params, attach, load_adapter_state
+
+
+class LoraRunError(UserError, ValueError):
+    """A LoRA setting that does not fit the stage or the checkpoint being resumed."""
+
+
+def options_of(cfg) -> LoraOptions | None:
+    """The run's LoRA options (`train.config.TrainConfig` fields), or None for full fine-tuning."""
+    if cfg.lora_rank == 0:
+        return None
+    return LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, LoraOptions.parse_targets(cfg.lora_targets))
+
+
+def check_stage(cfg, stage) -> None:
+    if cfg.lora_rank and not stage.needs_init:
+        raise LoraRunError(f"lora_rank: adapters fine-tune a trained model; `train {stage.name}` starts from "
+                           "scratch (use train sft or train dpo)")
+
+
+@dataclass
+class AdapterRun:
+    peft: object  # the peft.PeftModel around the trainer's model
+    options: LoraOptions
+    base: dict  # the base's identity (model.adapters.base_identity)
+
+    def record(self) -> dict:
+        """model.json's ``adapter`` entry: the options and the base's identity."""
+        return {**self.options.to_dict(), "base": self.base}
+
+
+def _load_base(model: CausalLM, path: str | os.PathLike) -> None:
+    """A full checkpoint's weights, or an adapter checkpoint's merged into its base, into `model`."""
+    if adapter_record(read_model_info(path)) is None:
+        load_weights_into(model, path)
+    else:
+        merged, _ = load_model(path)
+        model.load_state_dict(merged.state_dict())
+
+
+def start_weights(model: CausalLM, cfg, ckpt: Path | None, init: Path | None,
+                  init_as_given: str | os.PathLike | None) -> AdapterRun | None:
+    """Load the run's starting weights into `model` (built, on the CPU); the adapters when it trains them."""
+    options = options_of(cfg)
+    if ckpt is not None:
+        record = adapter_record(read_model_info(ckpt))
+        if (record is None) != (options is None):
+            have = "full fine-tuning" if record is None else f"adapters of rank {record.get('rank')}"
+            raise LoraRunError(f"{ckpt}: holds {have}; resume it with the same lora_rank (or use another --out)")
+        if record is None:
+            load_weights_into(model, ckpt)
+            return None
+        base_path, saved = checked_base(read_model_info(ckpt), ckpt)
+        if saved != options:
+            raise LoraRunError(f"{ckpt}: adapters with {saved}, this run asks for {options}; resume with the same "
+                               "lora_* settings (or use another --out)")
+        _load_base(model, base_path)
+        run = AdapterRun(_attach(model, options), options, record["base"])
+        try:
+            load_adapter_state(model, read_adapters(ckpt), str(ckpt))
+        except LoraError as e:
+            raise LoraRunError(str(e)) from None
+        return run
+    if init is None:
+        return None
+    _load_base(model, init)
+    if options is None:
+        return None
+    return AdapterRun(_attach(model, options), options, base_identity(init_as_given))
+
+
+def _attach(model: CausalLM, options: LoraOptions):
+    try:
+        return attach(model, options)
+    except LoraError as e:
+        raise LoraRunError(str(e)) from None
+
+
+def reference_model(trainer):
+    """DPO's reference, the base model: the adapters switched off (peft's ``disable_adapter``), no second copy."""
+    run = getattr(trainer, "lora", None)
+    return run.peft.disable_adapter() if run is not None else contextlib.nullcontext()
+
+
+def state_bytes(cfg) -> int:
+    """Weights, gradients and AdamW state of the run: 16 bytes per trained parameter, 4 per frozen one."""
+    params, _ = cfg.model.param_counts()
+    options = options_of(cfg)
+    if options is None:
+        return 16 * params
+    return 4 * params + 16 * adapter_params(cfg.model, options)
