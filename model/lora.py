@@ -113,13 +113,15 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], where: 
     model.load_state_dict(state, strict=False)
 
 
-def adapter_params(config: ModelConfig, options: LoraOptions) -> int:
-    """How many parameters the adapters of `options` add to a model of `config` (counted on the meta device:
-    no memory, exact for any architecture)."""
-
-
+def target_shapes(config: ModelConfig, options: LoraOptions) -> list[tuple[int, int]]:
+    """(in, out) of every layer `options` adapts in a model of `config` (built on the meta device: no memory,
+    exact for any architecture)."""
     with torch.device("meta"):
         model = build(config)
     layers = block_linears(model)
-    return sum(options.rank * (layers[n].in_features + layers[n].out_features)
-               for n in target_modules(model, options.targets))
+    return [(layers[n].in_features, layers[n].out_features) for n in target_modules(model, options.targets)]
+
+
+def adapter_params(config: ModelConfig, options: LoraOptions) -> int:
+    """How many parameters the adapters of `options` add to a model of `config`: rank x (in + out) per layer."""
+    return sum(options.rank * (i + o) for i, o in target_shapes(config, options))

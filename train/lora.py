@@ -51,6 +51,14 @@ class AdapterRun:
     options: LoraOptions
     base: dict  # the base's identity (model.adapters.base_identity)
 
+    def describe(self, model: CausalLM) -> str:
+        """The run's start line about its adapters: rank, layers, trained share, base."""
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        layers = len(self.peft.peft_config["default"].target_modules)
+        return (f"LoRA rank {self.options.rank} (alpha {self.options.alpha:g}) on {layers} layers: {trained:,} trained "
+                f"parameters ({trained / model.num_params():.2%}); base {self.base['path']} (step "
+                f"{self.base.get('step')}) frozen")
+
     def record(self) -> dict:
         """model.json's ``adapter`` entry: the options and the base's identity."""
         return {**self.options.to_dict(), "base": self.base}

@@ -252,6 +252,8 @@ class Trainer:
             f"MFU vs {self.peak.note}")
         if self.auto is not None:
             self.console.print(self.auto.note)
+        if self.lora is not None:
+            self.console.print(self.lora.describe(self.model))
         if self.ckpt is not None:
             self.console.print(f"resuming from {self.ckpt} at step {self.step}")
             self._print_changes()
