@@ -14,7 +14,6 @@ model that sampling, chat, serving, evaluation and the exports use unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -23,12 +22,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from model import io
-from model.identity import checkpoint_identity, identity_changes
-from model.io import CheckpointError, read_model_info, resolve_model_dir, save_weights, write_model_info
+from model.identity import identity_changes
+from model.io import (
+    ADAPTER_NAME,
+    CheckpointError,
+    read_model_info,
+    resolve_model_dir,
+    save_weights,
+    write_model_info,
+)
 from model.lm import CausalLM
 from model.lora import LoraError, LoraOptions, adapter_state, attach, load_adapter_state
 
-ADAPTER_NAME = "adapter.safetensors"
 ADAPTER_FORMAT = "zh-mini-llm-lora"
 
 
@@ -47,40 +52,6 @@ def save_adapter(folder: str | os.PathLike, model: CausalLM, record: dict, token
     write_model_info(folder, model.config, tokenizer, data_kind, step, chat, {"adapter": record})
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
-    return h.hexdigest()
-
-
-def base_identity(path: str | os.PathLike) -> dict:
-    """The identity a child records of the model at `path` (`model.identity`); for an adapter checkpoint the
-    digest is of its adapters, whose own base is checked when it is loaded."""
-    info = read_model_info(path)
-    if adapter_record(info) is None:
-        return checkpoint_identity(path)
-    return {"path": str(path), "step": info.get("step"), "tokenizer": info.get("tokenizer"),
-            "weights_sha256": _digest(resolve_model_dir(path) / ADAPTER_NAME)}
-
-
-def base_changes(recorded: dict, path: str | os.PathLike) -> list[str]:
-    """What differs between a recorded base identity and the model now at `path` (empty: the same)."""
-    try:
-        now_adapter = adapter_record(read_model_info(path)) is not None
-    except CheckpointError as e:
-        return [f"no readable checkpoint there now ({e})"]
-    if not now_adapter:
-        return identity_changes(recorded, path)
-    now = base_identity(path)
-    changes = [f"step {recorded.get('step')} -> {now['step']}"] if recorded.get("step") != now["step"] else []
-    return changes + (["different weights"] if recorded.get("weights_sha256") != now["weights_sha256"] else [])
-
-
 def checked_base(info: dict, where: str | os.PathLike) -> tuple[Path, LoraOptions]:
     """The base folder an adapter checkpoint (model.json `info`) was trained on, once it is known unchanged,
     and its LoRA options; a changed or missing base is one line."""
@@ -88,7 +59,7 @@ def checked_base(info: dict, where: str | os.PathLike) -> tuple[Path, LoraOption
     base = record.get("base") if isinstance(record.get("base"), dict) else {}
     if not isinstance(base.get("path"), str):
         raise CheckpointError(f"{where}: an adapter checkpoint without its base's identity; it is damaged")
-    changes = base_changes(base, base["path"])
+    changes = identity_changes(base, base["path"])
     if changes:
         raise CheckpointError(f"{where}: its adapters were trained on {base['path']} (step {base.get('step')}), which "
                               f"has changed since: {'; '.join(changes)}. Put that model back, or train new adapters")

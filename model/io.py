@@ -29,6 +29,7 @@ from model.lm import CausalLM, ModelConfig
 from prep.tokenfile import KINDS as DATA_KINDS
 
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter.safetensors"  # a LoRA run's checkpoint holds this instead (model.adapters)
 INFO_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "zh-mini-llm-gpt"

@@ -3,7 +3,7 @@
 The trainer's hooks, kept here so the trainer only asks: `start_weights` puts the starting weights into
 the freshly built model (a full run's as before; an adapter run's base, then peft's adapters on it,
 `model.lora`), `AdapterRun.record` is what the checkpoint keeps of the adapters (`model.adapters`),
-`reference_model` is DPO's reference (the base: adapters off), `state_bytes` the memory check.
+`reference_model` is DPO's reference (the base: adapters off).
 
 What the run does with the adapters:
 
@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
-from model.adapters import adapter_record, base_identity, checked_base, load_model, read_adapters
+from model.adapters import adapter_record, checked_base, load_model, read_adapters
+from model.identity import checkpoint_identity
 from model.io import load_weights_into, read_model_info
 from model.lm import CausalLM
-from model.lora import LoraError, LoraOptions, adapter_params, attach, load_adapter_state
+from model.lora import LoraError, LoraOptions, attach, load_adapter_state
 
 
 class LoraRunError(UserError, ValueError):
@@ -49,7 +50,7 @@ def check_stage(cfg, stage) -> None:
 class AdapterRun:
     peft: object  # the peft.PeftModel around the trainer's model
     options: LoraOptions
-    base: dict  # the base's identity (model.adapters.base_identity)
+    base: dict  # the base's identity (model.identity.checkpoint_identity)
 
     def describe(self, model: CausalLM) -> str:
         """The run's start line about its adapters: rank, layers, trained share, base."""
@@ -101,7 +102,7 @@ def start_weights(model: CausalLM, cfg, ckpt: Path | None, init: Path | None,
     _load_base(model, init)
     if options is None:
         return None
-    return AdapterRun(_attach(model, options), options, base_identity(init_as_given))
+    return AdapterRun(_attach(model, options), options, checkpoint_identity(init_as_given))
 
 
 def _attach(model: CausalLM, options: LoraOptions):
@@ -115,12 +116,3 @@ def reference_model(trainer):
     """DPO's reference, the base model: the adapters switched off (peft's ``disable_adapter``), no second copy."""
     run = getattr(trainer, "lora", None)
     return run.peft.disable_adapter() if run is not None else contextlib.nullcontext()
-
-
-def state_bytes(cfg) -> int:
-    """Weights, gradients and AdamW state of the run: 16 bytes per trained parameter, 4 per frozen one."""
-    params, _ = cfg.model.param_counts()
-    options = options_of(cfg)
-    if options is None:
-        return 16 * params
-    return 4 * params + 16 * adapter_params(cfg.model, options)

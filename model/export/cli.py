@@ -28,14 +28,16 @@ from model.io import CheckpointError, RunFolder, resolve_model_dir
 @click.option("--out", type=UserPath(), required=True,
               help="folder to write (replaced only if it is an earlier export holding nothing else)")
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
-@click.option("--adapter", is_flag=True, help="a LoRA run: write its adapters as a PEFT adapter folder (for the "
-              "base's export) instead of the merged model")
+@click.option("--adapter", type=click.Choice(["", "0", "1"]), default="", show_default=False,
+              help="1: a LoRA run's adapters as a PEFT adapter folder (for the base's export) instead of the merged "
+              "model (make export ADAPTER=1)")
 @one_line_errors
-def export(ckpt: Path, out: Path, dtype: str, adapter: bool) -> None:
-    """Write a Hugging Face folder (config, weights, tokenizer, generation config); a LoRA run's adapters are
-    merged in, or with --adapter written as a PEFT adapter folder."""
+def export(ckpt: Path, out: Path, dtype: str, adapter: str) -> None:
+    """Write a Hugging Face folder (GPT2LMHeadModel, Qwen3ForCausalLM, ...: the architecture's own class): config,
+    weights, tokenizer, generation config. A LoRA run's adapters are merged in, or with --adapter written as a
+    PEFT adapter folder for the base's export."""
     t0 = time.perf_counter()
-    if adapter:
+    if adapter == "1":
         return export_peft(ckpt, out, t0)
     try:
         with console.status(f"exporting {ckpt} to {out} ..."):
@@ -92,9 +94,10 @@ def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
               help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
 @one_line_errors
 def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
-    """Write one GGUF file for llama.cpp, LM Studio and Ollama (architecture gpt2, Qwen2's vocabulary).
+    """Write one GGUF file for llama.cpp, LM Studio and Ollama (llama.cpp's graph of the architecture, gpt2 or
+    qwen3; Qwen2's vocabulary or its cut).
 
-    llama.cpp does not stop a GPT-2 model at its context: keep prompt + reply within it
+    llama.cpp does not stop a model at the context it was trained for: keep prompt + reply within it
     (llama-cli / llama-server -c <context>), as printed at the end.
     """
     s = write_gguf_file(ckpt, out, type_name)

@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from model.adapters import base_identity, load_model, save_adapter
+from model.adapters import load_model, save_adapter
 from model.export.hf import export_hf
 from model.export.peft_adapter import export_adapter
+from model.identity import checkpoint_identity
 from model.io import CheckpointError
 from model.lora import LoraOptions, attach
 from prep.tokenizer import load_tokenizer
@@ -31,7 +32,7 @@ def lora_run(tmp_path, **model_kw):
         for name, p in model.named_parameters():
             if ".lora_B." in name:
                 p.normal_(0.0, 0.2)
-    record = {**options.to_dict(), "base": base_identity(base)}
+    record = {**options.to_dict(), "base": checkpoint_identity(base)}
     save_adapter(tmp_path / "sft" / "checkpoint", model, record, load_tokenizer("bytes").identity(), "sft", 5, True)
     return base, tmp_path / "sft"
 
@@ -75,4 +76,4 @@ def test_make_export_adapter_writes_the_peft_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (run / "hf-adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     r = run_make("export", CKPT=str(run), ADAPTER="yes")
-    assert r.returncode != 0 and "ADAPTER must be 1" in r.stderr
+    assert r.returncode != 0 and "Invalid value for '--adapter'" in r.stderr

@@ -1,7 +1,7 @@
 """The chat page in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
 Selenium against the real server. Skipped where no browser is installed (`.ci/run` installs one).
 
-Set CHAT_SCREENSHOT=docs/chat.png to keep the screenshot the test takes (the README shows it).
+Set CHAT_SCREENSHOT=docs/chat.png to keep the screenshot the test takes (docs/use.md shows it).
 """
 
 from __future__ import annotations
