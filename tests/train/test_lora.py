@@ -25,6 +25,7 @@ from model.qwen3 import Qwen3Config
 from model.runtime import precision
 from tests.train.conftest import PY, ROOT, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_plan import CPU, allocation_peak
+from tests.train.test_pref import dpo_args, pref_setup  # noqa: F401, F811 - pref_setup is a fixture
 from tests.train.test_resume import train_lines, wait_for_step
 from train.config import apply_overrides, preset
 from train.data import StepBatch
@@ -182,3 +183,16 @@ def test_the_plan_counts_a_lora_step(config):
     assert plan.peak == pytest.approx(measured_lora_peak(s, 4), rel=0.15), plan.peak_at
     assert plan.parts["optimizer"] == 8 * adapter_params(config, LoraOptions(8))
     assert plan.peak < plan_step(Setup(config), 4).peak  # no base gradients or moments
+
+
+def test_lora_dpo_learns_with_the_base_as_reference(pref_setup, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "dpo"
+    r = run_cli(*dpo_args(pref_setup, out, "--max-steps", "30", "--eval-every", "15", "--set", "lora_rank=8",
+                          "--set", "lr=1e-2"))
+    assert r.returncode == 0, r.stderr
+    train = [x for x in records(out) if "reward_acc" in x]
+    evals = [x for x in records(out) if "val_loss" in x]
+    assert evals[0]["val_loss"] == pytest.approx(math.log(2), abs=1e-5)  # the reference is the starting model
+    assert sum(x["reward_acc"] for x in train[-5:]) / 5 > sum(x["reward_acc"] for x in train[:5]) / 5
+    assert evals[-1]["val_reward_acc"] > evals[0]["val_reward_acc"]
+    assert (out / "checkpoint" / "adapter.safetensors").is_file() and "LoRA rank 8" in " ".join(r.stderr.split())
