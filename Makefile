@@ -30,7 +30,7 @@ export MK_TORCHRUN_ARGS = $(call verbatim,TORCHRUN_ARGS)
 export MK_TOKENIZER = $(call verbatim,TOKENIZER)
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.10 is needed, found " + sys.version.split()[0]) if sys.version_info < (3, 10) else None'
@@ -55,7 +55,7 @@ prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OU
 	$(PY) -m prep wiki "$$MK_WIKI" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-sft: OUT ?= data_bin/sft
-prep-sft dpo: export MK_OUT = $(call verbatim,OUT)
+prep-sft: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
 prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft] [TOKENIZER=qwen2|folder] [ARGS=...]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
@@ -85,25 +85,8 @@ vocab: export MK_OUT = $(call verbatim,OUT)
 vocab: $(STAMP) ## cut Qwen2's vocabulary to a corpus: [DATA=data_bin/wiki] [SIZE=32768] [OUT=data_bin/vocab]
 	$(PY) -m prep vocab "$$MK_DATA" --size "$$MK_SIZE" --out "$$MK_OUT"
 
-pretrain: DATA ?= data_bin/wiki
-pretrain: OUT ?= runs/pretrain
-pretrain: export MK_DATA = $(call verbatim,DATA)
-pretrain: export MK_OUT = $(call verbatim,OUT)
-pretrain: export MK_PRESET = $(call verbatim,PRESET)
-pretrain: $(STAMP) ## pretrain: [PRESET=mini] [DATA=data_bin/wiki | "a:0.3,b:0.7"] [OUT=runs/pretrain] [NPROC=N] [ARGS=...]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train pretrain --preset "$$MK_PRESET" --data "$$MK_DATA" --out "$$MK_OUT"
-
-sft: DATA ?= data_bin/sft
-sft: INIT ?= runs/pretrain
-sft: OUT ?= runs/sft
-sft dpo: export MK_DATA = $(call verbatim,DATA)
-sft dpo: export MK_INIT = $(call verbatim,INIT)
-sft dpo: export MK_OUT = $(call verbatim,OUT)
-sft dpo: export MK_PRESET = $(call verbatim,PRESET)
-sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N] [ARGS=...]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
+# pretrain, sft, dpo: one target per stage, generated from the stage registry (train/stages/makefile.py)
+include stages.mk
 
 prep-pref: OUT ?= data_bin/pref
 prep-pref: export MK_OUT = $(call verbatim,OUT)
@@ -111,13 +94,6 @@ prep-pref: export MK_PREF = $(call verbatim,PREF)
 prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [TOKENIZER=qwen2|folder] [ARGS=--max-len N]
 	@test -n "$$MK_PREF" || { echo "usage: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS='--max-len 257']"; exit 2; }
 	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
-
-dpo: DATA ?= data_bin/pref
-dpo: INIT ?= runs/sft
-dpo: OUT ?= runs/dpo
-dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [NPROC=N] [ARGS="--set loss=simpo"]
-	@$(CHECK_NPROC)
-	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
 report: RUN ?= runs/dpo
 report: export MK_RUN = $(call verbatim,RUN)

@@ -21,16 +21,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from model.arch import build
+from model.archs import build
 from model.lora import adapter_params, attach
 from model.runtime import pick_device, precision
 from prep.tokenizer import pad_vocab_size
-from train.config import TrainConfig, apply_overrides, preset
+from train.config import TrainConfig
 from train.data import StepBatch
 from train.dist import Dist
 from train.lora import options_of
+from train.overrides import apply_overrides
 from train.plan import Setup, fmt, plan_step
-from train.stage import SFT
+from train.presets import preset
+from train.stages.sft import SFT
 from train.step import Stepper
 
 QWEN2_LEN = 151646
@@ -42,10 +44,10 @@ def with_vocab(cfg: TrainConfig) -> TrainConfig:
 
 
 def measure(cfg: TrainConfig, device: torch.device, steps: int, warmup: int) -> dict:
-    """tokens/s and peak bytes of `cfg`'s optimizer step (a LoRA one when cfg.lora_rank > 0)."""
+    """tokens/s and peak bytes of `cfg`'s optimizer step (a LoRA one when its stage's lora_rank > 0)."""
     torch.manual_seed(0)
     model = build(cfg.model)
-    if cfg.lora_rank:
+    if options_of(cfg) is not None:
         attach(model, options_of(cfg))
     model.to(device)
     prec = precision(device, cfg.dtype)
@@ -90,7 +92,7 @@ def main(presets, steps, warmup, micro_batch, device, assignments) -> None:
         base = apply_overrides(preset(name, "sft"), [*assignments, "compile=off", f"device={dev.type}"])
         micro = micro_batch or base.micro_batch_size
         full_cfg = with_vocab(apply_overrides(base, [f"micro_batch_size={micro}", f"batch_size={micro}", "lora_rank=0"]))
-        rank = base.lora_rank or 8
+        rank = base.stage.lora_rank or 8
         lora_cfg = with_vocab(apply_overrides(full_cfg, [f"lora_rank={rank}"]))
         full = measure(full_cfg, dev, steps, warmup)
         lora = measure(lora_cfg, dev, steps, warmup)

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 
 from model.adapters import load_model
+from model.archs.gpt2 import GPT
 from model.generate import Engine
-from model.gpt import GPT
 from model.io import CheckpointError, is_chat, read_model_info, stop_ids
 from model.runtime import Precision, pick_device, precision
 from prep.tokenizer import Tokenizer, TokenizerError, recorded_tokenizer

@@ -20,14 +20,16 @@ Defaults, and where they come from:
 
 from __future__ import annotations
 
+import contextlib
 import re
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from common.errors import UserError
-from model.arch import build
+from model.archs import build
 from model.lm import CausalLM, ModelConfig
 
 DEFAULT_ALPHA = 32.0
@@ -90,7 +92,18 @@ def attach(model: CausalLM, options: LoraOptions):
 
     config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
                         target_modules=target_modules(model, options.targets), bias="none")
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    _ATTACHED[model] = peft_model
+    return peft_model
+
+
+_ATTACHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # our model -> the PeftModel around it
+
+
+def adapters_off(model: nn.Module):
+    """A context in which `model` is its base: peft's ``disable_adapter()`` (a model without adapters: as is)."""
+    peft_model = _ATTACHED.get(model)
+    return peft_model.disable_adapter() if peft_model is not None else contextlib.nullcontext()
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:

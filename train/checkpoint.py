@@ -25,7 +25,7 @@ import torch
 
 from common.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
 from model.adapters import save_adapter
-from model.arch import config_from_dict
+from model.archs import config_from_dict
 from model.identity import checkpoint_identity
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
 from model.lm import CausalLM

@@ -16,7 +16,6 @@ What the run does with the adapters:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +33,11 @@ class LoraRunError(UserError, ValueError):
 
 
 def options_of(cfg) -> LoraOptions | None:
-    """The run's LoRA options (`train.config.TrainConfig` fields), or None for full fine-tuning."""
-    if cfg.lora_rank == 0:
+    """The run's LoRA options (its stage's `train.lora_options.LoraSettings`), or None for full fine-tuning."""
+    s = cfg.stage
+    if getattr(s, "lora_rank", 0) == 0:
         return None
-    return LoraOptions(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, LoraOptions.parse_targets(cfg.lora_targets))
-
-
-def check_stage(cfg, stage) -> None:
-    if cfg.lora_rank and not stage.needs_init:
-        raise LoraRunError(f"lora_rank: adapters fine-tune a trained model; `train {stage.name}` starts from "
-                           "scratch (use train sft or train dpo)")
+    return LoraOptions(s.lora_rank, s.lora_alpha, s.lora_dropout, LoraOptions.parse_targets(s.lora_targets))
 
 
 @dataclass
@@ -110,9 +104,3 @@ def _attach(model: CausalLM, options: LoraOptions):
         return attach(model, options)
     except LoraError as e:
         raise LoraRunError(str(e)) from None
-
-
-def reference_model(trainer):
-    """DPO's reference, the base model: the adapters switched off (peft's ``disable_adapter``), no second copy."""
-    run = getattr(trainer, "lora", None)
-    return run.peft.disable_adapter() if run is not None else contextlib.nullcontext()

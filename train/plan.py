@@ -4,7 +4,7 @@ The model of memory
 ===================
 
 One optimizer step of `train.step.Stepper` in eager mode (AdamW fused, gradients clipped, the loss of
-`model.gpt.ChunkedLinearCrossEntropy`), counted tensor by tensor from model/gpt.py. Notation: P
+`model.archs.gpt2.ChunkedLinearCrossEntropy`), counted tensor by tensor from model/archs/gpt2.py. Notation: P
 parameters (the tied V x C embedding counted once), P_lin those of the blocks' `nn.Linear` layers,
 L layers, C = n_embd, H heads, V the padded vocabulary, T = block_size, B the micro-batch, N = B·T
 tokens, c = min(loss_chunk_tokens, N) tokens per output-layer chunk. Sizes in bytes; ``a`` is the size

@@ -4,7 +4,7 @@
 
 Each architecture is a class transformers ships: arch ``gpt2`` exports as `GPT2LMHeadModel`, ``qwen3``
 as `Qwen3ForCausalLM`. The names, layouts and config fields are the architecture's table
-(`model.arch.HFMapping`: `model.gpt2_formats`, `model.qwen3_formats`); this module writes the folder.
+(`model.arch.HFMapping`: `model.archs.gpt2_formats`, `model.archs.qwen3_formats`); this module writes the folder.
 ``vocab_size`` is the padded embedding size (151,680 for Qwen2), and the output layer, when tied, is
 stored once as the token embedding (``tie_word_embeddings``).
 
@@ -26,7 +26,7 @@ import torch
 
 from common.outputs import OutputFolder, read_json
 from model.adapters import load_model
-from model.arch import HFMapping, mapping
+from model.archs import HFMapping, mapping
 from model.io import is_chat, read_model_info, save_weights, stop_ids
 from model.lm import CausalLM
 from model.loader import load_tokenizer_for

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from common.outputs import OutputFolder
 from model.adapters import adapter_record, checked_base, read_adapters
-from model.arch import config_from_dict
+from model.archs import config_from_dict
 from model.export.hf import mapping_of
 from model.io import CheckpointError, read_model_info, save_weights
 from model.lora import ADAPTER_KEY
@@ -88,7 +88,7 @@ def _meta_state(config) -> dict:
     """Our state-dict names and shapes without memory (the HF table maps names; shapes only for layouts)."""
     import torch
 
-    from model.arch import build
+    from model.archs import build
 
     with torch.device("meta"):
         return build(config).state_dict()

@@ -17,21 +17,22 @@ from safetensors.torch import load_file
 from torch.profiler import ProfilerActivity, profile
 
 from model.adapters import load_model
-from model.arch import build
-from model.gpt import GPTConfig
+from model.archs import build
+from model.archs.gpt2 import GPTConfig
+from model.archs.qwen3 import Qwen3Config
 from model.io import CheckpointError
 from model.lora import LoraOptions, adapter_params, attach
-from model.qwen3 import Qwen3Config
 from model.runtime import precision
 from tests.train.conftest import PY, ROOT, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_plan import CPU, allocation_peak
 from tests.train.test_pref import dpo_args, pref_setup  # noqa: F401, F811 - pref_setup is a fixture
 from tests.train.test_resume import train_lines, wait_for_step
-from train.config import apply_overrides, preset
 from train.data import StepBatch
 from train.dist import Dist
+from train.overrides import apply_overrides
 from train.plan import Setup, plan_step
-from train.stage import SFT
+from train.presets import preset
+from train.stages.sft import SFT
 from train.step import Stepper
 
 LORA = ["--set", "lora_rank=4", "--set", "lr=1e-2"]
@@ -138,7 +139,7 @@ def test_lora_settings_are_checked(base, tmp_path):
     with pytest.raises(ValueError, match="lora_rank is 0"):
         apply_overrides(preset("tiny", "sft"), ["lora_alpha=16"])
     cfg = apply_overrides(preset("tiny", "sft"), ["lora_rank=8"])
-    assert cfg.lr == cfg.lora_lr != preset("tiny", "sft").lr  # the overlay's LoRA rate
+    assert cfg.lr == cfg.stage.lora_lr != preset("tiny", "sft").lr  # the overlay's LoRA rate
     assert apply_overrides(preset("tiny", "sft"), ["lora_rank=8", "lr=1e-3"]).lr == 1e-3
 
 
