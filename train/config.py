@@ -49,6 +49,8 @@ class TrainConfig:
     simpo_beta: float = 2.0  # SimPO paper's Llama-3-Base recipe (Meng et al. 2024): beta 2.0,
     simpo_gamma: float = 1.0  # gamma_beta_ratio 0.5
     orpo_lambda: float = 0.1  # ORPO paper (Hong et al. 2024) and trl's ORPOConfig beta
+    # pretrain and sft with a teacher's sparse targets (train.distill): 0 = plain cross-entropy, 1 = distillation only
+    kd_weight: float = 0.0
     # adamw (the seed's) or muon: Muon on the hidden matrices at muon_lr, AdamW at lr on the rest (train.optim);
     # Keller Jordan's Muon defaults
     optimizer: str = "adamw"
@@ -348,6 +350,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"loss must be one of {', '.join(PREF_LOSSES)}, got {config.loss!r}")
     if min(config.dpo_beta, config.simpo_beta, config.orpo_lambda) <= 0 or config.simpo_gamma < 0:
         raise ValueError("need dpo_beta, simpo_beta, orpo_lambda > 0 and simpo_gamma >= 0")
+    if not 0 <= config.kd_weight <= 1:
+        raise ValueError(f"kd_weight must be in [0, 1] (0 = plain cross-entropy, 1 = distillation only), "
+                         f"got {config.kd_weight}")
     if config.compile not in ("auto", "on", "off"):
         raise ValueError(f"compile must be auto, on or off, got {config.compile!r}")
     return config

@@ -40,6 +40,7 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig, config_changes, inherit_shape, shape_of
 from train.data import StepLoader
+from train.distill import with_distillation
 from train.evaluate import sample_text, val_record
 from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import data_line, mixture_changes, open_mixture
@@ -79,7 +80,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console):
         self.spec, self.d, self.console = spec, d, console
         self.run_folder = RunFolder(spec.out)
-        self.main, self.stage = d.is_main, get_stage(spec.stage)
+        self.main, self.stage = d.is_main, with_distillation(get_stage(spec.stage), cfg.kd_weight)
         self.wall_start = time.perf_counter()
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
