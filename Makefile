@@ -195,6 +195,23 @@ bpb: $(STAMP) ## bits per byte on raw text: MODEL=run-or-HF-folder TEXT=file|fol
 	@test -n "$$MK_MODEL" -a -n "$$MK_TEXT" || { echo "usage: make bpb MODEL=runs/pretrain|hf-folder TEXT=file|folder|wiki-shard [ARGS='--model another --stride 128']"; exit 2; }
 	$(PY) -m model bpb --model "$$MK_MODEL" --text "$$MK_TEXT"
 
+select: KEEP ?= 0.5
+select: export MK_DATA = $(call verbatim,DATA)
+select: export MK_TEACHER = $(call verbatim,TEACHER)
+select: export MK_REF = $(call verbatim,REF)
+select: export MK_KEEP = $(call verbatim,KEEP)
+select: export MK_OUT = $(call verbatim,OUT)
+select: $(STAMP) ## keep documents by teacher minus reference score: DATA=.. TEACHER=.. REF=.. OUT=.. [KEEP=0.5] [ARGS=--scores ..]
+	@test -n "$$MK_DATA" -a -n "$$MK_OUT" || { echo "usage: make select DATA=data_bin/wiki TEACHER=hf-folder|Qwen/Qwen2.5-0.5B REF=runs/pretrain OUT=data_bin/wiki_sel [KEEP=0.5] [ARGS='--scores data_bin/wiki_sel']"; exit 2; }
+	$(PY) -m model select --data "$$MK_DATA" --out "$$MK_OUT" --keep "$$MK_KEEP" $${MK_TEACHER:+--teacher "$$MK_TEACHER"} $${MK_REF:+--ref "$$MK_REF"}
+
+teach: export MK_DATA = $(call verbatim,DATA)
+teach: export MK_TEACHER = $(call verbatim,TEACHER)
+teach: export MK_OUT = $(call verbatim,OUT)
+teach: $(STAMP) ## store a teacher's sparse targets for kd_weight: DATA=.. TEACHER=.. OUT=.. [ARGS="--k 12 --temperature 1"]
+	@test -n "$$MK_DATA" -a -n "$$MK_TEACHER" -a -n "$$MK_OUT" || { echo "usage: make teach DATA=data_bin/wiki TEACHER=hf-folder|Qwen/Qwen2.5-0.5B|runs/teacher OUT=data_bin/wiki_teach [ARGS='--k 12 --temperature 1.0']"; exit 2; }
+	$(PY) -m model teach --data "$$MK_DATA" --teacher "$$MK_TEACHER" --out "$$MK_OUT"
+
 plan: export MK_PRESET = $(call verbatim,PRESET)
 plan: export MK_GPU_MEM = $(call verbatim,GPU_MEM)
 plan: $(STAMP) ## memory of a training step, largest micro-batch: [PRESET=mini] [GPU_MEM=24GB] [NPROC=N] [ARGS=...]

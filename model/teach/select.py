@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -56,8 +56,10 @@ def log_likelihood_per_byte(model: ScoredModel, texts: Sequence[str], batch_size
 
 
 def score_folder(folder: TokenFolder, out, splits: Sequence[str], teacher_spec: str, ref_spec: str,
-                 batch_size: int, context: int | None, device: str, dtype: str, console=None) -> dict[str, np.ndarray]:
-    """[D, 2] per split: each document's log-likelihood per byte under the teacher and the reference."""
+                 batch_size: int, context: int | None, device: str, dtype: str, then: Callable[[dict], dict],
+                 console=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """[D, 2] per split: each document's log-likelihood per byte under the teacher and the reference, and what
+    `then(scores)` returns (the finished chunks are removed only after it: a kill while writing loses nothing)."""
     tok = recorded_tokenizer(folder.tokenizer, str(folder.path))
     teacher = load_teacher(teacher_spec, tok, device, dtype)
     ref, _ = load_model(ref_spec, device, dtype)
@@ -79,8 +81,9 @@ def score_folder(folder: TokenFolder, out, splits: Sequence[str], teacher_spec: 
                     parts.append(store.load(key)["scores"])
                     advance(end - first)
                 scores[name] = np.concatenate(parts) if parts else np.zeros((0, 2))
+        result = then(scores)
         store.finish()
-    return scores
+    return result, scores
 
 
 def reuse_scores(folder: TokenFolder, scores_from: str | os.PathLike, splits: Sequence[str]) -> tuple[dict, dict]:
@@ -120,12 +123,12 @@ def select(data, out, keep: float, teacher: str | None = None, ref: str | None =
     if scores_from is not None:
         scores, previous = reuse_scores(folder, scores_from, splits)
         models = {"teacher": previous.get("teacher"), "reference": previous.get("reference")}
-    elif teacher and ref:
-        scores = score_folder(folder, out, splits, teacher, ref, batch_size, context, device, dtype, console)
-        models = {"teacher": teacher, "reference": ref}
-    else:
+        return _write(folder, out, keep, scores, models), scores
+    if not (teacher and ref):
         raise TeacherError("give --teacher and --ref to score the documents, or --scores with an earlier selection")
-    return _write(folder, out, keep, scores, models), scores
+    models = {"teacher": teacher, "reference": ref}
+    return score_folder(folder, out, splits, teacher, ref, batch_size, context, device, dtype,
+                        lambda scores: _write(folder, out, keep, scores, models), console)
 
 
 def _write(folder: TokenFolder, out, keep: float, scores: dict, models: dict) -> dict:
@@ -142,7 +145,9 @@ def _write(folder: TokenFolder, out, keep: float, scores: dict, models: dict) ->
             for d in kept[name].tolist():
                 writer.add(name, split.doc(d), n_bytes=len(doc_text(split, d, tok).encode()))
             writer.add_doc_scores(name, scores[name])
-        extra = {k: v for k, v in folder.meta.items() if k not in ("format_version", "kind", "tokenizer", "splits")}
+        # a source's teacher targets are not carried over (only its tokens are), so neither is its record of them
+        extra = {k: v for k, v in folder.meta.items()
+                 if k not in ("format_version", "kind", "tokenizer", "splits", "teacher", "selection")}
         record = {**models, "keep": keep, "source": str(folder.path), "source_meta": file_digest(folder.path / META_NAME),
                   "score": "log-likelihood per byte: teacher minus reference",
                   "kept_docs": {n: len(k) for n, k in kept.items()},
