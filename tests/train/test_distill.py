@@ -106,3 +106,15 @@ def test_distillation_loss_matches_autograd():
     assert float(parts["ce"]) == pytest.approx(float(ce.detach()), rel=1e-5)
     assert float(parts["kd"]) == pytest.approx(float(kd.detach()), rel=1e-5)
     assert torch.allclose(got[0], h.grad, atol=1e-5) and torch.allclose(got[1], w.grad, atol=1e-5)
+
+
+def test_the_memory_plan_counts_the_teacher_targets():
+    from train.config import apply_overrides, preset
+    from train.plan import Setup, plan_step
+
+    cfg = preset("tiny")
+    plain = plan_step(Setup.of(cfg, 384, "fp32", "cpu"), 4)
+    taught = plan_step(Setup.of(apply_overrides(cfg, ["kd_weight=0.5"]), 384, "fp32", "cpu"), 4)
+    n = 4 * cfg.model.block_size
+    assert taught.parts["teacher"] == 13 * n * 12 + 12 * n * 12 and plain.parts["teacher"] == 0
+    assert taught.peak == plain.peak + taught.parts["teacher"]
