@@ -114,20 +114,26 @@ class _Sampler:
         return {"ids": ids, "counts": counts, "health": health}
 
     def _run(self, batch, trains, ids, counts, gen, health) -> None:
+        """One forward pass over `batch`, then the trained positions of all its rows sampled together."""
         width = max(len(inp) for inp, _, _ in batch)
         x = torch.zeros(len(batch), width, dtype=torch.long)
         for b, (inp, _, _) in enumerate(batch):
             x[b, : len(inp)] = torch.tensor(inp)
-        logits = self.t.logits(x.to(self.t.device))
+        lengths = torch.tensor([len(inp) for inp, _, _ in batch])
+        logits = self.t.logits(x.to(self.t.device), lengths.to(self.t.device))
+        rows, cols, where = [], [], []
         for b, (inp, pos, n) in enumerate(batch):
             keep = np.flatnonzero(trains[pos : pos + n])
-            if not len(keep):
-                continue
-            rows = logits[b, len(inp) - n + torch.from_numpy(keep).to(logits.device)]
-            for s in range(0, len(keep), SAMPLE_ROWS):
-                got_ids, got_counts = self._sample(rows[s : s + SAMPLE_ROWS], gen, health)
-                where = pos + keep[s : s + SAMPLE_ROWS]
-                ids[where], counts[where] = got_ids, got_counts
+            rows += [b] * len(keep)
+            cols += (len(inp) - n + keep).tolist()
+            where += (pos + keep).tolist()
+        if not where:
+            return
+        picked = logits[torch.tensor(rows, device=logits.device), torch.tensor(cols, device=logits.device)]
+        where = np.asarray(where)
+        for s in range(0, len(where), SAMPLE_ROWS):
+            ids[where[s : s + SAMPLE_ROWS]], counts[where[s : s + SAMPLE_ROWS]] = self._sample(
+                picked[s : s + SAMPLE_ROWS], gen, health)
 
     def _sample(self, logits: torch.Tensor, gen: torch.Generator, health: np.ndarray):
         """K draws per row from softmax(logits / T) over the mapped ids, folded onto data ids and counted."""

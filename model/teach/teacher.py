@@ -45,7 +45,7 @@ class Teacher:
 
     name: str
     scored: ScoredModel
-    logits: Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids on the device -> (B, T, V) fp32 logits
+    logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, T) ids, (B,) lengths -> (B, T, V) fp32
     device: torch.device
     n_ids: int  # ids with a meaning (the tokenizer's length); output rows past it are padding
     vocab: str  # QWEN2 or DATA
@@ -81,23 +81,20 @@ def load_teacher(spec: str | os.PathLike, data_tokenizer: Tokenizer, device: str
     scored, tok = load_model(spec, device, dtype)
     vocab = _vocabulary(str(spec), tok, data_tokenizer)
     backend = scored.backend
-    if scored.kind == "zh-mini-llm":
-        model = backend.model
+    model = backend.model
 
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad(), backend.autocast():
-                return model(x)
-        n_ids = len(tok)
-    else:
-        model = backend.model
+    def logits(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Right-padded rows `x` of `lengths` tokens: causal attention never lets padding change them."""
+        with torch.no_grad():
+            if scored.kind == "zh-mini-llm":  # our model: fp32 logits under its autocast
+                with backend.autocast():
+                    return model(x)
+            mask = torch.arange(x.size(1), device=x.device)[None, :] < lengths[:, None]
+            return model(input_ids=x, attention_mask=mask.long()).logits.float()
 
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return model(input_ids=x).logits.float()
-        n_ids = len(tok)
     record = {"name": str(spec), "kind": scored.kind, "vocabulary": vocab, "context": scored.context,
               "parameters": sum(p.numel() for p in model.parameters())}
-    return Teacher(str(spec), scored, logits, backend.device, n_ids, vocab, record)
+    return Teacher(str(spec), scored, logits, backend.device, len(tok), vocab, record)
 
 
 def _vocabulary(name: str, tok, data_tokenizer: Tokenizer) -> str:
