@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 PRESET ?= mini
 ARGS   ?=
 NPROC  ?= 1
-# The tokenizer of prep-wiki / prep-sft / prep-text: qwen2, or a cut vocabulary's folder (make vocab).
+# The tokenizer of prep-wiki / prep-sft / prep-text / prep-pref: qwen2, or a cut vocabulary's folder (make vocab).
 TOKENIZER ?= qwen2
 # Extra torchrun options for several nodes, e.g. TORCHRUN_ARGS="--nnodes 2 --node_rank 0 --rdzv_endpoint host:29500"
 TORCHRUN_ARGS ?= --standalone
@@ -22,7 +22,7 @@ CHECK_NPROC := case "$$MK_NPROC" in ''|*[!0-9]*|0*) echo "Error: NPROC must be a
 # quotes, `backquotes` and $VARS would be interpreted). Each value travels in an environment variable,
 # taken verbatim from the command line (make itself would expand a `$` in it), and the recipe quotes
 # it as "$$MK_NAME". ARGS is split into arguments by the program (shell-like quoting, nothing run or
-# expanded): prep/cli_common.py, make_args(). TORCHRUN_ARGS is split on spaces only.
+# expanded): common/cli.py, make_args(). TORCHRUN_ARGS is split on spaces only.
 verbatim = $(if $(filter command line environment,$(origin $(1))),$(value $(1)),$($(1)))
 export MK_ARGS = $(call verbatim,ARGS)
 export MK_NPROC = $(call verbatim,NPROC)
@@ -57,16 +57,24 @@ prep-wiki: $(STAMP) ## tokenize wiki_zh: make prep-wiki WIKI=path/to/wiki_zh [OU
 prep-sft: OUT ?= data_bin/sft
 prep-sft dpo: export MK_OUT = $(call verbatim,OUT)
 prep-sft: export MK_BELLE = $(call verbatim,BELLE)
-prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft]
+prep-sft: $(STAMP) ## tokenize Belle dialogs: make prep-sft BELLE=file|folder|hub-name [OUT=data_bin/sft] [TOKENIZER=qwen2|folder] [ARGS=...]
 	@test -n "$$MK_BELLE" || { echo "usage: make prep-sft BELLE=path/or/BelleGroup/multiturn_chat_0.8M [OUT=data_bin/sft] [ARGS=...]"; exit 2; }
 	$(PY) -m prep sft "$$MK_BELLE" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 prep-text: OUT ?= data_bin/text
 prep-text: export MK_OUT = $(call verbatim,OUT)
 prep-text: export MK_SRC = $(call verbatim,SRC)
-prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [ARGS=...]
+prep-text: $(STAMP) ## tokenize any corpus: make prep-text SRC=file|folder|owner/name [OUT=data_bin/text] [TOKENIZER=qwen2|folder] [ARGS=...]
 	@test -n "$$MK_SRC" || { echo 'usage: make prep-text SRC=file|folder|owner/name[:config][@split] [OUT=data_bin/text] [ARGS="--near-dedup ..."]'; exit 2; }
 	$(PY) -m prep text "$$MK_SRC" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
+
+# Sharded prep (docs/shards.md): make prep-wiki WIKI=... OUT=data_bin/wiki.shards/shard-3 ARGS="--shard 3/8" per shard,
+# then one merge. SHARDS is a folder of shard folders (or one shard).
+merge: export MK_SHARDS = $(call verbatim,SHARDS)
+merge: export MK_OUT = $(call verbatim,OUT)
+merge: $(STAMP) ## merge shards (--shard I/N) into the unsharded folder: make merge SHARDS=folder-of-shards OUT=data_bin/wiki
+	@test -n "$$MK_SHARDS" -a -n "$$MK_OUT" || { echo "usage: make merge SHARDS=data_bin/wiki.shards OUT=data_bin/wiki [ARGS=...]"; exit 2; }
+	$(PY) -m prep merge "$$MK_SHARDS" --out "$$MK_OUT"
 
 vocab: DATA ?= data_bin/wiki
 vocab: SIZE ?= 32768
@@ -93,27 +101,27 @@ sft dpo: export MK_DATA = $(call verbatim,DATA)
 sft dpo: export MK_INIT = $(call verbatim,INIT)
 sft dpo: export MK_OUT = $(call verbatim,OUT)
 sft dpo: export MK_PRESET = $(call verbatim,PRESET)
-sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N]
+sft: $(STAMP) ## fine-tune: [PRESET=mini] [DATA=data_bin/sft] [INIT=runs/pretrain] [OUT=runs/sft] [NPROC=N] [ARGS=...]
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train sft --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
 prep-pref: OUT ?= data_bin/pref
 prep-pref: export MK_OUT = $(call verbatim,OUT)
 prep-pref: export MK_PREF = $(call verbatim,PREF)
-prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS=--max-len N]
+prep-pref: $(STAMP) ## tokenize preference pairs: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [TOKENIZER=qwen2|folder] [ARGS=--max-len N]
 	@test -n "$$MK_PREF" || { echo "usage: make prep-pref PREF=file|folder|hub-name [OUT=data_bin/pref] [ARGS='--max-len 257']"; exit 2; }
-	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT"
+	$(PY) -m prep pref "$$MK_PREF" --out "$$MK_OUT" --tokenizer "$$MK_TOKENIZER"
 
 dpo: DATA ?= data_bin/pref
 dpo: INIT ?= runs/sft
 dpo: OUT ?= runs/dpo
-dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [ARGS="--set loss=simpo"]
+dpo: $(STAMP) ## preference-tune: [PRESET=mini] [DATA=data_bin/pref] [INIT=runs/sft] [OUT=runs/dpo] [NPROC=N] [ARGS="--set loss=simpo"]
 	@$(CHECK_NPROC)
 	$(LAUNCH) -m train dpo --preset "$$MK_PRESET" --data "$$MK_DATA" --init "$$MK_INIT" --out "$$MK_OUT"
 
 report: RUN ?= runs/dpo
 report: export MK_RUN = $(call verbatim,RUN)
-report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo]
+report: $(STAMP) ## a run and the runs it started from (pretrain -> sft -> dpo): [RUN=runs/dpo] [ARGS=...]
 	$(PY) -m train report --lineage "$$MK_RUN"
 
 sample: CKPT ?= runs/sft
@@ -170,7 +178,7 @@ $(LLAMA)/.installed: $(STAMP)
 	touch $@
 
 gguf-check: $(STAMP) $(LLAMA)/.installed ## llama.cpp (llama-cpp-python) runs our GGUF: tokens, logits, greedy text, chat
-	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/test_gguf_llama_cpp.py
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(LLAMA) PYTEST_ADDOPTS="$$MK_ARGS" MK_ARGS= $(PY) -m pytest -q -s tests/model/export/test_gguf_llama_cpp.py
 
 eval: CKPT ?= runs/pretrain
 eval: DATA ?= data_bin/wiki

@@ -25,7 +25,7 @@ one Parquet file with row groups of 1,000 rows, pyarrow's default snappy compres
 * --near-dedup:    `prep text --near-dedup` on the JSON lines; its extra time over the plain pipeline,
                    per GB of input, is the cost of near-dedup (extrapolated linearly: signatures are
                    per byte and the index per document; the index's own per-document cost, which grows
-                   slowly with its size, is measured at 1M documents in the README).
+                   slowly with its size, is measured at 1M documents in docs/prep.md).
 
 For near-dedup (``--index-docs``, default 1M): the main process's index alone, fed distinct signatures as
 the workers would send them (pickled), for thresholds that need 8, 16 and 32 LSH bands: memory (RSS

@@ -1,6 +1,6 @@
 """Everything the project writes goes through here: typed, locked, built beside, swapped into place.
 
-The rules (README, "What is safe"), each enforced in one place:
+The rules (docs/safety.md, "What is safe"), each enforced in one place:
 
 * **Build beside, then swap.** `OutputFolder` builds ``.NAME.partial`` next to ``NAME`` and renames it
   into place only when complete, so a crash, Ctrl-C or kill -9 leaves the previous folder or the new

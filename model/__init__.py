@@ -1,1 +1,2 @@
-"""The GPT, generation with a KV cache, chat and export (``python -m model --help``). No training code."""
+"""The models (every architecture), generation with a KV cache, chat and export (``python -m model --help``).
+No training code."""

@@ -1,4 +1,4 @@
-"""``python -m model``: see `model.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
+"""``python -m model``: see `model.cli` (under ``make``, its ARGS are appended: `common.cli.make_args`)."""
 
 from common.cli import run_cli
 

@@ -50,7 +50,7 @@ class Backend(Protocol):
 
 
 class GPTBackend:
-    """Our GPT, with the output layer computed only where something is scored."""
+    """Our model (any architecture), with the output layer computed only where something is scored."""
 
     def __init__(self, model, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model = model

@@ -1,4 +1,4 @@
-"""``python -m prep``: see `prep.cli` (under ``make``, its ARGS are appended: `prep.cli_common.make_args`)."""
+"""``python -m prep``: see `prep.cli` (under ``make``, its ARGS are appended: `common.cli.make_args`)."""
 
 from common.cli import run_cli
 

@@ -11,6 +11,7 @@ import click
 
 from common.cli import UserPath, one_line_errors
 from prep.cli_common import prep_options
+from prep.merge_command import merge
 from prep.pref_command import pref
 from prep.sft_command import sft
 from prep.text_command import text
@@ -33,8 +34,8 @@ def cli() -> None:
               "title-only stubs and empty disambiguation pages.")
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
 @one_line_errors
-def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, min_chars: int,
-         to_simplified: bool) -> None:
+def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+         min_chars: int, to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
 
     \b
@@ -48,14 +49,14 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
       skipped:  invalid_json, invalid_utf8, invalid_unicode (a lone surrogate escape), not_an_object,
                 missing_field, non_string_field, truncated_last_line (a cut-off last line), stub,
                 duplicate (same NFC text as an earlier article), empty_file, compressed_file,
-                too_large (a record over 16 MiB, never held whole), too_long_word;
+                too_large (a record over 16 MiB, never held whole);
                 WikiExtractor: truncated_doc, unclosed_doc, bad_doc_header, text_outside_doc
       repaired: bom_stripped (a UTF-8 BOM), crlf_line_end, no_final_newline, blank_line
     --to-simplified uses pure-Python OpenCC: about 4x slower than without.
     """
     from prep.wiki import run_wiki
 
-    run_wiki(wiki_dir, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
+    run_wiki(wiki_dir, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard,
              min_chars=min_chars, to_simplified=to_simplified)
 
 
@@ -83,3 +84,4 @@ cli.add_command(text)  # `prep text`: prep/text_command.py, prep/text.py
 cli.add_command(vocab)  # `prep vocab`: prep/vocab_command.py, prep/vocab.py, prep/vocab_build.py
 cli.add_command(remap)  # `prep remap`: prep/remap.py
 cli.add_command(pref)  # `prep pref`: prep/pref_command.py, prep/pref.py
+cli.add_command(merge)  # `prep merge`: prep/merge_command.py, prep/merge.py, prep/shard_read.py

@@ -7,13 +7,32 @@ from collections.abc import Callable
 import click
 
 from common.cli import FiniteFloat
+from prep.records import PrepError
+from prep.shard import ShardSpec, parse_shard
 from prep.tokenizer import DEFAULT_TOKENIZER
 
 MAX_WORKERS = 1024  # processes, each with a copy of the tokenizer: more is a typo, not a machine
 
 
+class ShardOption(click.ParamType):
+    """``--shard I/N``: shard I (from 0) of N (`prep.shard`)."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx) -> ShardSpec:
+        if isinstance(value, ShardSpec):
+            return value
+        try:
+            return parse_shard(value)
+        except PrepError as e:
+            self.fail(str(e).removeprefix(f"--shard {value!r}: "), param, ctx)
+
+
 def prep_options(f: Callable) -> Callable:
-    """--tokenizer, --val-fraction and --workers: the options every prep command shares."""
+    """--tokenizer, --val-fraction, --workers and --shard: the options every prep command shares."""
+    f = click.option("--shard", type=ShardOption(), default=None,
+                     help="Read only shard I (from 0) of N of the inputs (the I-th of N equal byte ranges) and record what "
+                     "`prep merge` needs to rebuild the unsharded folder exactly (docs/shards.md).")(f)
     f = click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None,
                      help="Worker processes (default: every core). 1 runs in-process; the output is the same.")(f)
     f = click.option("--val-fraction", type=FiniteFloat(0.0, 1.0, max_open=True), default=0.005,

@@ -10,7 +10,8 @@ Shared by every JSON-lines reader (wiki articles, Belle dialogs). What happens t
 * not JSON: skipped, ``invalid_json``; but a last line with no newline that is not JSON is the
   typical cut-off download: skipped as ``truncated_last_line``. A last line with no newline that IS
   valid JSON is used and counted as repaired ``no_final_newline``;
-* JSON that is not an object (a list, a number): skipped, ``not_an_object``.
+* JSON that is not an object (a list, a number): skipped, ``not_an_object``;
+* a string holding a lone surrogate (a ``\\ud800`` escape): skipped, ``invalid_unicode``.
 
 Lines are split on ``\\n`` only, as JSON lines are defined: U+2028 and friends inside strings are text.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from prep.records import Repaired, Skipped
+from prep.records import INVALID_UNICODE, Repaired, Skipped, holds_invalid_text
 from prep.sources import Chunk
 
 BOM = b"\xef\xbb\xbf"
@@ -62,5 +63,8 @@ def json_objects(chunk: Chunk) -> Iterator[tuple[str, dict] | Skipped | Repaired
             yield Repaired("no_final_newline", loc)
         if not isinstance(obj, dict):
             yield Skipped("not_an_object", loc)
+            continue
+        if holds_invalid_text(obj):
+            yield Skipped(INVALID_UNICODE, loc)
             continue
         yield loc, obj

@@ -9,7 +9,8 @@ How a run flows::
                           (results consumed in chunk order, so the output is deterministic)
 
 With ``PrepJob.near_dedup`` the workers also sign each document (MinHash, `prep.near_dedup`) and the
-main process drops near-duplicates of earlier kept documents, in the same order.
+main process drops near-duplicates of earlier kept documents, in the same order. With ``PrepJob.shard``
+only that shard's inputs are read and every document's fate is recorded for `prep merge` (`prep.shard`).
 
 API for a format (what ``prep/wiki.py`` does; ``prep/sft.py`` and ``prep/text.py`` do the same):
 
@@ -40,10 +41,10 @@ document at all, raises `PrepError` (one line; the CLI prints it).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import multiprocessing as mp
 import os
-import re
 import signal
 import sys
 import threading
@@ -55,14 +56,17 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.signals import STOP_SIGNALS, stop_signals_interrupt
+from prep.long_pieces import encode_texts
 from prep.near_dedup import NearDedup, NearDedupConfig
-from prep.records import Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.records import INVALID_UNICODE, Document, PrepError, PrepInterrupted, Repaired, Skipped
+from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE, ShardRecorder, ShardSource, ShardSpec, recording
 from prep.sources import Chunk, Source
 from prep.summary import PrepProgress, PrepStats, print_summary
 from prep.tokenfile import MASKED_KINDS, TokenFolderWriter
@@ -149,7 +153,7 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     docs, texts, sizes, joined = _sort_records(records, out, w.near is not None)
     if w.near is not None:
         out.sketches = w.near.sketches(joined)
-    ids = iter(w.tok.encode_batch(texts))
+    ids = iter(encode_texts(w.tok, texts))  # a huge pre-token by a BPE of bounded time (prep.long_pieces)
     text_iter = iter(zip(texts, sizes, strict=True))
     tokens, mask, ends = array(_U32), array("B"), []
     for doc in docs:
@@ -175,17 +179,6 @@ def encode_chunk(chunk: Chunk) -> Encoded:
     return out
 
 
-# BPE merges within one pre-token (a run of letters, of punctuation or of spaces), in time that grows with
-# the square of its length: a line of a million "x" takes minutes. No text has such words; they are skipped.
-MAX_RUN = 100_000
-_RUNS = re.compile(r"\w+|[^\w\s]+|\s+")
-
-
-def _longest_run(text: str) -> int:
-    """Characters in the longest run of word, punctuation or space characters (a bound on BPE's pre-tokens)."""
-    return max(map(len, _RUNS.findall(text)), default=0)
-
-
 def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Document], list[str], list[int], list[str]]:
     """Documents to encode, all their text pieces (NFC), each piece's UTF-8 size and, if `join`, each
     document's text in one string (for near-dedup); skips and repairs go straight into `out`."""
@@ -201,10 +194,7 @@ def _sort_records(records: list, out: Encoded, join: bool) -> tuple[list[Documen
                 doc_texts = [nfc(p.text) for p in r.pieces if p.text is not None]
                 doc_sizes = [len(t.encode("utf-8")) for t in doc_texts]
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape: not text
-                out.skipped.append(Skipped("invalid_unicode", r.location))
-                continue
-            if any(len(t) > MAX_RUN and _longest_run(t) > MAX_RUN for t in doc_texts):
-                out.skipped.append(Skipped("too_long_word", r.location))
+                out.skipped.append(Skipped(INVALID_UNICODE, r.location))  # (a reader that missed it)
                 continue
             docs.append(r)
             texts.extend(doc_texts)
@@ -295,6 +285,7 @@ class PrepJob:
     near_dedup: NearDedupConfig | None = None  # drop near-duplicates (prep.near_dedup), decided in input order
     title: str = "prep"
     show_progress: bool = True
+    shard: ShardSpec | None = None  # only this shard of the inputs, recorded for `prep merge` (prep.shard)
 
 
 def default_workers() -> int:
@@ -313,6 +304,12 @@ def run_prep(job: PrepJob, console=None) -> dict:
     except TokenizerError as e:
         raise PrepError(str(e)) from None
     workers = job.workers or default_workers()
+    recorder = None
+    if job.shard is not None:  # (a PrepJob is the caller's: changed in a copy)
+        source = ShardSource(job.source, job.shard)
+        job = dataclasses.replace(job, source=source, options={**job.options, "shard": str(job.shard)})
+        recorder = partial(ShardRecorder, spec=job.shard, run=source.run, inputs=source.inputs, n_ids=len(tok),
+                           masked=job.kind in MASKED_KINDS)
     stats = PrepStats(job.source.inputs)
     started = time.perf_counter()
     writer = TokenFolderWriter(job.out, job.kind, tok.identity(), with_mask=job.kind in MASKED_KINDS,
@@ -320,7 +317,7 @@ def run_prep(job: PrepJob, console=None) -> dict:
     init_args = (job.tokenizer, job.parse, job.kind, job.val_fraction, job.near_dedup)
     try:
         with stop_signals_interrupt():
-            meta = _write(job, writer, stats, init_args, workers, console)
+            meta = _write(job, writer, stats, init_args, workers, console, recorder)
     except KeyboardInterrupt as e:
         raise PrepInterrupted(f"interrupted: nothing written to {job.out} (any earlier folder there is untouched)",
                               getattr(e, "signum", signal.SIGINT)) from None
@@ -331,34 +328,48 @@ def run_prep(job: PrepJob, console=None) -> dict:
 
 
 def _write(job: PrepJob, writer: TokenFolderWriter, stats: PrepStats, init_args: tuple, workers: int,
-           console=None) -> dict:
-    """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder."""
+           console=None, recorder: Callable | None = None) -> dict:
+    """The main-process loop: deduplicate, split, write, count. Leaving it early removes the partial folder.
+
+    `recorder(path)`, for a shard, makes the `ShardRecorder` that notes every document's fate."""
     seen: set[int] = set()  # 64-bit dedup hashes: ~80 bytes per kept document (85 MB for 1M articles)
     near = NearDedup(job.near_dedup) if job.near_dedup is not None else None
     total = sum(i.n_bytes for i in job.source.inputs)
     with worker_pool(init_args, workers) as pool, writer, \
-            PrepProgress(job.title, total, job.show_progress, console) as progress:
+            PrepProgress(job.title, total, job.show_progress, console) as progress, \
+            recording(recorder, writer.folder.path) as record:
         for enc in encoded_chunks(job.source, pool, workers):
             stats.add_chunk(enc)
-            n_new = 0
+            n_new, fates = 0, []
             for i, end in enumerate(enc.ends):
                 begin = int(enc.ends[i - 1]) if i else 0
-                if enc.dedup[i] in seen:
-                    stats.skip("duplicate", enc.locations[i])
-                    continue
-                seen.add(enc.dedup[i])
-                if near is not None and near.is_duplicate(enc.sketches[i], enc.locations[i]):
-                    stats.skip("near_duplicate", enc.locations[i])
+                fates.append(_fate(enc, i, seen, near))
+                if fates[-1] != KEPT:
+                    stats.skip("duplicate" if fates[-1] == DUPLICATE else "near_duplicate", enc.locations[i])
                     continue
                 split = "val" if enc.val[i] else "train"
                 mask = enc.mask[begin:end] if enc.mask is not None else None
                 writer.add(split, enc.tokens[begin:end], mask, enc.turns[i], enc.text_bytes[i], enc.target_bytes[i])
                 stats.keep(enc.name, enc.chars[i])
                 n_new += int(end) - begin
+            if record is not None:
+                record.chunk(enc, fates)
             progress.advance(enc.n_bytes, n_new)
-        if stats.kept == 0:
+        if stats.kept == 0 and record is None:  # (a shard may hold nothing new: the merge decides)
             raise PrepError(f"{job.options.get('input', job.out)}: no usable document; {stats.reasons_line()}")
         meta = stats.to_meta(job.options)
         if near is not None:
             meta["near_dedup"] = near.to_meta()
+        if record is not None:
+            record.finish(near.config.describe() if near is not None else None)
         return writer.finish(meta)
+
+
+def _fate(enc: Encoded, i: int, seen: set[int], near: NearDedup | None) -> int:
+    """KEPT, DUPLICATE (the same key as an earlier document) or NEAR_DUPLICATE (similar to an earlier kept one)."""
+    if enc.dedup[i] in seen:
+        return DUPLICATE
+    seen.add(enc.dedup[i])
+    if near is not None and near.is_duplicate(enc.sketches[i], enc.locations[i]):
+        return NEAR_DUPLICATE
+    return KEPT

@@ -21,8 +21,9 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 from prep.chat_template import Message, chat_pieces, chatml_text, message_pieces
+from prep.long_pieces import encode_texts
 from prep.pipeline import PrepJob, run_prep
-from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_pair
+from prep.pref_formats import FORMAT_HELP, detect_pref_format, row_format, row_pair
 from prep.records import Document, PrepError, Repaired, Skipped
 from prep.row_sources import chunk_rows
 from prep.sft import SftSource
@@ -43,7 +44,7 @@ def _message_tokens(role: str, text: str, specials: SpecialIds, tokenizer: str) 
     """Tokens of one ChatML message, exactly as the pipeline will encode its pieces."""
     pieces = message_pieces(role, text, specials)
     texts = [p.text for p in pieces if p.text is not None]
-    return sum(map(len, _tokenizer(tokenizer).encode_batch(texts))) + len(pieces) - len(texts)
+    return sum(map(len, encode_texts(_tokenizer(tokenizer), texts))) + len(pieces) - len(texts)
 
 
 def fit_prompt(prompt: list[Message], replies: tuple[str, str], max_len: int, specials: SpecialIds,
@@ -101,7 +102,7 @@ class PrefSource(SftSource):
     what = "preference data files"
 
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None):
-        super().__init__(spec, chunk_bytes, detect_pref_format)
+        super().__init__(spec, chunk_bytes, detect_pref_format, row_format)
 
     def check_format(self, name: str, fmt: str, head: list[object]) -> None:
         if fmt == "unknown" and (head or self._has_bytes(name)):
@@ -115,11 +116,12 @@ class PrefSource(SftSource):
 
 def run_pref(input: str | Path, out: str | Path, tokenizer: str = "qwen2", max_len: int = DEFAULT_MAX_LEN,
              val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
-             chunk_bytes: int | None = None, console=None) -> dict:
+             chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep pref` as a function: returns the meta.json written to `out`."""
     options = {"command": "pref", "input": str(input), "tokenizer": tokenizer, "max_len": max_len,
                "val_fraction": val_fraction}
     job = PrepJob(source=PrefSource(input, chunk_bytes), parse=partial(parse_pref, max_len=max_len, tokenizer=tokenizer),
                   out=Path(out), kind="pref", options=options, tokenizer=tokenizer, val_fraction=val_fraction,
-                  workers=workers, with_turns=True, title="prep pref", show_progress=show_progress)
+                  workers=workers, with_turns=True, title="prep pref", show_progress=show_progress,
+                  shard=shard)
     return run_prep(job, console)

@@ -20,7 +20,8 @@ from prep.pref import DEFAULT_MAX_LEN
               help="Most tokens of each dialog of a pair: the training block_size + 1 (mini: 256 + 1). Longer "
               "pairs lose their oldest turns; a pair whose last question and reply still do not fit is skipped.")
 @one_line_errors
-def pref(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, max_len: int) -> None:
+def pref(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+         max_len: int) -> None:
     """Tokenize preference pairs (a prompt, a chosen and a rejected reply) for `train dpo`.
 
     \b
@@ -43,4 +44,5 @@ def pref(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
     """
     from prep.pref import run_pref
 
-    run_pref(input_spec, out, tokenizer=tokenizer, max_len=max_len, val_fraction=val_fraction, workers=workers)
+    run_pref(input_spec, out, tokenizer=tokenizer, max_len=max_len, val_fraction=val_fraction, workers=workers,
+             shard=shard)

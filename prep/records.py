@@ -11,6 +11,7 @@ in worker processes.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from common.errors import Interrupted, UserError
@@ -64,3 +65,28 @@ class Skipped(Counted):
 
 class Repaired(Counted):
     """Something a reader fixed and still used (a BOM stripped, a CRLF line end), counted so it is never silent."""
+
+
+# Python strings may hold lone surrogates (a JSON "\\ud800" escape, common in scraped dumps), which are not
+# text: they cannot be encoded, normalised reliably or tokenized. Raw bytes decoded as UTF-8 never hold one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+INVALID_UNICODE = "invalid_unicode"  # how such a record is counted, by every reader
+
+
+def holds_invalid_text(row: object) -> bool:
+    """Whether any string in a decoded row (its keys included, at any depth) holds a lone surrogate.
+
+    Every reader of decoded rows (JSON lines, JSON arrays, Parquet, dataset rows) asks this before it
+    takes text from the row, so the row is one counted ``invalid_unicode`` skip, the same in every format."""
+    stack = [row]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False

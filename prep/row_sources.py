@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import BinaryIO
 
 from common.paths import looks_like_hub_name  # noqa: F401 - re-exported: the readers' import
 from prep.jsonl import json_objects
-from prep.records import PrepError, Repaired, Skipped, first_line
+from prep.records import INVALID_UNICODE, PrepError, Repaired, Skipped, first_line, holds_invalid_text
 from prep.sources import MAX_RECORD_BYTES, Chunk, SourceInput, discover_files
 from prep.streams import DECOMPRESS_ERRORS, open_input
 
@@ -131,8 +132,8 @@ class _ArrayReader:
                     self.refill()
                     continue
                 line = self.line + self.buf.count("\n", self.pos, e.pos)
-                if not self.eof:  # still no end to it after MAX_RECORD_BYTES
-                    raise self.fail(f"an array element is over {MAX_RECORD_BYTES >> 20} MiB", reason="too_large") from e
+                if not self.eof:  # still no end to it after MAX_RECORD_BYTES: read past it, never held whole
+                    return self.skip_element()
                 raise self.fail(f"invalid JSON in the array ({e.msg})", line) from e
             except RecursionError:
                 raise self.fail("an array element is nested too deeply to be a record") from None
@@ -146,6 +147,59 @@ class _ArrayReader:
             if self.pos > _READ_SIZE:  # drop what is consumed so the buffer stays about one read long
                 self.buf, self.pos = self.buf[self.pos :], 0
             return line, element, n_bytes
+
+
+    def skip_element(self) -> tuple[int, TooLarge, int]:
+        """Read past the element starting at `pos` (over the size cap), holding one read at a time: its
+        end is found by following strings, escapes and brackets, not by decoding it."""
+        line, n_bytes = self.line, 0
+        depth, in_string = 0, False
+        while True:
+            if self.pos >= len(self.buf):  # all of this read is inside the element: drop it, read on
+                over = self.pos - len(self.buf)  # (an escaped character split from its backslash by the read)
+                n_bytes += self.drop(len(self.buf))
+                if not self.refill():
+                    raise self.fail(f"the JSON array ends inside an element over {MAX_RECORD_BYTES >> 20} MiB",
+                                    line, reason="too_large")
+                self.pos = over
+                continue
+            m = (_STRING_STOP if in_string else _VALUE_STOP).search(self.buf, self.pos)
+            if m is None:
+                self.pos = len(self.buf)
+                continue
+            c = m.group()
+            if in_string:
+                self.pos = m.end() + (c == "\\")  # a backslash escapes the next character
+                in_string = c != '"'
+                if not in_string and depth == 0:  # the element was one long string
+                    break
+            elif depth == 0 and c in ",]":  # the element was a scalar: it ends before this
+                self.pos = m.start()
+                break
+            else:
+                self.pos, in_string = m.end(), c == '"'
+                depth += (c in "[{") - (c in "]}")
+                if depth <= 0 and c in "]}":
+                    break
+        return line, TooLarge(line), n_bytes + self.drop(self.pos)
+
+    def drop(self, end: int) -> int:
+        """Forget the buffer up to `end` (counting its lines); its size in UTF-8 bytes."""
+        gone = self.buf[:end]
+        self.line += gone.count("\n")
+        self.buf, self.pos = self.buf[end:], self.pos - end
+        return len(gone.encode("utf-8", "surrogatepass"))
+
+
+_STRING_STOP = re.compile(r'["\\]')  # inside a string: its end, or an escape
+_VALUE_STOP = re.compile(r'["\[\]{},]')  # outside strings: what opens or closes a value
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """In place of a row: an array element over the size cap, read past and counted ``too_large`` at `line`."""
+
+    line: int
 
 
 class DamagedInput(PrepError):
@@ -224,10 +278,15 @@ def spec_inputs(spec: str, hub: bool, patterns: Sequence[str], what: str
 def chunk_rows(chunk: Chunk, out: list[Skipped | Repaired]) -> Iterator[tuple[str, object]]:
     """``(location, row)`` of every row of a chunk: JSON lines decoded here, or rows decoded by the source.
 
-    JSON lines that are not rows (bad or repaired, see `prep.jsonl`) go to `out` instead.
+    JSON lines that are not rows (bad or repaired, see `prep.jsonl`), and rows holding text that is not
+    Unicode (`holds_invalid_text`, checked in `prep.jsonl` for JSON lines), go to `out` instead.
     """
     if not isinstance(chunk.data, bytes):
-        yield from ((f"{chunk.name}:{n}", row) for n, row in chunk.data)
+        for n, row in chunk.data:
+            if holds_invalid_text(row):
+                out.append(Skipped(INVALID_UNICODE, f"{chunk.name}:{n}"))
+            else:
+                yield f"{chunk.name}:{n}", row
         return
     for item in json_objects(chunk):
         if isinstance(item, tuple):
@@ -255,6 +314,12 @@ def row_chunks(name: str, rows: Iterator[tuple[int, object, int]], chunk_bytes: 
                 yield Chunk(name, batch[0][0], batch, fmt, size)
             yield Chunk(name, row.line, b"", fmt, max(0, file_bytes - done - size), file_skip=row.reason)
             return
+        if isinstance(row, TooLarge):  # the rows read so far, then this one as one skip, then the rest
+            if batch:
+                yield Chunk(name, batch[0][0], batch, fmt, size)
+            yield Chunk(name, row.line, b"", fmt, n_bytes, file_skip="too_large")
+            batch, done, size = [], done + size + n_bytes, 0
+            continue
         batch.append((line, row))
         size += n_bytes
         if size >= chunk_bytes:

@@ -34,13 +34,14 @@ from prep.row_sources import (
     row_chunks,
     spec_inputs,
 )
-from prep.sft_formats import DETECT_ROWS, RowError, detect_row_format, row_messages
-from prep.sources import Chunk, FileSource, auto_chunk_bytes
+from prep.sft_formats import DETECT_ROWS, RowError, detect_row_format, row_format, row_messages
+from prep.sources import MAX_RECORD_BYTES, Chunk, FileSource, auto_chunk_bytes
 from prep.tokenizer import SpecialIds, nfc
 
 Record = Document | Skipped | Repaired
 INPUT_PATTERNS = ("*.json", "*.jsonl")
-_DETECT_BYTES = 8 << 20  # JSON lines read at most to choose a file's format
+_DETECT_BYTES = 8 << 20  # rows held at most to choose a file's format
+_DETECT_LOOK = 10 * DETECT_ROWS  # rows looked at most to find DETECT_ROWS of a known format
 
 
 def dialog_document(messages: list[Message], specials: SpecialIds, location: str, system: str = "") -> Document:
@@ -76,18 +77,42 @@ def sft_parser(system: str = "") -> partial:
 
 
 def _jsonl_format(path: Path, detect: Callable[[Iterator[object]], str | None]) -> str:
-    """Detect a JSON-lines file's format from its first decodable rows."""
+    """Detect a JSON-lines file's format from its first decodable rows; a line over the size cap is read
+    past (never held) and the rows after it are looked at (`prep.sources.MAX_RECORD_BYTES`)."""
     def rows() -> Iterator[object]:
+        held = 0
         with open(path, "rb") as f:
-            for raw in itertools.islice(f, 10 * DETECT_ROWS):
-                if f.tell() > _DETECT_BYTES:
+            for _ in range(_DETECT_LOOK):
+                raw = f.readline(MAX_RECORD_BYTES + 1)
+                if not raw or held > _DETECT_BYTES:
                     return
+                if len(raw) > MAX_RECORD_BYTES and not raw.endswith(b"\n"):  # too large: counted when read
+                    while (more := f.readline(1 << 20)) and not more.endswith(b"\n"):
+                        pass
+                    continue
+                held += len(raw)
                 try:
                     yield json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
                 except (ValueError, RecursionError):  # bad JSON or UTF-8: counted later, when the row is parsed
                     continue
 
     return detect(rows()) or "unknown"
+
+
+def detection_head(rows: Iterator[tuple[int, object, int]], classify: Callable[[object], str | None]
+                   ) -> list[tuple[int, object, int]]:
+    """The first rows, enough to choose a format: `DETECT_ROWS` rows `classify` recognises, looking past
+    rows it does not (not objects, too large, another format) up to `_DETECT_LOOK` rows or
+    `_DETECT_BYTES` (but always `DETECT_ROWS` rows, as before)."""
+    head: list[tuple[int, object, int]] = []
+    known = held = 0
+    for item in rows:
+        head.append(item)
+        known += classify(item[1]) is not None
+        held += item[2]
+        if known >= DETECT_ROWS or len(head) >= _DETECT_LOOK or (held > _DETECT_BYTES and len(head) >= DETECT_ROWS):
+            break
+    return head
 
 
 class SftSource:
@@ -99,9 +124,10 @@ class SftSource:
     what = "SFT data files"
 
     def __init__(self, spec: str | Path, chunk_bytes: int | None = None,
-                 detect: Callable[[Iterator[object]], str | None] = detect_row_format):
+                 detect: Callable[[Iterator[object]], str | None] = detect_row_format,
+                 classify: Callable[[object], str | None] = row_format):
         self.spec = str(spec)
-        self.detect = detect
+        self.detect, self.classify = detect, classify
         self.hub = looks_like_hub_name(self.spec)
         self.files, self.inputs = spec_inputs(self.spec, self.hub, INPUT_PATTERNS, self.what)
         self.chunk_bytes = chunk_bytes or auto_chunk_bytes(sum(i.n_bytes for i in self.inputs) or 1 << 40)
@@ -111,7 +137,7 @@ class SftSource:
 
     def _row_chunks(self, name: str, rows: Iterator[tuple[int, object, int]], file_bytes: int = 0) -> Iterator[Chunk]:
         """`row_chunks` of format detected from the first rows."""
-        head = list(itertools.islice(rows, DETECT_ROWS))
+        head = detection_head(rows, self.classify)
         fmt = self.detect(row for _, row, _ in head) or "unknown"
         self.check_format(name, fmt, [row for _, row, _ in head])
         return row_chunks(name, itertools.chain(head, rows), self.chunk_bytes, fmt, file_bytes)
@@ -133,11 +159,11 @@ class SftSource:
 
 def run_sft(input: str | Path, out: str | Path, tokenizer: str = "qwen2", system: str = "",
             val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
-            chunk_bytes: int | None = None, console=None) -> dict:
+            chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep sft` as a function: returns the meta.json written to `out`."""
     options = {"command": "sft", "input": str(input), "tokenizer": tokenizer, "system": system,
                "val_fraction": val_fraction}
     job = PrepJob(source=SftSource(input, chunk_bytes), parse=sft_parser(system), out=Path(out), kind="sft",
                   options=options, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers,
-                  with_turns=True, title="prep sft", show_progress=show_progress)
+                  with_turns=True, title="prep sft", show_progress=show_progress, shard=shard)
     return run_prep(job, console)

@@ -18,7 +18,8 @@ from prep.cli_common import prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
 @one_line_errors
-def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, system: str) -> None:
+def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+        system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 
     \b
@@ -46,11 +47,12 @@ def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers
     examples (invalid_json, not_an_object, missing_field, wrong_type, no_markers, markers_out_of_order,
     text_before_first_marker, history_not_ending_in_assistant_marker, empty_message, empty_reply,
     no_reply, turns_out_of_order, unknown_role, unknown_format, invalid_utf8, truncated_last_line,
-    empty_file, compressed_file, too_large, too_long_word, duplicate); the run goes on. Fixed and kept, also counted:
+    invalid_unicode, empty_file, compressed_file, too_large, duplicate); the run goes on. Fixed and kept, also counted:
     unanswered_last_turn_dropped (ShareGPT), bom_stripped, crlf_line_end, blank_line, no_final_newline.
     A JSON array that is cut off or not valid JSON gives its rows up to the damage; the rest (which
     cannot be trusted) is counted once, as invalid_json at its file:line.
     """
     from prep.sft import run_sft
 
-    run_sft(input_spec, out, tokenizer=tokenizer, system=system, val_fraction=val_fraction, workers=workers)
+    run_sft(input_spec, out, tokenizer=tokenizer, system=system, val_fraction=val_fraction, workers=workers,
+            shard=shard)

@@ -153,7 +153,7 @@ def run_text(input: str | Path, out: str | Path, fields: Sequence[str] = ("text"
              min_chars: int = DEFAULT_MIN_CHARS, to_simplified: bool = False,
              filters: QualityFilters | None = None, near_dedup: NearDedupConfig | None = None,
              tokenizer: str = "qwen2", val_fraction: float = 0.005, workers: int | None = None,
-             show_progress: bool = True, chunk_bytes: int | None = None, console=None) -> dict:
+             show_progress: bool = True, chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep text` as a function: returns the meta.json written to `out`."""
     filters = filters or QualityFilters()
     opts = TextOptions(tuple(fields), id_field, min_chars, to_simplified, filters)
@@ -167,5 +167,5 @@ def run_text(input: str | Path, out: str | Path, fields: Sequence[str] = ("text"
                "near_dedup": near_dedup.describe() if near_dedup else None}
     job = PrepJob(source=source, parse=text_parser(opts), out=Path(out), kind="pretrain", options=options,
                   tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, title="prep text",
-                  show_progress=show_progress, near_dedup=near_dedup)
+                  show_progress=show_progress, near_dedup=near_dedup, shard=shard)
     return run_prep(job, console)

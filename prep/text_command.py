@@ -54,7 +54,7 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--threshold", type=FiniteFloat(0.5, 1.0, max_open=True), default=0.8, show_default=True,
               help="--near-dedup: estimated Jaccard similarity of 5-gram sets at which a document is a duplicate.")
 @one_line_errors
-def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None,
+def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
          fields: tuple[str, ...], id_field: str | None, patterns: tuple[str, ...], txt_docs: str, hub: bool,
          min_chars: int, to_simplified: bool, min_cjk: float | None, max_repeated_lines: float | None,
          max_char_share: float | None, near_dedup: bool, threshold: float) -> None:
@@ -75,8 +75,7 @@ def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
       skipped:  invalid_json, invalid_utf8, invalid_unicode, not_an_object, missing_field, non_string_field,
                 truncated_last_line, too_short, low_cjk, repeated_lines, repeated_char, duplicate (same text),
                 near_duplicate, empty_file, compressed_file (bzip2, xz, or compressed Parquet),
-                corrupt_compressed_file, invalid_parquet, too_large (a record over 16 MiB, never held whole),
-                too_long_word (a run of 100,000 letters or symbols, which BPE takes minutes over)
+                corrupt_compressed_file, invalid_parquet, too_large (a record over 16 MiB, never held whole)
       repaired: bom_stripped, crlf_line_end, no_final_newline, blank_line
     A damaged file (cut off, corrupt, bad JSON in an array) gives its rows up to the damage, then the
     rest is counted once at its file:line (corrupt_compressed_file, invalid_json, ...). With --near-dedup, meta.json
@@ -93,4 +92,4 @@ def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
              txt_docs=txt_docs, hub=hub, min_chars=min_chars, to_simplified=to_simplified,
              filters=QualityFilters(min_cjk, max_repeated_lines, max_char_share),
              near_dedup=NearDedupConfig(threshold) if near_dedup else None,
-             tokenizer=tokenizer, val_fraction=val_fraction, workers=workers)
+             tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard)

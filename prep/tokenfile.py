@@ -52,6 +52,7 @@ MASK_DTYPE = np.dtype("u1")
 TEACH_IDS_DTYPE = np.dtype("<u4")
 TEACH_COUNTS_DTYPE = np.dtype("u1")
 SCORES_DTYPE = np.dtype("<f8")
+SHARD_MANIFEST_KIND = "zh-mini-llm/shard-manifest"  # a file naming token folders to train on as one (prep.merge)
 MAX_VOCAB = 1 << 24  # a tokenizer length beyond this is a damaged meta.json, not a vocabulary
 
 
@@ -98,6 +99,12 @@ class _SplitWriter:
         self.n_target_tokens = self.n_target_bytes = 0
 
     def add(self, tokens: np.ndarray, mask, turn_starts, n_bytes: int, target_bytes: int, teach=None) -> None:
+        self.add_many(tokens, np.array([0, len(tokens)], INDEX_DTYPE), mask, turn_starts, n_bytes, target_bytes, teach)
+
+    def add_many(self, tokens: np.ndarray, starts: np.ndarray, mask, turn_starts, n_bytes: int,
+                 target_bytes: int, teach=None) -> None:
+        """Append documents at once: `starts` holds each one's start in `tokens`, then len(tokens); `teach` their
+        teacher targets (ids, counts), each [len(tokens), teach_k], exactly when the writer has teach_k."""
         if (teach is not None) != bool(self.teach_k):
             raise ValueError("teacher targets must be given exactly when the folder was opened with teach_k")
         if teach is not None:
@@ -107,16 +114,16 @@ class _SplitWriter:
                                  f"K={self.teach_k}")
             self.teach_ids.write(ids.tobytes())
             self.teach_counts.write(counts.tobytes())
-        self.doc_starts.write(np.array([self.n_tokens], INDEX_DTYPE).tobytes())
+        self.doc_starts.write((np.asarray(starts[:-1], INDEX_DTYPE) + self.n_tokens).astype(INDEX_DTYPE).tobytes())
         self.tokens.write(np.ascontiguousarray(tokens, TOKEN_DTYPE).tobytes())
         if self.mask is not None:
             mask = np.ascontiguousarray(mask, MASK_DTYPE)
             self.mask.write(mask.tobytes())
-            self.n_target_tokens += int(mask.sum())
+            self.n_target_tokens += int(mask.sum(dtype=np.int64))
         if self.turns is not None and len(turn_starts):
             self.turns.write((np.asarray(turn_starts, INDEX_DTYPE) + self.n_tokens).astype(INDEX_DTYPE).tobytes())
         self.n_tokens += len(tokens)
-        self.n_docs += 1
+        self.n_docs += len(starts) - 1
         self.n_bytes += n_bytes
         self.n_target_bytes += target_bytes
 
@@ -202,6 +209,13 @@ class TokenFolderWriter:
             raise ValueError(f"document scores must be [D, 2], not {scores.shape}")
         with open(self.folder.path(f"{split}.doc_scores.bin"), "wb") as f:
             f.write(scores.tobytes())
+
+    def add_docs(self, split: str, tokens: np.ndarray, starts: np.ndarray, mask: np.ndarray | None = None,
+                 turn_starts: np.ndarray = (), n_bytes: int = 0, target_bytes: int = 0) -> None:
+        """Append many documents of `split` at once (a merge's runs): as `add`, with offsets relative to `tokens`."""
+        if (mask is not None) != self.with_mask:
+            raise ValueError("mask must be given exactly when the folder was opened with_mask=True")
+        self.splits[split].add_many(tokens, starts, mask, turn_starts, n_bytes, target_bytes)
 
     def finish(self, extra_meta: dict | None = None) -> dict:
         """Close the files, write meta.json last, and move the folder into place. Returns the meta."""

@@ -34,13 +34,13 @@ BATCH_DOCS = 1024  # documents encoded per tiktoken call: bounded memory, thread
 
 
 def build_vocab(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, size: int,
-                splits: Sequence[str] = ("train",)) -> dict:
-    """Count ids in `splits` of the token folders `inputs`, keep `size` ids, write the folder `out`.
-    Returns the record written to ``cut_vocab.json``."""
+                splits: Sequence[str] = ("train",), counts: np.ndarray | None = None) -> dict:
+    """Count ids in `splits` of the token folders `inputs` (unless `counts` gives them: shards' sums), keep
+    `size` ids, write the folder `out`. Returns the record written to ``cut_vocab.json``."""
     folders = open_folders(inputs)
     qwen = source_tokenizer(folders)
     check_size(size, qwen)
-    counts = count_ids(folders, len(qwen), splits)
+    counts = count_ids(folders, len(qwen), splits) if counts is None else counts
     kept = choose_ids(counts, merge_parts(qwen), size)
     cut = TiktokenTokenizer(str(out), cut_ranks(qwen, kept))
     lookup = id_map(qwen, kept, cut)

@@ -27,7 +27,8 @@ def vocab(inputs: tuple[str, ...], size: int, out: Path, splits: str) -> None:
 
     \b
     SRC is a token folder made with the default tokenizer (prep wiki | sft | text), or raw text that
-    `prep text` reads (a file or folder of .jsonl / .json / .parquet / .txt), tokenized first.
+    `prep text` reads (a file or folder of .jsonl / .json / .parquet / .txt), tokenized first, or the
+    shards of one run (--shard I/N): their stored id counts are summed as `prep merge` would keep them.
     Kept: the 256 byte tokens, the most used ids, each with the tokens BPE merges it from (so it can
     still be formed), then unused ids in Qwen2's merge order up to --size, and the 3 specials. Ids keep
     their order, so text whose Qwen2 tokens are all kept gets the same pieces; any other text is still
@@ -37,12 +38,27 @@ def vocab(inputs: tuple[str, ...], size: int, out: Path, splits: str) -> None:
     OUT is a Hugging Face tokenizer folder (AutoTokenizer loads it) plus cut_vocab.json (the kept ids).
     Use it with `prep wiki|sft|text --tokenizer OUT`, or renumber a folder: `prep remap`.
     """
+    from prep.shard_read import is_shards
     from prep.vocab_build import build_vocab, folder_summary
 
-    with counted_folders(inputs, out) as folders:
-        record = build_vocab(folders, out, size, ("train", "val") if splits == "all" else ("train",))
+    counted = ("train", "val") if splits == "all" else ("train",)
+    if any(is_shards(i) for i in inputs):
+        record = shards_vocab(inputs, out, size, counted)
+    else:
+        with counted_folders(inputs, out) as folders:
+            record = build_vocab(folders, out, size, counted)
     click.echo("\n".join(folder_summary(record)))
     click.echo(f"wrote {out} (use it: python -m prep wiki ... --tokenizer {out})")
+
+
+def shards_vocab(inputs: tuple[str, ...], out: Path, size: int, splits: tuple[str, ...]) -> dict:
+    """`build_vocab` over shards 0..N-1 of one run: the ids of the folder their merge writes, never re-read."""
+    from prep.merge import shard_id_counts
+    from prep.shard_read import open_shards
+    from prep.vocab_build import build_vocab
+
+    shards = open_shards(inputs)
+    return build_vocab([s.path for s in shards], out, size, splits, counts=shard_id_counts(shards, splits))
 
 
 @contextlib.contextmanager

@@ -156,11 +156,11 @@ def _wikiextractor_articles(chunk: Chunk, make) -> Iterator[Record]:
 
 def run_wiki(wiki_dir: str | Path, out: str | Path, tokenizer: str = "qwen2", val_fraction: float = 0.005,
              workers: int | None = None, min_chars: int = DEFAULT_MIN_CHARS, to_simplified: bool = False,
-             show_progress: bool = True, chunk_bytes: int | None = None, console=None) -> dict:
+             show_progress: bool = True, chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep wiki` as a function: returns the meta.json written to `out`."""
     options = {"command": "wiki", "input": str(wiki_dir), "tokenizer": tokenizer, "val_fraction": val_fraction,
                "min_chars": min_chars, "to_simplified": to_simplified}
     job = PrepJob(source=wiki_source(wiki_dir, chunk_bytes), parse=wiki_parser(min_chars, to_simplified),
                   out=Path(out), kind="pretrain", options=options, tokenizer=tokenizer, val_fraction=val_fraction,
-                  workers=workers, title="prep wiki", show_progress=show_progress)
+                  workers=workers, title="prep wiki", show_progress=show_progress, shard=shard)
     return run_prep(job, console)

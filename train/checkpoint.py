@@ -4,7 +4,7 @@
       model.safetensors   weights (fp32), read by sampling, chat, export and `--init`
       model.json          model config, tokenizer identity (from the data's meta.json), data kind, step
       trainer.pt          optimizer + grad-scaler state and step (loaded with weights_only=True)
-      train_config.json   the full TrainConfig and how the run was started (stage, data, init)
+      train_config.json   the full TrainConfig and how the run was started (stage, data, init and its identity)
 
 The sampler and the dropout RNG are pure functions of (seed, step, rank), so the step *is* their
 state. A checkpoint is built beside the old one and swapped in (`common.outputs.OutputFolder`, kind
@@ -24,6 +24,7 @@ import torch
 
 from common.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
 from model.arch import config_from_dict
+from model.identity import checkpoint_identity
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
 from model.lm import CausalLM
 from prep.tokenizer import TokenizerError, check_identity
@@ -132,6 +133,18 @@ def check_resumable(ckpt: Path, info: dict, stage: str, identity: dict, shape: d
         raise CheckpointError(str(e)) from None
     check_shape(info["config"], shape, str(ckpt / INFO_NAME))
     return run_info
+
+
+def parent_record(saved_run: dict | None, init: Path | None, given: Path | None, main: bool = True) -> dict:
+    """What train_config.json records of the run this one started from: --init's folder and its identity
+    (`model.identity`: the path as given, step, weights digest, tokenizer), taken when the run begins so
+    that a report can tell the true parent from a run that later took its place. A resumed run
+    (`saved_run`, its train_config.json) keeps its record; only rank 0 (`main`) reads the weights."""
+    if saved_run is not None:
+        return {key: saved_run.get(key) for key in ("init", "init_identity")}
+    if init is None:
+        return {"init": None, "init_identity": None}
+    return {"init": str(init), "init_identity": checkpoint_identity(given or init) if main else None}
 
 
 def check_shape(model_config: dict, wanted: dict, where: str) -> None:

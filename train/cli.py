@@ -28,7 +28,7 @@ DATA_HELP = ("token folder (prep output), or a mixture of several with weights: 
 
 @click.group()
 def cli() -> None:
-    """Train the GPT: `pretrain` on a token folder from `prep wiki`, `sft` on one from `prep sft`, then `dpo`
+    """Train a model (any architecture: --set arch=...): `pretrain` on a token folder from `prep wiki`, `sft` on one from `prep sft`, then `dpo`
     on one from `prep pref`.
 
     Run the same command again on the same --out to resume exactly where it stopped. Under

@@ -3,6 +3,8 @@
 The one reading of a ``--data`` value (`parse_mixture`):
 
 * A value that names an existing folder is that one folder, whatever its name holds (``:`` or ``,``).
+* A value that names a file is a shard manifest (``prep merge SHARDS --manifest FILE.json``): its folders
+  (paths relative to the file) with their weights, their train tokens.
 * Otherwise it is a comma-separated list of folders; surrounding spaces of an item are dropped, spaces
   inside a path are kept. An item's weight is the part after its LAST ``:`` when that part is a
   plain decimal number (``0.3``, ``2``, ``1e-1``); otherwise the whole item is the path, so
@@ -35,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.outputs import JSONFileError, read_json
 from common.paths import expand_user
-from prep.tokenfile import META_NAME, Split, TokenFolder, open_token_folder
+from prep.tokenfile import META_NAME, SHARD_MANIFEST_KIND, Split, TokenFolder, open_token_folder
 from prep.tokenizer import TokenizerError, check_identity
 
 # a plain decimal number: what may follow the last ':' of an item as its weight
@@ -59,6 +62,8 @@ def parse_mixture(text: str) -> list[SourceSpec]:
         raise MixtureError("--data is empty; give a token folder or FOLDER:WEIGHT,FOLDER:WEIGHT")
     if Path(text).is_dir():
         return [SourceSpec(Path(text), None)]
+    if Path(expand_user(text)).is_file():
+        return manifest_specs(Path(expand_user(text)))
     specs = []
     for item in (part.strip() for part in text.split(",")):
         path, sep, tail = item.rpartition(":")
@@ -76,6 +81,19 @@ def parse_mixture(text: str) -> list[SourceSpec]:
         missing = ", ".join(str(s.path) for s in specs if s.weight is None)
         raise MixtureError(f"--data {text!r}: no weight for {missing}; give every folder a weight (FOLDER:0.3) or "
                            "none (equal weights)")
+    return specs
+
+
+def manifest_specs(path: Path) -> list[SourceSpec]:
+    """The folders and weights of a shard manifest (`prep.merge.write_manifest`)."""
+    try:
+        record = read_json(path)
+        folders = record["folders"] if isinstance(record, dict) and record.get("kind") == SHARD_MANIFEST_KIND else None
+        specs = [SourceSpec(path.parent / f["path"], float(f["weight"])) for f in folders]
+    except (JSONFileError, TypeError, KeyError, ValueError):
+        raise MixtureError(f"--data {path}: a file, but not a shard manifest (`prep merge ... --manifest`)") from None
+    if not specs or not all(0 < s.weight < math.inf for s in specs):
+        raise MixtureError(f"--data {path}: a shard manifest needs folders with positive weights")
     return specs
 
 
@@ -124,8 +142,10 @@ class Mixture:
 
     @property
     def label(self) -> str:
-        """A file-name-friendly name: the folder itself, or ``wiki+web`` for a mixture."""
-        return str(self.sources[0].path) if len(self.sources) == 1 else "+".join(self.names)
+        """A file-name-friendly name: the folder itself, a shard manifest's own path, or ``wiki+web`` for a mixture."""
+        if len(self.sources) == 1 or Path(expand_user(self.text)).is_file():
+            return str(self.sources[0].path) if len(self.sources) == 1 else str(Path(self.text).with_suffix(""))
+        return "+".join(self.names)
 
     def record(self) -> dict:
         return {"sources": [s.record() for s in self.sources]}

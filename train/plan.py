@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -325,6 +326,29 @@ def resolve_micro_batch(cfg: TrainConfig, world_size: int, device: torch.device,
     note = (f"micro_batch_size=auto: {plan.micro} x {plan.accumulation} accumulation x {world_size} process(es) "
             f"= batch {cfg.batch_size}; plan {fmt(plan.peak)} per step, {fmt(free)} free on {device}")
     return replace(cfg, micro_batch_size=plan.micro), AutoChoice(plan.micro, plan.accumulation, plan.peak, free, note)
+
+
+def check_block(block_size: int, splits: Sequence, paths: Sequence) -> None:
+    """Refuse a block longer than any window of the data: a window is block_size + 1 tokens of one train
+    split, so beyond the largest split's tokens - 1 every position is padding, paid for in time and memory."""
+    longest = max((split.n_tokens - 1, str(path)) for split, path in zip(splits, paths, strict=True))
+    if block_size > longest[0]:
+        raise PlanError(f"block_size {block_size:,} is longer than any window of the data: {longest[1]} holds "
+                        f"{longest[0] + 1:,} training tokens, so a block of at most {longest[0]:,} can be filled; "
+                        "lower block_size (--set block_size=N, at most that) or train on more data")
+
+
+def check_step_fits(cfg: TrainConfig, dtype: str, device: torch.device, world_size: int) -> None:
+    """Refuse before the first step a step whose memory (`plan_step`: weights, gradients, optimizer state
+    AND the activations of the micro-batch) exceeds the free memory of `device`."""
+    setup = Setup.of(cfg, cfg.model.vocab_size, dtype, device.type, world_size)
+    plan = plan_step(setup, cfg.micro_batch_size, cfg.accumulation(world_size))
+    free = free_memory(device)
+    if plan.peak > free:
+        held = ", ".join(f"{name} {fmt(plan.parts[name])}" for name in plan.moments[plan.peak_at] if plan.parts[name])
+        raise PlanError(f"a step needs {fmt(plan.peak)} at its peak ({plan.peak_at}: {held}), but {fmt(free)} is "
+                        f"free on {device}; lower micro_batch_size (or set it to auto), block_size or the model "
+                        "size; `make plan` shows what fits")
 
 
 def cuda_memory_check(steps_run: int, cfg: TrainConfig, vocab_size: int, world_size: int, device: torch.device,

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zipfile
+import zlib
 
 import numpy as np
 import torch
+from numpy.lib.npyio import NpzFile
 
 from common.errors import UserError
 from common.outputs import atomic_file
@@ -56,6 +59,18 @@ def data_identity(trainer) -> str:
     return trainer.data_record["sources"][0]["meta_sha256"]
 
 
+def model_identity(trainer) -> str:
+    """The digest of the --init weights that scored the pairs ("" for a run recorded before digests)."""
+    parent = trainer.parent.get("init_identity") or {}
+    return str(parent.get("weights_sha256") or "")
+
+
+def expected_pairs(trainer) -> dict[str, int]:
+    """How many pairs each kept array must hold: the val pairs scored, and every training pair."""
+    val = trainer.val_starts[0]
+    return {"val": len(val.index) if isinstance(val, EvalPairs) else 0, "train": trainer.train_splits[0].n_docs}
+
+
 def compute(trainer, train_pairs: bool) -> dict[str, np.ndarray]:
     """Score the val pairs (and the train pairs if asked) with the model as it is now (the initial one)."""
     d, cfg, T = trainer.d, trainer.cfg, trainer.cfg.model.block_size
@@ -75,14 +90,14 @@ def compute(trainer, train_pairs: bool) -> dict[str, np.ndarray]:
         n = sum(len(v) for v in out.values())
         trainer.console.print(f"reference log-probs of {n:,} pairs by the initial model in "
                               f"{time.perf_counter() - t0:.1f}s (once; kept in {trainer.run_folder.reference})")
-        save(trainer.run_folder.reference, out, data_identity(trainer))
+        save(trainer.run_folder.reference, out, data_identity(trainer), model_identity(trainer))
     return out
 
 
-def save(path, parts: dict[str, np.ndarray], identity: str) -> None:
+def save(path, parts: dict[str, np.ndarray], identity: str, model: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # the run folder's first file
     with atomic_file(path, "the reference log-probs") as tmp, open(tmp, "wb") as f:
-        np.savez(f, identity=np.array(identity), **parts)
+        np.savez(f, identity=np.array(identity), model=np.array(model), **parts)
 
 
 def load(trainer) -> dict[str, np.ndarray]:
@@ -90,7 +105,8 @@ def load(trainer) -> dict[str, np.ndarray]:
     parts, problem = None, None
     if trainer.main:
         try:
-            parts = _read(trainer.run_folder.reference, data_identity(trainer))
+            parts = read(trainer.run_folder.reference, data_identity(trainer), model_identity(trainer),
+                         expected_pairs(trainer))
         except ReferenceError as e:
             problem = str(e)
     if trainer.d.enabled:  # the other ranks wait here: they must not be left waiting if rank 0 stops
@@ -102,16 +118,49 @@ def load(trainer) -> dict[str, np.ndarray]:
     return parts
 
 
-def _read(path, identity: str) -> dict[str, np.ndarray]:
-    fresh = "start a new run (another --out), or delete the checkpoint to start this one over"
+FRESH = "start a new run (another --out), or delete the checkpoint to start this one over"
+_NAMES = {"identity", "model", "val", "train"}
+
+
+def read(path, identity: str, model: str, pairs: dict[str, int]) -> dict[str, np.ndarray]:
+    """The kept log-probs, checked in full: an npz archive of exactly our arrays, each of the shape the
+    pairs give and finite, made from this run's data (`identity`) by this run's --init (`model`, unless
+    either side predates model digests). Anything else is one `ReferenceError` saying what to do; the
+    checkpoint is never touched. Nothing in the file is unpickled (``allow_pickle=False``)."""
     if not path.is_file():
         raise ReferenceError(f"{path}: missing; the reference log-probs of this run cannot be recomputed from "
-                             f"its trained weights: {fresh}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            parts = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ReferenceError(f"{path}: unreadable ({e}); {fresh}") from None
-    if str(parts.pop("identity", "")) != identity:
-        raise ReferenceError(f"{path}: computed on other data than --data; {fresh}")
+                             f"its trained weights: {FRESH}")
+    parts = _arrays(path)
+    if not {"identity", "val"} <= set(parts) <= _NAMES:
+        raise ReferenceError(f"{path}: holds {sorted(parts)}, expected identity, model, val (and train); {FRESH}")
+    if _scalar_text(parts.pop("identity")) != identity:
+        raise ReferenceError(f"{path}: computed on other data than --data; {FRESH}")
+    kept_model = _scalar_text(parts.pop("model", np.array("")))
+    if kept_model and model and kept_model != model:
+        raise ReferenceError(f"{path}: computed by another model than this run's --init; {FRESH}")
+    for name, values in parts.items():
+        want = (pairs[name], 2)
+        if values.dtype.kind != "f" or values.shape != want:
+            raise ReferenceError(f"{path}: {name} holds {values.dtype} {values.shape}, expected floats of shape "
+                                 f"{want} (one chosen and one rejected log-prob per pair); {FRESH}")
+        if not np.isfinite(values).all() or (values > 1e-3).any():  # sums of log-probs are finite and <= 0
+            raise ReferenceError(f"{path}: {name} holds values that are not log-probabilities (NaN, infinite or "
+                                 f"positive); {FRESH}")
     return parts
+
+
+def _arrays(path) -> dict[str, np.ndarray]:
+    """Every array of an npz archive, or one line for a file that is not one (cut short, empty, an .npy)."""
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, NpzFile):  # a plain array: an .npy file under this name
+            raise ValueError("an .npy array, not an npz archive")
+        with f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise ReferenceError(f"{path}: unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             f"{FRESH}") from None
+
+
+def _scalar_text(value: np.ndarray) -> str | None:
+    return str(value) if value.shape == () and value.dtype.kind == "U" else None

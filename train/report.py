@@ -7,6 +7,7 @@ finished run, on one still training, and on one copied from a GPU machine.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
 from model.arch import config_from_dict
+from model.identity import identity_changes
 from model.io import CheckpointError, RunFolder, is_chat, read_model_info, resolve_model_dir
 from train.checkpoint import read_run_info
 from train.metrics import read_records
@@ -31,13 +33,13 @@ def summarize(path: Path) -> dict:
     ``val_sources`` holds the same first / last / best figures for each folder of a mixture."""
     run = RunFolder.of(path)
     info = read_model_info(path)
-    chain = _lineage(path)
+    chain = lineage(path)
     train, evals = read_metrics(run)
     names = dict.fromkeys(name for e in evals for name in (e.get("sources") or {}))
     by_source = {name: [{"step": e.get("step"), **(e.get("sources") or {}).get(name, {})} for e in evals]
                  for name in names}
     return {
-        "kind": f"{'chat' if is_chat(info) else 'base'} model ({chain[-1][1]})",
+        "kind": f"{'chat' if is_chat(info) else 'base'} model ({chain[-1].stage})",
         "lineage": chain,
         "val_reward_acc": next((e["val_reward_acc"] for e in reversed(evals) if "val_reward_acc" in e), None),
         "step": info.get("step"),
@@ -50,19 +52,41 @@ def summarize(path: Path) -> dict:
     }
 
 
-def _lineage(path: Path, longest: int = 8) -> list[tuple[str, str]]:
-    """``(run folder, stage)`` from the first run of a lineage to `path`, following each run's --init
-    (recorded in its train_config.json); a run whose record cannot be read ends it with stage "?"."""
-    chain: list[tuple[str, str]] = []
+class Ancestor(NamedTuple):
+    """One run of a lineage: its folder, its stage, and what changed at that path since the child began
+    (empty: the true parent; otherwise another run now sits where the parent was)."""
+
+    path: str
+    stage: str
+    replaced: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        gone = f"; replaced since: {', '.join(self.replaced)}" if self.replaced else ""
+        return f"{self.stage} ({self.path}{gone})"
+
+
+def lineage(path: Path, longest: int = 8) -> list[Ancestor]:
+    """The runs from the first of a lineage to `path`, following each run's --init as recorded in its
+    train_config.json. A child that recorded its parent's identity (`model.identity`) is checked
+    against what now sits at that path: a parent retrained or removed since is shown as replaced, and
+    the lineage ends there (the run now at that path is not an ancestor). A run whose record cannot be
+    read ends it with its model.json's data kind as the stage ("?" when there is none)."""
+    chain: list[Ancestor] = []
     current: Path | None = Path(path)
     while current is not None and len(chain) < longest:
         try:
             info = read_run_info(resolve_model_dir(current))
         except (CheckpointError, OSError):  # no train_config.json: its model.json's data kind says the stage
-            chain.append((str(RunFolder.of(current).path), _stage_of_data(current)))
+            chain.append(Ancestor(str(RunFolder.of(current).path), _stage_of_data(current)))
             break
-        chain.append((str(RunFolder.of(current).path), str(info.get("stage", "?"))))
-        current = Path(info["init"]) if info.get("init") else None
+        chain.append(Ancestor(str(RunFolder.of(current).path), str(info.get("stage", "?"))))
+        current = Path(info["init"]) if isinstance(info.get("init"), str) else None
+        recorded = info.get("init_identity")
+        if current is not None and isinstance(recorded, dict):
+            changes = identity_changes(recorded, current)
+            if changes:
+                chain.append(Ancestor(str(RunFolder.of(current).path), "replaced parent", tuple(changes)))
+                break
     return chain[::-1]
 
 
@@ -95,13 +119,17 @@ def _val_row(curve: dict) -> str:
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=UserPath())
-@click.option("--lineage", is_flag=True, help="also every run each RUN started from (its --init, and theirs)")
+@click.option("--lineage", "show_lineage", is_flag=True,
+              help="also every run each RUN started from (its --init, and theirs); a parent replaced since is named")
 @one_line_errors
-def report_command(runs: tuple[Path, ...], lineage: bool) -> None:
+def report_command(runs: tuple[Path, ...], show_lineage: bool) -> None:
     """Summarise run folders: model, steps, validation loss first / best / last, and their files."""
     console = Console()
-    if lineage:
-        runs = tuple(dict.fromkeys(Path(p) for run in runs for p, stage in _lineage(run) if stage != "?"))
+    for run in runs:  # a missing path or a token folder is one line, with or without --lineage
+        read_model_info(run)
+    if show_lineage:  # every true ancestor once; a replaced parent is named in its child's lineage row
+        runs = tuple(dict.fromkeys(Path(a.path) for run in runs for a in lineage(run)
+                                   if a.stage != "?" and not a.replaced))
     for run in runs:
         s = summarize(run)
         table = Table(title=f"{run}: {s['kind']}", show_header=False, title_justify="left")
@@ -109,7 +137,7 @@ def report_command(runs: tuple[Path, ...], lineage: bool) -> None:
         table.add_column()
         table.add_row("model", f"{s['shape']}, step {s['step']}")
         if len(s["lineage"]) > 1:
-            table.add_row("lineage", " -> ".join(f"{stage} ({path})" for path, stage in s["lineage"]))
+            table.add_row("lineage", " -> ".join(a.describe() for a in s["lineage"]))
         mixed = " (weighted)" if s["val_sources"] else ""
         table.add_row(f"val loss{mixed}", _val_row(s))
         if s["val_last"][2] is not None:

@@ -1,6 +1,7 @@
 """What a training run is asked (`RunSpec`) and what it answers (`RunResult`), and how it stops.
 
-`StopFlag` turns Ctrl-C, SIGTERM and SIGHUP into a clean stop at the end of a step; `step_seed` is the
+`StopFlag` turns Ctrl-C, SIGTERM and SIGHUP into a clean stop within seconds (a step under way is
+abandoned, never half-applied); `step_seed` is the
 per-step RNG seed that makes a resumed run draw what an uninterrupted one would.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +47,42 @@ class RunResult:
     val_sources: dict | None = None  # a mixture's last eval per folder: {name: {"val_loss", "val_bpb"}}
 
 
+class StepAbandoned(Exception):
+    """A stop signal arrived inside a step or an evaluation that can be dropped: the work is abandoned at
+    once, never applied (no optimizer step, no checkpoint of a partial step)."""
+
+
 class StopFlag:
-    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) ask for a clean stop at the end of the current step
-    (checkpoint, then exit); the same signal again a second later aborts at once."""
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) stop a run cleanly within seconds: inside an
+    `abandonable` section (a step's forward and backward, an evaluation) the work is dropped at once
+    (`StepAbandoned`); elsewhere the run stops at the end of the current step. Either way it then writes
+    the checkpoint of its last whole step and exits; the same signal again a second later aborts at once.
+
+    With several processes (`immediate` False) no rank may leave a step the others are still in (they
+    would wait for it forever), so every rank finishes the step and the ranks agree to stop after it."""
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    def __init__(self) -> None:
+    def __init__(self, immediate: bool = True) -> None:
         self.requested_at: float | None = None
         self.signal: int | None = None
         self.previous = {}
+        self.immediate, self.urgent = immediate, False
 
     @property
     def requested(self) -> bool:
         return self.requested_at is not None
+
+    @contextlib.contextmanager
+    def abandonable(self) -> Iterator[None]:
+        """A section a stop signal abandons at once (single process only)."""
+        if self.immediate and self.requested:
+            raise StepAbandoned
+        self.urgent = self.immediate
+        try:
+            yield
+        finally:
+            self.urgent = False
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
@@ -66,6 +90,9 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested_at = self.requested_at or now
         self.signal = self.signal or signum
+        if self.urgent:
+            self.urgent = False
+            raise StepAbandoned
 
     def __enter__(self) -> StopFlag:
         for sig in self.SIGNALS:

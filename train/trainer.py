@@ -36,6 +36,7 @@ from train.checkpoint import (
     checkpoint_bytes,
     find_checkpoint,
     load_trainer_state,
+    parent_record,
     save_checkpoint,
 )
 from train.config import TrainConfig, config_changes, inherit_shape, shape_of
@@ -46,8 +47,8 @@ from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import data_line, mixture_changes, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
-from train.plan import cuda_memory_check, fmt, free_memory, resolve_micro_batch
-from train.run import RunResult, RunSpec, StopFlag, print_summary, step_seed
+from train.plan import check_block, check_step_fits, cuda_memory_check, resolve_micro_batch
+from train.run import RunResult, RunSpec, StepAbandoned, StopFlag, print_summary, step_seed
 from train.stage import get as get_stage
 from train.step import Stepper, StepStats
 from train.tracking import check_available, open_trackers
@@ -85,11 +86,13 @@ class Trainer:
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
         self.cfg, self.ckpt, self.init = self._resolve_model(cfg)
+        self.parent = parent_record(self.saved_run if self.ckpt else None, self.init, self.spec.init, self.main)
         self.stage = self.stage.for_config(self.cfg)  # e.g. a preference stage's loss and its weights
         self._build()
         self.last_loss, self.val_loss, self.val_bpb, self.val_step = math.nan, None, None, None
         self.val_sources = None
         self.saved_step, self.rates = self.step, []
+        self.stop = StopFlag()  # replaced by the one `run` installs; evaluate() asks it
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -213,12 +216,9 @@ class Trainer:
             self._announce()
 
     def _check_model_fits(self) -> None:
-        """Refuse at once a model whose weights, gradients and AdamW state alone exceed the free memory."""
-        params, _ = self.cfg.model.param_counts()
-        need, free = 16 * params, free_memory(self.d.device)
-        if need > free:
-            raise TrainError(f"{params / 1e6:,.0f}M parameters need {fmt(need)} for weights, gradients and AdamW "
-                             f"state, but {fmt(free)} is free on {self.d.device}; `make plan` shows what fits")
+        """Before anything is built: a block the data can fill, and a step (activations included) that fits."""
+        check_block(self.cfg.model.block_size, self.train_splits, [s.path for s in self.mixture.sources])
+        check_step_fits(self.cfg, self.precision.name, self.d.device, self.d.world_size)
 
     def _metrics_log(self) -> MetricsLog:
         resume_step = self.step if self.ckpt is not None else None
@@ -275,9 +275,10 @@ class Trainer:
             return
         d, T, width = self.d, self.cfg.model.block_size, 2 + len(self.stage.val_metrics)
         sums: list[float] = []
-        for split, starts in zip(self.val_splits, self.val_starts, strict=True):
-            sums += self.stage.eval_sums(self.model, split, starts, T, self.cfg.micro_batch_size, d.device,
-                                         self.stepper.autocast, d.rank, d.world_size)
+        with self.stop.abandonable():  # (nothing is written before the sums are complete)
+            for split, starts in zip(self.val_splits, self.val_starts, strict=True):
+                sums += self.stage.eval_sums(self.model, split, starts, T, self.cfg.micro_batch_size, d.device,
+                                             self.stepper.autocast, d.rank, d.world_size)
         sums = d.all_reduce_sum(torch.tensor(sums, dtype=torch.float64, device=d.device)).tolist()
         rows = [sums[i : i + width] for i in range(0, len(sums), width)]  # one per folder
         record = val_record(self.step, rows, self.val_splits, self.mixture, self.stage)
@@ -308,19 +309,20 @@ class Trainer:
     def save(self) -> None:
         if self.main:
             run_info = {"stage": self.spec.stage, "data": str(self.spec.data), "mixture": self.data_record,
-                        "init": str(self.init) if self.init else None, "world_size": self.d.world_size,
+                        **self.parent, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
                             self.identity, self.data_kind, self.stage.chat, run_info)
         self.saved_step = self.step
 
-    def train_step(self, stop_requested: bool) -> StepStats:
-        """One optimizer step; refuses to apply a step whose loss or gradient norm is not finite."""
+    def train_step(self, stop: StopFlag) -> StepStats:
+        """One optimizer step, never applied if its loss or gradient norm is not finite or a stop signal came."""
         cfg, d = self.cfg, self.d
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(cfg.seed, self.step, d.rank))
         lr = lr_at(self.step, cfg)
-        stats = self.stepper.forward_backward(self.loader.get(self.step), lr, stop_requested)
+        with stop.abandonable():
+            stats = self.stepper.forward_backward(self.loader.get(self.step), lr, stop.requested)
         self.last_loss = stats.loss
         bad = self.stepper.divergence(stats)
         if bad:
@@ -350,33 +352,38 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        cfg, reason = self.cfg, "done"
         try:
             if self.spec.stop_at is not None and self.spec.stop_at <= self.step:
-                raise TrainError(f"--stop-at {self.spec.stop_at}: the run is already at step {self.step}; "
-                                 "give a later step")
-            with StopFlag() as stop, LiveView(cfg.max_steps, self.step, self.main, self.console) as self.live:
-                if self.step == 0:  # where the curve starts: ln(vocab) for a fresh model, lower from --init
-                    self.evaluate()
-                while self.step < cfg.max_steps:
-                    if self.spec.stop_at is not None and self.step >= self.spec.stop_at:
-                        reason = "stop_at"
-                        break
-                    stats = self.train_step(stop.requested)
-                    last = self.step == cfg.max_steps
-                    if self.step % cfg.eval_every == 0 or last:
-                        self.evaluate()
-                    if self.step % cfg.ckpt_every == 0 or last:
-                        self.save()
-                    if stats.stop_votes > 0:
-                        reason = "interrupted"
-                        break
+                raise TrainError(f"--stop-at {self.spec.stop_at}: the run is already at step {self.step}; give a later step")
+            with StopFlag(immediate=not self.d.enabled) as self.stop, \
+                    LiveView(self.cfg.max_steps, self.step, self.main, self.console) as self.live:
+                try:
+                    reason = self._loop()
+                except StepAbandoned:  # a stop signal inside a step: its gradients are dropped, never applied
+                    self.stepper.optimizer.zero_grad()
+                    reason = "interrupted"
                 if self.saved_step != self.step:
                     self.save()
         finally:
             self.close()
         self.d.barrier()
-        return self._result(reason, stop.signal)
+        return self._result(reason, self.stop.signal)
+
+    def _loop(self) -> str:
+        if self.step == 0:  # where the curve starts: ln(vocab) for a fresh model, lower from --init
+            self.evaluate()
+        while self.step < self.cfg.max_steps:
+            if self.spec.stop_at is not None and self.step >= self.spec.stop_at:
+                return "stop_at"
+            stats = self.train_step(self.stop)
+            last = self.step == self.cfg.max_steps
+            if self.step % self.cfg.eval_every == 0 or last:
+                self.evaluate()
+            if self.step % self.cfg.ckpt_every == 0 or last:
+                self.save()
+            if stats.stop_votes > 0:
+                return "interrupted"
+        return "done"
 
     def close(self) -> None:
         self.loader.close()

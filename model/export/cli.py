@@ -29,7 +29,8 @@ from model.io import CheckpointError, RunFolder, resolve_model_dir
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
 @one_line_errors
 def export(ckpt: Path, out: Path, dtype: str) -> None:
-    """Write a Hugging Face GPT2LMHeadModel folder: config, weights, tokenizer, generation config."""
+    """Write a Hugging Face folder (GPT2LMHeadModel, Qwen3ForCausalLM, ...: the architecture's own class): config,
+    weights, tokenizer, generation config."""
     t0 = time.perf_counter()
     try:
         with console.status(f"exporting {ckpt} to {out} ..."):
@@ -75,9 +76,10 @@ def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:
               help="weights: f32 (exact), f16 (half the size), q8_0 (a quarter, 8-bit blocks)")
 @one_line_errors
 def gguf(ckpt: Path, out: Path | None, type_name: str) -> None:
-    """Write one GGUF file for llama.cpp, LM Studio and Ollama (architecture gpt2, Qwen2's vocabulary).
+    """Write one GGUF file for llama.cpp, LM Studio and Ollama (llama.cpp's graph of the architecture, gpt2 or
+    qwen3; Qwen2's vocabulary or its cut).
 
-    llama.cpp does not stop a GPT-2 model at its context: keep prompt + reply within it
+    llama.cpp does not stop a model at the context it was trained for: keep prompt + reply within it
     (llama-cli / llama-server -c <context>), as printed at the end.
     """
     s = write_gguf_file(ckpt, out, type_name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from prep.records import holds_invalid_text
 from prep.tokenizer import nfc
 
 
@@ -80,6 +81,9 @@ def _file_documents(file: Path) -> Iterator[Document]:
             raise TextError(f"{file}:{number}: not valid JSON ({e.msg}); expected one {{\"text\": ...}} object a line") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise TextError(f"{file}:{number}: expected a JSON object with a \"text\" string")
+        if holds_invalid_text(record["text"]):  # a "\ud800" escape: no bytes to score
+            raise TextError(f"{file}:{number}: the text holds a lone surrogate escape (\\ud800-\\udfff), not "
+                            "Unicode text; fix or drop that line")
         if record["text"].strip():
             yield Document(f"{file}:{number}", nfc(record["text"]), len(line.encode("utf-8")) + 1)
 

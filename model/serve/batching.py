@@ -3,7 +3,7 @@
 A request is a `model.generate.Generation`. Its prompt runs alone (as in `Engine.stream`), then its
 keys and values are copied into free rows ("slots") of one shared cache, and from then on every
 step feeds the newest token of each running request through the model in a single batch, each row
-at its own position (`GPT.forward` with one start per row). Requests join as soon as slots are free
+at its own position (the model's forward with one start per row). Requests join as soon as slots are free
 and leave as soon as they end, so a long reply never holds up a short one. When a request's context
 is full it slides alone (`Generation.feed`, see `model.generate`) and is copied in again.
 

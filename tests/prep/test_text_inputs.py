@@ -191,12 +191,12 @@ def test_a_damaged_file_in_any_format_loses_only_its_rest(tmp_path, byte_tokeniz
 def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, byte_tokenizer, monkeypatch):
     """A small .txt.gz, .zst or .json.gz that expands far past the record cap is read past, counted as
     too_large at its line, and never held whole; records after an endless line are still read."""
-    from prep import pipeline, row_sources, sources, text_sources
+    from prep import long_pieces, row_sources, sources, text_sources
 
     cap = 1 << 20
     for module in (sources, text_sources, row_sources):
         monkeypatch.setattr(module, "MAX_RECORD_BYTES", cap)
-    monkeypatch.setattr(pipeline, "MAX_RUN", 5000)  # a word BPE would take the square of its length on
+    monkeypatch.setattr(long_pieces, "LONG_PIECE", 5000)  # a word encoded by the long-piece BPE, and kept
     write(tmp_path / "in/e.jsonl", jsonl_bytes([{"text": "很长" + "z" * 6000}, {"text": TEXTS[3]}]))
     endless = b"x" * (8 * cap)
     write(tmp_path / "in/a.txt.gz", gzip.compress(endless, mtime=0))
@@ -222,7 +222,7 @@ def test_compression_bombs_and_endless_lines_stay_in_bounded_memory(tmp_path, by
     assert max(held) <= 2 * cap  # no chunk ever held the 8 MB records
     assert skipped(meta)["too_large"] == (5, ["a.txt.gz:1", "b.jsonl.zst:2", "c.json.gz:1", "d.jsonl.gz:1",
                                               "f.parquet:2"])
-    assert skipped(meta)["too_long_word"] == (1, ["e.jsonl:1"])
-    assert docs(tmp_path / "out", byte_tokenizer) == TEXTS[:5]
+    assert "too_long_word" not in meta["skipped"]
+    assert docs(tmp_path / "out", byte_tokenizer) == [*TEXTS[:3], "很长" + "z" * 6000, *TEXTS[3:5]]
 
 

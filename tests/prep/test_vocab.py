@@ -142,3 +142,34 @@ def test_a_folder_of_another_tokenizer_is_refused(tmp_path):
     data = write_pretrain(tmp_path / "bytes")
     with pytest.raises(Exception, match="made with tokenizer 'bytes'"):
         build_vocab([data], tmp_path / "v", 1024)
+
+
+def test_remap_refuses_a_cut_vocab_json_that_disagrees_with_vocab_json(wiki, tmp_path):
+    """A folder whose cut_vocab.json and vocab.json come from different cuts (or were edited) would give
+    wrong ids under the vocab.json's genuine identity: refused, one line, nothing written."""
+    import shutil
+
+    vocab = tmp_path / "v4k"
+    build_vocab([wiki], vocab, 4096, splits=("train", "val"))
+    record = json.loads((vocab / CUT_VOCAB_FILE).read_text())
+    kept = record["kept_ids"]
+    unused = next(i for i in range(kept[-2] + 1, kept[-1]) if i not in kept)
+    other = build_vocab([wiki], tmp_path / "v3k", 3072, splits=("train", "val"))
+    mixed = {
+        "swapped_id": {**record, "kept_ids": [*kept[:-1], unused]},  # same count, one token's bytes differ
+        "other_cut": {**record, "kept_ids": other["kept_ids"]},  # a smaller cut's ids
+        "unsorted": {**record, "kept_ids": [kept[1], kept[0], *kept[2:]]},
+        "not_ids": {**record, "kept_ids": ["a"] * len(kept)},
+        "no_source": {k: v for k, v in record.items() if k != "source"},
+    }
+    for name, content in mixed.items():
+        folder = tmp_path / name
+        shutil.copytree(vocab, folder)
+        (folder / CUT_VOCAB_FILE).write_text(json.dumps(content))
+        with pytest.raises(VocabError) as e:
+            remap_folder(wiki, str(folder), tmp_path / f"out_{name}")
+        assert "\n" not in str(e.value) and CUT_VOCAB_FILE in str(e.value), name
+        assert not (tmp_path / f"out_{name}").exists(), name
+    (tmp_path / "swapped_id" / CUT_VOCAB_FILE).write_text("{not json")
+    with pytest.raises(VocabError, match=CUT_VOCAB_FILE):
+        remap_folder(wiki, str(tmp_path / "swapped_id"), tmp_path / "out")

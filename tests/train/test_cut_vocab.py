@@ -85,7 +85,7 @@ def test_sample_chat_and_bpb_use_the_cut_tokenizer(stack, tmp_path):
 
 def test_export_carries_the_cut_tokenizer_with_greedy_parity(stack):
     transformers = pytest.importorskip("transformers")
-    from tests.model.test_export import hf_greedy
+    from tests.model.export.test_export import hf_greedy
 
     tmp, vocab = stack
     export_hf(tmp / "run", tmp / "hf")

@@ -68,6 +68,8 @@ def test_dpo_starts_at_ln2_and_reward_accuracy_rises(pref_setup, tmp_path):
     report = " ".join(run_cli("report", "--lineage", str(out)).stdout.split())
     assert "base model (pretrain)" in report and "chat model (sft)" in report and "chat model (dpo)" in report
     assert "lineage pretrain (" in report.replace("│", "").replace("  ", " ")
+    parent = json.loads((out / "checkpoint" / "train_config.json").read_text())["init_identity"]
+    assert parent["step"] == 10 and parent["path"] == str(pref_setup[1]) and len(parent["weights_sha256"]) == 64
 
 
 def test_the_dpo_model_chats_and_exports_as_a_chat_model(pref_setup, tmp_path):
@@ -110,6 +112,8 @@ def test_killed_run_resumes_exactly(pref_setup, tmp_path):
     keep = ("step", "loss", "reward_acc", "margin", "val_loss", "val_reward_acc")
     strip = lambda rows: [{k: x[k] for k in keep if k in x} for x in rows]  # noqa: E731
     assert strip(records(out)) == strip(records(whole))
+    kept = [json.loads((o / "checkpoint" / "train_config.json").read_text()) for o in (whole, out)]
+    assert kept[0]["init_identity"] == kept[1]["init_identity"] is not None  # a resumed run keeps its parent
     a, b = load_file(whole / "checkpoint" / "model.safetensors"), load_file(out / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -156,3 +160,36 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(pref_setup, tmp_pa
     r = run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2"))
     assert r.returncode == 0, r.stderr
     assert "reference log-probs of" in " ".join(r.stderr.split())  # computed again by the --init model
+
+
+def test_a_damaged_reference_on_resume_is_one_line_and_the_checkpoint_stays(pref_setup, tmp_path):
+    import hashlib
+    import io
+    import shutil
+
+    import numpy as np
+
+    base = tmp_path / "base"
+    run = ["--max-steps", "4", "--eval-every", "4"]
+    assert run_cli(*dpo_args(pref_setup, base, *run, "--stop-at", "2")).returncode == 0
+    with np.load(base / "reference_logps.npz") as f:
+        good = {k: f[k] for k in f.files}
+    npy = io.BytesIO()
+    np.save(npy, good["val"])
+    damaged = {"cut_in_half": (base / "reference_logps.npz").read_bytes()[:300], "npy": npy.getvalue(),
+               "short": {**good, "train": good["train"][:-1]}, "nan": {**good, "val": good["val"] * np.nan}}
+    digest = lambda out: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                          for p in (out / "checkpoint").iterdir()}
+    for name, content in damaged.items():
+        out = tmp_path / name
+        shutil.copytree(base, out)
+        if isinstance(content, bytes):
+            (out / "reference_logps.npz").write_bytes(content)
+        else:
+            np.savez(out / "reference_logps.npz", **content)
+        before = digest(out)
+        r = run_cli(*dpo_args(pref_setup, out, *run))
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert "reference_logps.npz" in last and "start a new run" in last, (name, r.stderr)
+        assert digest(out) == before, name

@@ -14,7 +14,7 @@ import pytest
 from model.sampling import SamplingParams
 from prep.chat_template import render_prompt
 from tests.model.conftest import save_tiny
-from tests.model.servers import running_server
+from tests.model.serve.servers import running_server
 
 MESSAGES = [{"role": "system", "content": "你是助手"}, {"role": "user", "content": "你好"},
             {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "数学是什么？"}]

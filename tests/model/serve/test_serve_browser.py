@@ -1,7 +1,7 @@
 """The chat page in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by
 Selenium against the real server. Skipped where no browser is installed (`.ci/run` installs one).
 
-Set CHAT_SCREENSHOT=docs/chat.png to keep the screenshot the test takes (the README shows it).
+Set CHAT_SCREENSHOT=docs/chat.png to keep the screenshot the test takes (docs/use.md shows it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from model.serve.server import PAGE
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 from tests.model.conftest import save_tiny, tiny_model
-from tests.model.servers import running_server
+from tests.model.serve.servers import running_server
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402

@@ -164,3 +164,10 @@ def test_bpb_out_never_replaces_a_file_that_is_not_a_bpb_result(tmp_path, qwen_r
                                  "--out", str(mine)])
     assert r.exit_code == 1 and "not a bpb result written by this project" in r.stderr, r.output
     assert mine.read_text() == '{"mine": true}'
+
+
+def test_a_lone_surrogate_in_a_json_line_is_one_line(tmp_path):
+    path = tmp_path / "shard.jsonl"
+    path.write_text(json.dumps({"text": "好"}) + "\n" + json.dumps({"text": "坏\ud800"}) + "\n", encoding="utf-8")
+    with pytest.raises(TextError, match=r"shard.jsonl:2: .*lone surrogate"):
+        list(read_documents(path))

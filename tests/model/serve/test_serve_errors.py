@@ -18,7 +18,7 @@ import pytest
 from model.serve.api import MAX_MESSAGES
 from tests.conftest import ROOT
 from tests.model.conftest import favour, save_tiny, tiny_model
-from tests.model.servers import running_server
+from tests.model.serve.servers import running_server
 
 USER = [{"role": "user", "content": "你好"}]
 

@@ -1,4 +1,4 @@
-"""Export to Hugging Face: GPT2LMHeadModel gives our logits (1e-4, fp32) and our greedy tokens, offline."""
+"""Export to Hugging Face: GPT2LMHeadModel and Qwen3ForCausalLM give our logits (1e-4, fp32) and our greedy tokens, offline."""
 
 from __future__ import annotations
 
