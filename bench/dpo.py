@@ -26,16 +26,17 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.train import time_steps
-from model.arch import build
+from model.archs import build
 from model.runtime import pick_device, precision
 from prep.pref import run_pref
 from prep.tokenfile import open_token_folder
 from prep.tokenizer import pad_vocab_size
-from train.config import apply_overrides, preset
 from train.data import BlockSampler, StepLoader
 from train.dist import Dist
+from train.overrides import apply_overrides
 from train.pref_reference import score_pairs
-from train.stage import get as get_stage
+from train.presets import preset
+from train.stages import get as get_stage
 from train.step import Stepper
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "pref" / "dpo_zh.jsonl"

@@ -32,8 +32,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.arch import build as build_model
-from model.arch import config_from_dict
+from model.archs import build as build_model
+from model.archs import config_from_dict
 from model.export.hf import export_hf
 from model.generate import Engine
 from model.io import load_model, save_model

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from model.arch import build, config_from_dict
+from model.archs import build, config_from_dict
 from model.export.gguf import GGUF_TYPES, export_gguf
 from model.generate import Engine, row_tokens
 from model.io import load_model, save_model

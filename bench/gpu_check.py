@@ -23,16 +23,17 @@ from pathlib import Path
 import torch
 
 from bench.serve import ServerProcess, make_checkpoint, questions, serve_all
-from model.arch import build
+from model.archs import build
 from model.runtime import precision
 from prep.tokenizer import load_tokenizer, pad_vocab_size
-from train.config import apply_overrides, preset
 from train.data import StepBatch
 from train.dist import Dist
 from train.optim import lr_at
+from train.overrides import apply_overrides
 from train.perf import peak_flops
 from train.plan import Setup, fmt, plan_step, resolve_micro_batch
-from train.stage import PRETRAIN
+from train.presets import preset
+from train.stages.pretrain import PRETRAIN
 from train.step import Stepper
 
 STEPS = 20

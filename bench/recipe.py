@@ -5,7 +5,7 @@
 
 Four recipes train on the same token folder with the same batches, schedule and steps: gpt2 + AdamW
 (the seed's), gpt2 + Muon, qwen3 + AdamW and qwen3 + Muon. qwen3's defaults give the same matmul
-weights per layer as gpt2 (`model.qwen3`), so the non-embedding parameter counts match (printed).
+weights per layer as gpt2 (`model.archs.qwen3`), so the non-embedding parameter counts match (printed).
 Each recipe runs once per learning rate of its sweep (AdamW's ``lr``; with Muon, ``muon_lr``, the
 AdamW part keeping ``lr`` at the middle of --lrs) and keeps the run with the best final validation
 bits per byte. Printed per recipe: that bpb at equal tokens (the last eval), the bpb at equal
@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import make_args
-from model.arch import build
-from train.config import apply_overrides, preset
+from model.archs import build
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, train
 
 RECIPES = {"gpt2 + AdamW (seed)": ("gpt2", "adamw"), "gpt2 + Muon": ("gpt2", "muon"),

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.generate import prompt_texts
-from model.arch import build, config_from_dict
+from model.archs import build, config_from_dict
 from model.io import save_model
 from prep.tokenizer import load_tokenizer, pad_vocab_size
 

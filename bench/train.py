@@ -30,17 +30,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from model.arch import build
+from model.archs import build
 from model.lm import CausalLM
 from model.runtime import pick_device, precision
 from prep.tokenfile import TokenFolderWriter
 from prep.tokenizer import pad_vocab_size
-from train.config import TrainConfig, apply_overrides, preset
+from train.config import TrainConfig
 from train.data import BlockSampler, StepLoader, make_sampler
 from train.dist import Dist
 from train.mixture import Mixture, open_mixture
+from train.overrides import apply_overrides
 from train.perf import peak_flops
-from train.stage import get as get_stage
+from train.presets import preset
+from train.stages import get as get_stage
 from train.step import Stepper
 
 QWEN2_LEN = 151646

@@ -25,17 +25,19 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.train import QWEN2_LEN, synthetic_folder
-from model.arch import build
+from model.archs import build
 from model.runtime import pick_device, precision
 from prep.tokenizer import pad_vocab_size
 from prep.vocab_build import build_vocab
 from prep.wiki import run_wiki
-from train.config import TrainConfig, apply_overrides, preset
+from train.config import TrainConfig
 from train.data import StepLoader, make_sampler
 from train.dist import Dist
 from train.full_eval import evaluate_checkpoint
 from train.mixture import open_mixture
-from train.stage import get as get_stage
+from train.overrides import apply_overrides
+from train.presets import preset
+from train.stages import get as get_stage
 from train.step import Stepper
 from train.trainer import RunSpec, train
 

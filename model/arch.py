@@ -12,6 +12,10 @@ what the exports need, kept as plain data so that this module imports none of th
 
 Nothing outside this module constructs a model class by name: `build(config)` does, and
 `config_from_dict` reads a recorded config whatever its architecture.
+
+This module imports no architecture: the list of shipped ones, `model.archs`, imports each and
+registers it (torchtitan's shape), and re-exports these functions, so code that builds or reads
+models imports `model.archs` and finds them registered.
 """
 
 from __future__ import annotations
@@ -73,7 +77,6 @@ def register(arch: Arch) -> Arch:
 
 
 def get(name: str) -> Arch:
-    _register_builtins()
     if name not in ARCHS:
         raise ArchError(f"unknown arch {name!r}; choose one of {', '.join(sorted(ARCHS))}")
     return ARCHS[name]
@@ -124,14 +127,3 @@ _COMMON = ModelConfig.field_names() - {"arch"}
 def build(config: ModelConfig) -> CausalLM:
     """The model `config` describes, freshly initialised (under the caller's torch seed and device)."""
     return arch_of(config).model(config)
-
-
-_builtins_done = False
-
-
-def _register_builtins() -> None:
-    """The architectures shipped with the project, registered on first use (their modules import this one)."""
-    global _builtins_done
-    if not _builtins_done:
-        _builtins_done = True
-        import model.builtin_archs  # noqa: F401 - registers gpt2 (and the others) as a side effect

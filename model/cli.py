@@ -1,4 +1,4 @@
-"""``python -m model sample|chat|serve|export|gguf|ollama|harness|bpb``: thin Click commands over
+"""``python -m model sample|chat|serve|pack|export|gguf|ollama|harness|bpb``: thin Click commands over
 `model.generate`, `model.chat` and `model.serve.server` (here), the export formats (`model.export.cli`) and
 the measures (`model.measure.cli`).
 
@@ -250,6 +250,18 @@ def serve(ckpt: Path, host: str, port: int, api_key: str | None, name: str | Non
         console.print(f"[yellow]listening on {host} without --api-key: anyone who can reach this machine can use it[/]")
     serve_forever(app, sock, log_level)
     console.print(f"[dim]stopped; {app.state.requests_served} requests served[/]")
+
+
+@cli.command()
+@click.option("--ckpt", required=True, type=UserPath(), help="run or checkpoint folder")
+@one_line_errors
+def pack(ckpt: Path) -> None:
+    """Copy the tokenizer folder a checkpoint names (a cut vocabulary) inside it, so it no longer needs that
+    folder. Checkpoints written now carry it already; Qwen2's tokenizer is rebuilt offline and needs nothing."""
+    from model.tokenizer_files import pack as pack_tokenizer
+
+    written = pack_tokenizer(ckpt)
+    click.echo(f"copied its tokenizer into {written}" if written else f"{ckpt}: already self-contained")
 
 
 cli.add_command(export)  # model/export_cli.py

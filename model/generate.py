@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from model.gpt import GPT, KVCache
+from model.archs.gpt2 import GPT, KVCache
 from model.sampling import SamplingParams, sample_next
 
 

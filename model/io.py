@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
 from common.outputs import JSONFileError, read_json
-from model.arch import build, config_from_dict
+from model.archs import build, config_from_dict
 from model.lm import CausalLM, ModelConfig
 from prep.tokenfile import KINDS as DATA_KINDS
 
@@ -33,12 +33,6 @@ INFO_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "zh-mini-llm-gpt"
 FORMAT_VERSION = 1
-# Generous bounds a real config never reaches; beyond them model.json is damaged, not ambitious.
-SIZE_LIMITS = {"n_layer": 1024, "n_head": 1024, "n_embd": 65536, "block_size": 1 << 20, "vocab_size": 1 << 24,
-               "loss_chunk_tokens": 1 << 24}
-
-
-LAYER_INDEX = re.compile(r"\.(?:h|layers)\.(\d+)\.")  # a block's tensors: transformer.h.3.*, model.layers.3.*
 
 
 class CheckpointError(UserError, ValueError):
@@ -57,7 +51,6 @@ class RunFolder:
         self.harness = self.path / "harness"  # lm-eval results (`model.measure.harness`)
         self.tensorboard = self.path / "tb"  # `train --log tensorboard`
         self.wandb_id = self.path / "wandb_id.txt"  # `train --log wandb`: a resumed run continues the same one
-        self.reference = self.path / "reference_logps.npz"  # `train dpo`: the initial model's log-probs of each pair
 
     @classmethod
     def of(cls, path: str | os.PathLike) -> RunFolder:
@@ -146,23 +139,15 @@ def read_model_info(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{info_path}: format {got}, expected {FORMAT!r} v{FORMAT_VERSION}")
     if info.get("data_kind") not in DATA_KINDS:
         raise CheckpointError(f"{info_path}: data_kind {info.get('data_kind')!r}, expected one of {DATA_KINDS}")
-    try:
+    try:  # the config's sane ranges (`model.lm.ModelConfig.RANGES`) before anything is allocated
         config = config_from_dict(info["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{info_path}: bad model config ({e})") from e
-    _check_sizes(config, info_path)
     tok = info.get("tokenizer")
     if isinstance(tok, dict) and isinstance(tok.get("len"), int) and tok["len"] > config.vocab_size:
         raise CheckpointError(f"{info_path}: the tokenizer has {tok['len']:,} ids but the model only "
                               f"{config.vocab_size:,} rows; the checkpoint is damaged")
     return info
-
-
-def _check_sizes(config: ModelConfig, where: Path) -> None:
-    for name, limit in SIZE_LIMITS.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-            raise CheckpointError(f"{where}: {name} = {value!r}, expected an integer from 1 to {limit:,}")
 
 
 def _check_stored_shapes(model_dir: Path, config: ModelConfig) -> None:
@@ -173,7 +158,7 @@ def _check_stored_shapes(model_dir: Path, config: ModelConfig) -> None:
         with safe_open(path, framework="pt") as f:
             keys = set(f.keys())
             stored = {name: f.get_slice(name).get_shape() for name in expected if name in keys}
-            n_blocks = len({m.group(1) for k in keys if (m := LAYER_INDEX.search(k))})
+            n_blocks = len({i for k in keys if (i := config.block_index(k)) is not None})
     except (FileNotFoundError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read weights ({e})") from e
     for name, shape in expected.items():

@@ -50,13 +50,41 @@ class ModelConfig:
     # It changes memory, not results; checkpoints written before it existed get this default.
     loss_chunk_tokens: int = 1024
 
-    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ()  # fields a fine-tune keeps from its --init model
+    SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ()  # fields that decide the weights' shapes
+    # Training knobs: fields a run may change without changing the model's function (a fine-tune or a
+    # resumed run takes every other field from the model it continues; `train.inherit`).
+    KNOBS: ClassVar[tuple[str, ...]] = ("dropout", "loss_chunk_tokens")
+    BLOCKS: ClassVar[str] = ""  # the blocks' parameter prefix: "transformer.h" names transformer.h.3.attn...
+    # Sane bounds of each numeric field, checked wherever a config is made (a preset, --set, a model.json):
+    # beyond them a value is a typo or a damaged file, never a model (rope_theta=1e-300 gives NaN tables).
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {
+        "n_layer": (1, 1024), "n_head": (1, 1024), "n_embd": (1, 65536), "block_size": (1, 1 << 20),
+        "vocab_size": (1, 1 << 24), "dropout": (0.0, 0.99), "loss_chunk_tokens": (1, 1 << 24)}
 
     def __post_init__(self) -> None:
         self.check()
 
+    @classmethod
+    def ranges(cls) -> dict[str, tuple[float, float]]:
+        """`RANGES` of this class and every base (a subclass adds its own fields' bounds)."""
+        merged: dict[str, tuple[float, float]] = {}
+        for klass in reversed(cls.__mro__):
+            merged |= vars(klass).get("RANGES", {})
+        return merged
+
     def check(self) -> None:
-        """Raise ValueError (naming the fields) for a combination that cannot be built."""
+        """Raise ValueError (naming the fields) for a value out of its range or a combination that cannot be built."""
+        types = {f.name: f.type for f in fields(self)}
+        for name, (low, high) in self.ranges().items():
+            value = getattr(self, name)
+            integer = types[name] in (int, "int")
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if not ok or isinstance(value, bool) or not low <= value <= high:
+                span = f"an integer from {low:,} to {high:,}" if integer else f"a number from {low:g} to {high:g}"
+                raise ValueError(f"{name} = {value!r}, expected {span}")
+        for name, kind in types.items():  # a switch is a boolean, not "yes" or 1 from a damaged model.json
+            if kind in (bool, "bool") and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} = {getattr(self, name)!r}, expected true or false")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
@@ -73,6 +101,14 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config fields {unknown} for arch {cls.arch_name()!r}")
         return cls(**{**d, "arch": cls.arch_name()})
+
+    def block_index(self, tensor: str) -> int | None:
+        """The block a weight belongs to (``transformer.h.3.attn.c_attn.weight`` -> 3), or None."""
+        prefix = self.BLOCKS + "."
+        if not tensor.startswith(prefix):
+            return None
+        index = tensor[len(prefix):].split(".", 1)[0]
+        return int(index) if index.isdigit() else None
 
     @classmethod
     def arch_name(cls) -> str:

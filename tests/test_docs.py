@@ -72,8 +72,11 @@ def broken_links(page: Path) -> list[str]:
 
 
 def make_targets() -> set[str]:
+    """The Makefile's targets and those of the files it includes (stages.mk: the stage registry's)."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    return {name for names in TARGET.findall(makefile) for name in names.split()}
+    included = re.findall(r"^include\s+(\S+)\s*$", makefile, re.M)
+    text = "\n".join([makefile, *((ROOT / name).read_text(encoding="utf-8") for name in included)])
+    return {name for names in TARGET.findall(text) for name in names.split()}
 
 
 def test_slug_follows_github():

@@ -1,9 +1,12 @@
-"""``python -m train pretrain|sft|eval|report``: thin Click commands over `train.trainer.train` and friends.
+"""``python -m train STAGE|eval|report|plan``: thin Click commands over `train.trainer.train` and friends.
 
-A preset gives every field; plain options and ``--set key=value`` (repeatable, typed from
-`train.config.TrainConfig`) override it. Errors a user can fix are one line and exit non-zero; an
-interrupted run exits 128 + the signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP) after
-saving its checkpoint, so scripts can tell it from a finished one.
+There is one command per registered stage (`train.stages`), made from the stage's declaration (its
+help, whether it takes --init) when the command line names it, so a stage registered by any module
+(a test's included) has its command without an edit here. A preset names a size; the stage's overlay
+applies by itself; plain options and ``--set key=value`` (repeatable, typed from the config's fields)
+override them. Errors a user can fix are one line and exit non-zero; an interrupted run exits 128 + the
+signal (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP) after saving its checkpoint, so scripts can
+tell it from a finished one.
 """
 
 from __future__ import annotations
@@ -14,21 +17,40 @@ from pathlib import Path
 import click
 
 from common.cli import CommandError, UserPath, one_line_errors
+from common.recipes import DEFAULT_RECIPE, RECIPES
 from model.cli_common import device_option, dtype_option
-from train.config import PRESETS, apply_overrides, preset
+from train.all_cli import all_command
 from train.full_eval import eval_command
+from train.overrides import apply_overrides
 from train.plan_cli import plan_command
+from train.presets import SIZES, recipe_config, resolve
 from train.report import report_command
+from train.stages import STAGES, LMStage
 from train.tracking import TRACKERS
 from train.trainer import RunSpec, train
 
 DATA_HELP = ("token folder (prep output), or a mixture of several with weights: FOLDER:0.3,FOLDER:0.7 (the part after "
              "the last ':' is a weight when it is a number; a value naming an existing folder is that folder)")
+PRESET_HELP = (f"the size to start from: {', '.join(SIZES)} (the stage's own rates apply by themselves; the "
+               "architecture is --set arch=...; old names such as tiny-sft or qwen3-tiny still work)")
 
 
-@click.group()
+class StageGroup(click.Group):
+    """The ``train`` group: its fixed commands, and one command per registered stage, made when asked for."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return [*STAGES, *sorted(super().list_commands(ctx))]
+
+    def get_command(self, ctx, name):
+        if name in STAGES:
+            return stage_command(STAGES[name])
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=StageGroup)
 def cli() -> None:
-    """Train a model (any architecture: --set arch=...): `pretrain` on a token folder from `prep wiki`, `sft` on one from `prep sft`, then `dpo`
+    """Train a model (any architecture: --set arch=...): `pretrain` on a token folder from `prep wiki`, `sft` on
+    one from `prep sft`, then `dpo`
     on one from `prep pref`.
 
     Run the same command again on the same --out to resume exactly where it stopped. Under
@@ -38,8 +60,10 @@ def cli() -> None:
 
 def run_options(f):
     options = [
-        click.option("--preset", default="mini", show_default=True,
-                     help=f"field values to start from: {', '.join(PRESETS)} (sft and dpo use NAME-sft, NAME-dpo)"),
+        click.option("--preset", default="mini", show_default=True, help=PRESET_HELP),
+        click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+                     help="laid over the size and the stage's overlay, under --set: seed (GPT-2 + AdamW, the "
+                     "reference) or modern (qwen3 + Muon for pretraining; common/recipes.py says what and why)"),
         click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
@@ -67,13 +91,30 @@ def run_options(f):
     return f
 
 
-def build_config(stage: str, preset_name: str, assignments, **plain):
-    """The preset, then plain options, then --set (the names given travel in `set_fields`)."""
+def stage_command(stage: LMStage) -> click.Command:
+    """``train NAME``: the run options, and --init for a stage that starts from a trained model."""
+
+    def command(preset: str, data: str, out: Path, assignments, stop_at, init: Path | None = None, **plain) -> None:
+        run(stage.name, preset, data, out, init, assignments, stop_at, **plain)
+
+    command.__doc__ = stage.help or f"Train stage {stage.name} on a `{stage.prep_command}` token folder."
+    if stage.needs_init:
+        command = click.option("--init", type=UserPath(), help=stage.init_help)(command)
+    return click.command(stage.name)(run_options(command))
+
+
+def build_config(stage: str, preset_name: str, assignments, recipe: str = DEFAULT_RECIPE, **plain):
+    """The size preset and the stage's overlay, the recipe, then plain options, then --set (the names given
+    travel in `set_fields`). An old preset name prints what it means now."""
     items = [f"{k}={v}" for k, v in plain.items() if v is not None] + list(assignments)
     try:
-        return apply_overrides(preset(preset_name, stage), items)
+        note = resolve(preset_name)[2]
+        cfg = apply_overrides(recipe_config(preset_name, stage, recipe), items)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    if note:
+        click.echo(f"note: {note}", err=True)
+    return cfg
 
 
 @one_line_errors
@@ -93,43 +134,7 @@ def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, a
         raise SystemExit(128 + result.signal)
 
 
-@cli.command()
-@run_options
-def pretrain(preset: str, data: str, out: Path, assignments, stop_at, **plain) -> None:
-    """Pretrain from scratch on a `prep wiki` / `prep text` token folder, or a weighted mixture of them."""
-    run("pretrain", preset, data, out, None, assignments, stop_at, **plain)
-
-
-@cli.command()
-@run_options
-@click.option("--init", type=UserPath(),
-              help="pretraining run (or checkpoint) folder whose weights SFT starts from")
-def sft(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
-    """Fine-tune on a `prep sft` token folder or a mixture of them (loss on assistant replies only), from --init.
-
-    The model shape comes from --init; the preset NAME means its NAME-sft variant.
-    """
-    run("sft", preset, data, out, init, assignments, stop_at, **plain)
-
-
-@cli.command()
-@run_options
-@click.option("--init", type=click.Path(path_type=Path),
-              help="SFT run (or any run or checkpoint folder) whose weights are the policy's start and DPO's reference")
-def dpo(preset: str, data: str, out: Path, init: Path | None, assignments, stop_at, **plain) -> None:
-    """Preference-tune on a `prep pref` token folder, from --init: --set loss=dpo (default), simpo or orpo.
-
-    \b
-    dpo    -log sigmoid(beta * (chosen - rejected log-ratio to the reference)); dpo_beta 0.1 (DPO paper)
-    simpo  -log sigmoid(beta * (mean chosen - mean rejected log-prob) - gamma); simpo_beta 2.0, simpo_gamma 1.0
-           (SimPO's Llama-3-Base recipe); no reference model
-    orpo   chosen NLL - lambda * log sigmoid(log odds ratio); orpo_lambda 0.1 (ORPO paper); no reference model
-    For DPO, the --init model scores every pair once before the first step (kept in OUT/reference_logps.npz).
-    batch_size and micro_batch_size count sequences, two per pair. The preset NAME means NAME-dpo.
-    """
-    run("dpo", preset, data, out, init, assignments, stop_at, **plain)
-
-
+cli.add_command(all_command)  # `train all` (make all): train/all_cli.py, train/pipeline_all.py
 cli.add_command(eval_command)  # `train eval`: train/full_eval.py
 cli.add_command(report_command)  # `train report`: train/report.py
 cli.add_command(plan_command)  # `train plan`: train/plan_cli.py, train/plan.py

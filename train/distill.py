@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,11 +21,21 @@ import torch
 from common.errors import UserError
 from prep.tokenfile import Split
 from train.data import BlockSampler, MixtureSampler, read_windows
+from train.options import StageOptions, shared
 from train.stage import LMStage
 
 
 class DistillError(UserError, ValueError):
     """kd_weight asked of data or a stage that cannot give it."""
+
+
+@shared("pretrain", "sft")
+@dataclasses.dataclass
+class DistillOptions(StageOptions):
+    """``--set kd_weight=W`` on pretrain and sft (``cfg.stage.kd_weight``)."""
+
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"kd_weight": (0.0, 1.0)}
+    kd_weight: float = 0.0  # 0 = plain cross-entropy, 1 = distillation only
 
 
 def read_teacher(split: Split, starts: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:

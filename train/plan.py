@@ -4,7 +4,7 @@ The model of memory
 ===================
 
 One optimizer step of `train.step.Stepper` in eager mode (AdamW fused, gradients clipped, the loss of
-`model.gpt.ChunkedLinearCrossEntropy`), counted tensor by tensor from model/gpt.py. Notation: P
+`model.archs.gpt2.ChunkedLinearCrossEntropy`), counted tensor by tensor from model/archs/gpt2.py. Notation: P
 parameters (the tied V x C embedding counted once), P_lin those of the blocks' `nn.Linear` layers,
 L layers, C = n_embd, H heads, V the padded vocabulary, T = block_size, B the micro-batch, N = B·T
 tokens, c = min(loss_chunk_tokens, N) tokens per output-layer chunk. Sizes in bytes; ``a`` is the size
@@ -100,7 +100,7 @@ class Setup:
     @classmethod
     def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
         return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer,
-                   DEFAULT_K if cfg.kd_weight > 0 else 0)
+                   DEFAULT_K if getattr(cfg.stage, "kd_weight", 0.0) > 0 else 0)
 
     def __getattr__(self, name: str):
         """The model's fields (block_size, n_embd, vocab_size, dropout, loss_chunk_tokens, ...) read through."""

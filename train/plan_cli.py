@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import one_line_errors
+from model.archs.gpt2 import GPTConfig
 from model.cli_common import dtype_option
-from model.gpt import GPTConfig
 from model.runtime import resolve_dtype
 from prep.tokenizer import load_tokenizer, pad_vocab_size
-from train.config import AUTO, PRESETS, apply_overrides, preset
+from train.config import AUTO
+from train.overrides import apply_overrides
 from train.plan import (
     CUDA_CONTEXT,
     SAFETY,
@@ -31,6 +32,9 @@ from train.plan import (
     parse_size,
     plan_step,
 )
+from train.presets import SIZES, compose
+from train.stages import STAGES, StageError
+from train.stages import get as get_stage
 
 PART_LABELS = {  # key: (table label, how it is counted; N tokens per micro-batch, C width, V vocabulary)
     "weights": ("weights", "4 B x P parameters (fp32)"),
@@ -105,9 +109,9 @@ def _memory_target(gpu_mem: str | None) -> tuple[str, int, str]:
 
 @click.command("plan")
 @click.option("--preset", "preset_name", default="mini", show_default=True,
-              help=f"field values to start from: {', '.join(PRESETS)}")
-@click.option("--stage", type=click.Choice(["pretrain", "sft", "dpo"]), default="pretrain", show_default=True,
-              help="the stage whose preset variant to plan (sft: NAME-sft, dpo: NAME-dpo)")
+              help=f"the size to start from: {', '.join(SIZES)} (old names such as qwen3-tiny still work)")
+@click.option("--stage", default="pretrain", show_default=True,
+              help=f"the stage whose overlay to plan with: {', '.join(STAGES)} (any registered stage)")
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="override a config field, as in `train pretrain` (micro_batch_size=auto: the largest that fits)")
 @click.option("--vocab", type=click.IntRange(1, 1 << 24), default=GPTConfig.vocab_size, show_default=True,
@@ -128,8 +132,9 @@ def plan_command(preset_name: str, stage: str, assignments, vocab: int, tokenize
     trainer prints the measured peak beside this figure after its first step.
     """
     try:
-        cfg = apply_overrides(preset(preset_name, stage), assignments)
-    except ValueError as e:
+        plan_stage = get_stage(stage)
+        cfg = apply_overrides(compose(preset_name, stage), assignments)
+    except (StageError, ValueError) as e:
         raise click.UsageError(str(e)) from None
     if tokenizer is not None:
         vocab = pad_vocab_size(len(load_tokenizer(tokenizer)))
@@ -154,10 +159,8 @@ def plan_command(preset_name: str, stage: str, assignments, vocab: int, tokenize
     console.print(f"micro-batch {micro} x {plan.accumulation} accumulation x {nproc} process(es): peak "
                   f"{fmt(plan.peak)} per {'GPU' if device == 'cuda' else 'process'}, {plan.tokens_per_step:,} tokens "
                   f"per optimizer step; {verdict} in {fmt(budget)} ({where}).")
-    if stage == "dpo":
-        console.print("dpo: a micro-batch of m sequences is m/2 pairs and needs what m SFT sequences need (each "
-                      "row's loss is checkpointed per chunk); the reference model is never held: its log-probs "
-                      "are computed once, before the first step, by a forward pass over the pairs.")
+    if plan_stage.plan_note:
+        console.print(f"{stage}: {plan_stage.plan_note}")
     if fitting is None:
         console.print("[red]No micro-batch fits[/]: try --dtype bf16, --set loss_chunk_tokens=256, more processes or "
                       "a smaller model.")

@@ -28,7 +28,7 @@ VAL_METRICS = (*TRAIN_METRICS, "chosen_shift")  # chosen_shift: chosen log-prob 
 
 @dataclass(frozen=True)
 class Objective:
-    """One preference loss and its weights (from `train.config.TrainConfig`: loss, dpo_beta, ...)."""
+    """One preference loss and its weights (from the run's ``cfg.stage``: loss, dpo_beta, ...)."""
 
     name: str = "dpo"
     beta: float = 0.1  # DPO's or SimPO's beta
@@ -36,12 +36,13 @@ class Objective:
     lam: float = 0.1  # ORPO's weight of the odds-ratio term
 
     @classmethod
-    def from_config(cls, cfg) -> Objective:
-        if cfg.loss == "simpo":
-            return cls("simpo", cfg.simpo_beta, cfg.simpo_gamma)
-        if cfg.loss == "orpo":
-            return cls("orpo", lam=cfg.orpo_lambda)
-        return cls("dpo", cfg.dpo_beta)
+    def from_options(cls, options) -> Objective:
+        """The loss a preference run's settings (``cfg.stage``: `train.stages.dpo.PrefOptions`) name."""
+        if options.loss == "simpo":
+            return cls("simpo", options.simpo_beta, options.simpo_gamma)
+        if options.loss == "orpo":
+            return cls("orpo", lam=options.orpo_lambda)
+        return cls("dpo", options.dpo_beta)
 
     @property
     def needs_reference(self) -> bool:

@@ -24,6 +24,8 @@ from common.outputs import atomic_file
 from prep.tokenfile import Split
 from train.pref_data import EvalPairs, Pairs, read_pairs
 
+FILE = "reference_logps.npz"  # in the run folder, written before the first step (`train.stages.dpo`)
+
 
 class ReferenceError(UserError, ValueError):
     """The kept reference log-probs are missing or belong to other data."""
@@ -55,42 +57,44 @@ def score_pairs(model, split: Split, index: np.ndarray, block_size: int, batch_p
     return out
 
 
-def data_identity(trainer) -> str:
-    return trainer.data_record["sources"][0]["meta_sha256"]
+def data_identity(ctx) -> str:
+    return ctx.data_record["sources"][0]["meta_sha256"]
 
 
-def model_identity(trainer) -> str:
+def path_of(ctx):
+    """The run folder's reference file (`ctx`: a `train.stage.PrepareContext`)."""
+    return ctx.run_folder.path / FILE
+
+
+def model_identity(ctx) -> str:
     """The digest of the --init weights that scored the pairs ("" for a run recorded before digests)."""
-    parent = trainer.parent.get("init_identity") or {}
+    parent = ctx.parent.get("init_identity") or {}
     return str(parent.get("weights_sha256") or "")
 
 
-def expected_pairs(trainer) -> dict[str, int]:
-    """How many pairs each kept array must hold: the val pairs scored, and every training pair."""
-    val = trainer.val_starts[0]
-    return {"val": len(val.index) if isinstance(val, EvalPairs) else 0, "train": trainer.train_splits[0].n_docs}
+def expected_pairs(ctx, val) -> dict[str, int]:
+    """How many pairs each kept array must hold: the val pairs scored (`val`), and every training pair."""
+    return {"val": len(val.index) if isinstance(val, EvalPairs) else 0, "train": ctx.train_splits[0].n_docs}
 
 
-def compute(trainer, train_pairs: bool) -> dict[str, np.ndarray]:
-    """Score the val pairs (and the train pairs if asked) with the model as it is now (the initial one)."""
-    d, cfg, T = trainer.d, trainer.cfg, trainer.cfg.model.block_size
+def compute(ctx, val, train_pairs: bool) -> dict[str, np.ndarray]:
+    """Score the val pairs `val` (and the train pairs if asked) with the model as it is now (the initial one)."""
+    d, cfg, T = ctx.d, ctx.cfg, ctx.cfg.model.block_size
     batch = max(1, cfg.micro_batch_size // 2)
     t0 = time.perf_counter()
-    val = trainer.val_starts[0]
     parts = {"val": val.index if isinstance(val, EvalPairs) else np.zeros(0, np.int64)}  # an empty val split
     if train_pairs:
-        parts["train"] = np.arange(trainer.train_splits[0].n_docs)
-    splits = {"val": trainer.val_splits[0], "train": trainer.train_splits[0]}
+        parts["train"] = np.arange(ctx.train_splits[0].n_docs)
+    splits = {"val": ctx.val_splits[0], "train": ctx.train_splits[0]}
     out = {}
     for name, index in parts.items():
-        scores = score_pairs(trainer.model, splits[name], index, T, batch, d.device, trainer.stepper.autocast,
-                             d.rank, d.world_size)
+        scores = score_pairs(ctx.model, splits[name], index, T, batch, d.device, ctx.autocast, d.rank, d.world_size)
         out[name] = d.all_reduce_sum(scores).cpu().numpy().astype(np.float32)
-    if trainer.main:
+    if ctx.main:
         n = sum(len(v) for v in out.values())
-        trainer.console.print(f"reference log-probs of {n:,} pairs by the initial model in "
-                              f"{time.perf_counter() - t0:.1f}s (once; kept in {trainer.run_folder.reference})")
-        save(trainer.run_folder.reference, out, data_identity(trainer), model_identity(trainer))
+        ctx.console.print(f"reference log-probs of {n:,} pairs by the initial model in "
+                          f"{time.perf_counter() - t0:.1f}s (once; kept in {path_of(ctx)})")
+        save(path_of(ctx), out, data_identity(ctx), model_identity(ctx))
     return out
 
 
@@ -100,16 +104,16 @@ def save(path, parts: dict[str, np.ndarray], identity: str, model: str = "") -> 
         np.savez(f, identity=np.array(identity), model=np.array(model), **parts)
 
 
-def load(trainer) -> dict[str, np.ndarray]:
-    """The kept log-probs (rank 0 reads them; every rank gets rank 0's copy, or its reason to stop)."""
+def load(ctx, val) -> dict[str, np.ndarray]:
+    """The kept log-probs of `val` (the val pairs) and the training pairs (rank 0 reads them; every rank gets
+    rank 0's copy, or its reason to stop)."""
     parts, problem = None, None
-    if trainer.main:
+    if ctx.main:
         try:
-            parts = read(trainer.run_folder.reference, data_identity(trainer), model_identity(trainer),
-                         expected_pairs(trainer))
+            parts = read(path_of(ctx), data_identity(ctx), model_identity(ctx), expected_pairs(ctx, val))
         except ReferenceError as e:
             problem = str(e)
-    if trainer.d.enabled:  # the other ranks wait here: they must not be left waiting if rank 0 stops
+    if ctx.d.enabled:  # the other ranks wait here: they must not be left waiting if rank 0 stops
         box = [(parts, problem)]
         torch.distributed.broadcast_object_list(box, src=0)
         parts, problem = box[0]

@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from common.cli import UserPath, one_line_errors
-from model.arch import config_from_dict
+from model.archs import config_from_dict
 from model.identity import identity_changes
 from model.io import CheckpointError, RunFolder, is_chat, read_model_info, resolve_model_dir
 from train.checkpoint import read_run_info
 from train.metrics import read_records
+from train.stages import STAGES
 
 
 def read_metrics(run: RunFolder) -> tuple[list[dict], list[dict]]:
@@ -41,7 +42,7 @@ def summarize(path: Path) -> dict:
     return {
         "kind": f"{'chat' if is_chat(info) else 'base'} model ({chain[-1].stage})",
         "lineage": chain,
-        "val_reward_acc": next((e["val_reward_acc"] for e in reversed(evals) if "val_reward_acc" in e), None),
+        "val_metrics": _stage_metrics(chain[-1].stage, evals),
         "step": info.get("step"),
         "shape": "{n_layer}x{n_embd}, block {block_size}, vocab {vocab_size}".format(
             **config_from_dict(info["config"]).to_dict()),  # any architecture: gpt2 when unrecorded
@@ -91,11 +92,19 @@ def lineage(path: Path, longest: int = 8) -> list[Ancestor]:
 
 
 def _stage_of_data(path: Path) -> str:
+    """The first registered stage that trains on the checkpoint's data kind (runs without train_config.json)."""
     try:
         kind = read_model_info(path).get("data_kind")
     except (CheckpointError, OSError):
         return "?"
-    return {"pretrain": "pretrain", "sft": "sft", "pref": "dpo"}.get(kind, "?")
+    return next((stage.name for stage in STAGES.values() if stage.data_kind == kind), "?")
+
+
+def _stage_metrics(stage: str, evals: list[dict]) -> dict[str, float]:
+    """The last eval's value of each val metric the run's stage shows in reports (dpo: reward accuracy)."""
+    names = STAGES[stage].report_metrics if stage in STAGES else ()
+    return {name: next(e[f"val_{name}"] for e in reversed(evals) if f"val_{name}" in e)
+            for name in names if any(f"val_{name}" in e for e in evals)}
 
 
 def _curve(evals: list[dict]) -> dict:
@@ -145,8 +154,8 @@ def report_command(runs: tuple[Path, ...], show_lineage: bool) -> None:
         for name, curve in s["val_sources"].items():
             bpb = curve["val_last"][2]
             table.add_row(f"  {name}", _val_row(curve) + ("" if bpb is None else f"; {bpb:.3f} bits/byte"))
-        if s["val_reward_acc"] is not None:
-            table.add_row("val reward accuracy", f"{s['val_reward_acc']:.3f} (last eval)")
+        for name, value in s["val_metrics"].items():
+            table.add_row(f"val {name.replace('_acc', ' accuracy').replace('_', ' ')}", f"{value:.3f} (last eval)")
         if s["train_last"] is not None:
             table.add_row("train loss", f"{s['train_last']:.3f} (last step)")
         for name, path in s["files"].items():

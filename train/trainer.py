@@ -23,11 +23,11 @@ from rich.markup import escape
 
 from common.errors import UserError
 from common.outputs import check_free_space, output_lock
-from model.arch import build
+from model.archs import build
 from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
 from model.runtime import precision
-from prep.tokenfile import Split
-from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size, recorded_tokenizer
+from model.tokenizer_files import run_tokenizer, tokenizer_files
+from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size
 from train import dist
 from train.checkpoint import (
     check_optimizer_state,
@@ -39,17 +39,19 @@ from train.checkpoint import (
     parent_record,
     save_checkpoint,
 )
-from train.config import TrainConfig, config_changes, inherit_shape, shape_of
+from train.config import TrainConfig
 from train.data import StepLoader
 from train.distill import with_distillation
 from train.evaluate import sample_text, val_record
+from train.inherit import config_changes, inherit_model, shape_of
 from train.metrics import LiveView, MetricsLog, source_figures
 from train.mixture import data_line, mixture_changes, open_mixture
 from train.optim import lr_at
 from train.perf import PeakMeter
 from train.plan import check_block, check_step_fits, cuda_memory_check, resolve_micro_batch
 from train.run import RunResult, RunSpec, StepAbandoned, StopFlag, print_summary, step_seed
-from train.stage import get as get_stage
+from train.stages import PrepareContext, StageError
+from train.stages import get as get_stage
 from train.step import Stepper, StepStats
 from train.tracking import check_available, open_trackers
 
@@ -81,7 +83,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, spec: RunSpec, d: dist.Dist, console: Console):
         self.spec, self.d, self.console = spec, d, console
         self.run_folder = RunFolder(spec.out)
-        self.main, self.stage = d.is_main, with_distillation(get_stage(spec.stage), cfg.kd_weight)
+        try:
+            self.main, self.stage = d.is_main, get_stage(spec.stage)
+            cfg = cfg.for_stage(spec.stage)  # its settings are that stage's (a config of another is converted)
+        except (StageError, ValueError) as e:
+            raise TrainError(str(e)) from None
+        self.stage = with_distillation(self.stage, getattr(cfg.stage, "kd_weight", 0.0))  # teacher targets (kd_weight)
         self.wall_start = time.perf_counter()
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
@@ -112,22 +119,18 @@ class Trainer:
         self.train_splits = [source.split("train") for source in self.mixture.sources]
         self.val_splits = [source.split("val") for source in self.mixture.sources]
         self.data_record = self.mixture.record()  # folders, weights, token counts, meta.json sha256s
-        for source, split in zip(self.mixture.sources, self.train_splits, strict=True):
-            self._check_trainable(source.path, split)
-
-    def _check_trainable(self, path: Path, split: Split) -> None:
-        if split.n_tokens < 2:
-            raise TrainError(f"{path}: the train split has {split.n_tokens} tokens; nothing to train on")
-        problem = self.stage.check_trainable(path, split)
-        if problem:
-            raise TrainError(problem)
+        for source, split in zip(self.mixture.sources, self.train_splits, strict=True):  # something to learn
+            problem = (f"{source.path}: the train split has {split.n_tokens} tokens; nothing to train on"
+                       if split.n_tokens < 2 else self.stage.check_trainable(source.path, split))
+            if problem:
+                raise TrainError(problem)
 
     def _resolve_model(self, cfg: TrainConfig) -> tuple[TrainConfig, Path | None, Path | None]:
         """Check OUT's checkpoint and --init against the data; ``(config, checkpoint, init folder)``.
 
-        A stage that starts from --init takes the model shape (architecture included) from it (or from its
-        own checkpoint) unless a field was set on the command line, in which case it must agree: a shape
-        mismatch is an error, never a silent reshape.
+        A run that continues a model (a resumed run, or a stage that starts from --init) keeps its function:
+        every model field but the training knobs comes from that model, and one set on the command line
+        to another value is an error, never a silent change (`train.inherit`).
         """
         ckpt = self._existing_checkpoint()
         init = None
@@ -137,8 +140,9 @@ class Trainer:
             init = resolve_model_dir(self.spec.init)
         source = ckpt or init
         info = read_model_info(source) if source is not None else None  # its model.json
-        if info is not None and self.stage.needs_init:
-            cfg = dataclasses.replace(cfg, model=inherit_shape(cfg.model, info["config"], cfg.set_fields))
+        if info is not None:
+            where = f"{init} (--init)" if ckpt is None else f"{ckpt} (the run being resumed)"
+            cfg = dataclasses.replace(cfg, model=inherit_model(cfg.model, info["config"], cfg.set_fields, where))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=self.identity["vocab_size"]))
         wanted = shape_of(cfg.model)
         self.saved_run = self.ckpt_step = None  # the checkpoint's train_config.json and step, when resuming
@@ -171,7 +175,8 @@ class Trainer:
         """OUT's checkpoint (rank 0 looks and repairs; every rank follows its answer), or None."""
         out = self.spec.out
         ckpt = find_checkpoint(self.run_folder) if self.main else None
-        started = self.run_folder.metrics.exists() or self.run_folder.reference.exists()  # dpo writes that first
+        # a stage's own files (dpo's reference log-probs) come before the first metrics line
+        started = self.run_folder.metrics.exists() or any((out / name).exists() for name in self.stage.run_files)
         if self.main and ckpt is None and out.is_dir() and any(out.iterdir()) and not started:
             raise TrainError(f"{out}: exists and is not a run folder (no checkpoint/ or metrics.jsonl); choose "
                              "another --out (nothing was changed)")
@@ -201,15 +206,15 @@ class Trainer:
         self.model.to(d.device)
         self.stepper = Stepper(self.model, cfg, d, self.precision, self.stage)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
-        T = cfg.model.block_size
-        self.sampler = self.stage.sampler(self.train_splits, self.mixture.weights, T, cfg.micro_batch_size, cfg.seed)
-        self.val_starts = [self.stage.eval_starts(split, T, cfg.eval_blocks) if split.n_tokens >= 2
-                           else np.zeros(0, np.int64) for split in self.val_splits]  # cfg.eval_blocks per folder
-        self.stage.prepare(self)
-        self.loader = StepLoader(self.sampler, d.rank, cfg.accumulation(d.world_size), self.step, d.device,
-                                 self.stage.count)
+        prepared = self.stage.prepare(PrepareContext(
+            self.model, d, cfg, self.train_splits, self.val_splits, self.mixture.weights, self.data_record,
+            self.run_folder, self.console if self.main else None, self.saved_run, self.parent, self.stepper.autocast))
+        self.val_starts = prepared.val_starts  # cfg.eval_blocks per folder
+        self.loader = prepared.loader or StepLoader(prepared.sampler, d.rank, cfg.accumulation(d.world_size),
+                                                    self.step, d.device, self.stage.count)
         self.peak = PeakMeter(d.device, self.precision.amp_dtype or torch.float32, d.world_size)
         self.tokenizer = self._sample_tokenizer() if self.main else None
+        self.tokenizer_files = tokenizer_files(self.identity, self.ckpt, self.init) if self.main else None
         self.metrics = self._metrics_log() if self.main else None
         if self.main:
             check_free_space(self.spec.out, checkpoint_bytes(self.model), "a checkpoint")
@@ -236,8 +241,8 @@ class Trainer:
     def _sample_tokenizer(self):
         """The data's tokenizer for eval samples, or None (with a note) where it cannot be loaded here."""
         try:
-            return recorded_tokenizer(self.identity, str(self.spec.data))
-        except (TokenizerError, OSError) as e:
+            return run_tokenizer(self.identity, str(self.spec.data), self.ckpt or self.init)
+        except (TokenizerError, CheckpointError, OSError) as e:
             self.console.print(f"[yellow]no eval samples: {e}")
             return None
 
@@ -254,15 +259,10 @@ class Trainer:
             self.console.print(self.auto.note)
         if self.ckpt is not None:
             self.console.print(f"resuming from {self.ckpt} at step {self.step}")
-            self._print_changes()
+            if changes := config_changes(self.saved_run.get("config"), self.cfg):  # settings, the model's knobs
+                self.console.print(f"[yellow]changed since the checkpoint: {', '.join(changes)}[/]")
         elif self.init is not None:
             self.console.print(f"starting from the weights of {self.init}")
-
-    def _print_changes(self) -> None:
-        """A resumed run says which settings differ from the run it continues."""
-        changes = config_changes(self.saved_run.get("config"), self.cfg)
-        if changes:
-            self.console.print(f"[yellow]changed since the checkpoint: {', '.join(changes)}[/]")
 
     # -- evaluate, save, step ------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class Trainer:
                         **self.parent, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, self.stage.chat, run_info)
+                            self.identity, self.data_kind, self.stage.chat, run_info, self.tokenizer_files)
         self.saved_step = self.step
 
     def train_step(self, stop: StopFlag) -> StepStats:

@@ -6,7 +6,7 @@ Hugging Face export: the converter is not on PyPI by itself (it ships inside lla
 wants its own pinned transformers, and writes the 34 padding rows of the embedding as ``[PAD…]``
 tokens that llama.cpp can sample. Our models *are* llama.cpp's ``gpt2`` and ``qwen3`` graphs, so
 writing them directly takes a name table and a few metadata keys per architecture
-(`model.arch.GGUFMapping`: `model.gpt2_formats`, `model.qwen3_formats`), works offline, and the
+(`model.arch.GGUFMapping`: `model.archs.gpt2_formats`, `model.archs.qwen3_formats`), works offline, and the
 vocabulary is the tokenizer's own:
 
 * tensors: the architecture's names; ``token_embd`` holds only the tokenizer's rows (151,646, not the
@@ -40,7 +40,7 @@ import torch
 
 from common.errors import UserError
 from common.outputs import atomic_file, check_replaceable_file, output_lock
-from model.arch import GGUFMapping, mapping
+from model.archs import GGUFMapping, mapping
 from model.io import RunFolder, is_chat, load_model, read_model_info, resolve_model_dir, stop_ids
 from model.lm import CausalLM
 from model.loader import load_tokenizer_for

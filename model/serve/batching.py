@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.archs.gpt2 import KVCache
 from model.generate import Engine, Generation
-from model.gpt import KVCache
 from model.sampling import SamplingParams
 
 log = logging.getLogger(__name__)

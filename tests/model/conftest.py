@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from model.arch import build, config_from_dict
-from model.gpt import GPT
+from model.archs import build, config_from_dict
+from model.archs.gpt2 import GPT
 from model.io import save_model
 from model.lm import CausalLM
 from prep.tokenizer import load_tokenizer

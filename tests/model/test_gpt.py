@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 
 V = 384  # the bytes tokenizer's 259 ids padded to a multiple of 128
 

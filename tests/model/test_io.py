@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from model.io import CheckpointError, load_model, load_weights_into, read_model_info, save_model
 
 IDENTITY = {"name": "bytes", "fingerprint": "abc", "len": 259, "special_ids": {}, "vocab_size": 384}

@@ -8,12 +8,13 @@ import re
 import pytest
 import torch
 
-from model.arch import build, config_for
+from model.archs import build, config_for
+from model.archs.qwen3 import Qwen3Config
 from model.generate import Engine
-from model.qwen3 import Qwen3Config
 from model.sampling import SamplingParams
 from tests.model.conftest import tiny_qwen3
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 
 N_VOCAB, EOT = 259, 256
 
@@ -75,7 +76,10 @@ def test_defaults_match_gpt2_matmul_weights_per_layer():
 @pytest.mark.parametrize("sets, message", [
     (["arch=qwen3", "n_kv_head=3"], "n_kv_head (3) must divide n_head (4)"),
     (["arch=qwen3", "n_head=8", "n_embd=24"], "even head size"),
-    (["arch=qwen3", "rope_theta=0"], "rope_theta > 0"),
+    (["arch=qwen3", "rope_theta=0"], "rope_theta = 0.0, expected a number from 10 to 1e+09"),
+    (["arch=qwen3", "rope_theta=1e-300"], "rope_theta = 1e-300"),
+    (["arch=qwen3", "rms_norm_eps=1e-300"], "rms_norm_eps = 1e-300"),
+    (["layer_norm_eps=0"], "layer_norm_eps = 0.0"),
     (["n_kv_head=2"], "arch gpt2 has no field 'n_kv_head'"),
 ])
 def test_wrong_shapes_are_one_line_errors(sets, message):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from prep.tokenfile import TokenFolderWriter
 from prep.tokenizer import load_tokenizer
@@ -73,10 +74,18 @@ def write_sft(path: Path, n_dialogs: int = 30, all_masked_out: bool = False, ide
     return path
 
 
-def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([PY, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m train ARGS``, run in this process: a fresh interpreter spends seconds importing torch for
+    a run of milliseconds. The tests that need a real process (to kill it, or under torchrun) start one.
+    An exception the command does not turn into one line is a traceback on stderr and exit 1, as it
+    would be in a process, so "no traceback" checks still see it."""
+    from train.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), prog_name="python -m train")
+    stderr = result.stderr
+    if result.exc_info and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(*result.exc_info))
+    return subprocess.CompletedProcess(["python -m train", *args], result.exit_code, result.stdout, stderr)
 
 
 @pytest.fixture(scope="session")

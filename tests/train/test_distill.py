@@ -109,7 +109,8 @@ def test_distillation_loss_matches_autograd():
 
 
 def test_the_memory_plan_counts_the_teacher_targets():
-    from train.config import apply_overrides, preset
+    from train.overrides import apply_overrides
+    from train.presets import preset
     from train.plan import Setup, plan_step
 
     cfg = preset("tiny")

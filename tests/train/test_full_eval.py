@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from model.io import save_model
 from prep.tokenfile import open_token_folder
 from prep.tokenizer import load_tokenizer

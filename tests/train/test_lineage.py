@@ -8,7 +8,7 @@ import json
 import torch
 from click.testing import CliRunner
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from model.identity import checkpoint_identity
 from model.io import save_model
 from train.cli import cli

@@ -25,11 +25,12 @@ from tests.test_make import make, make_ready  # noqa: F401 - make_ready: a fixtu
 from tests.train.conftest import TINY_SET, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_trust import one_line
 from train.cli import cli
-from train.config import apply_overrides, preset
 from train.data import BlockSampler, MixtureSampler, StepLoader, eval_starts, make_sampler, read_windows
 from train.evaluate import bits_per_byte, evaluate_windows
 from train.full_eval import evaluate_checkpoint
 from train.mixture import MixtureError, open_mixture, parse_mixture, weighted_mean
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, TrainError, train
 
 WEIGHTS = {"wiki": 0.25, "web": 0.75}

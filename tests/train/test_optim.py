@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from train.config import TrainConfig
 from train.optim import Optimizer, lr_at
 
@@ -34,7 +34,7 @@ def test_decay_only_on_matrices():
 
 
 def test_muon_trains_the_hidden_matrices_and_adamw_the_rest():
-    from model.qwen3 import Qwen3, Qwen3Config
+    from model.archs.qwen3 import Qwen3, Qwen3Config
     for model in (GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=128)),
                   Qwen3(Qwen3Config(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=128, tie_embeddings=False))):
         cfg = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02)
@@ -66,7 +66,8 @@ def test_a_saved_state_of_the_other_optimizer_is_refused(tmp_path):
     (["optimizer=muon", "muon_momentum=1"], "0 <= muon_momentum < 1"),
 ])
 def test_wrong_optimizer_settings_are_one_line_errors(sets, message):
-    from train.config import apply_overrides, preset
+    from train.overrides import apply_overrides
+    from train.presets import preset
     with pytest.raises(ValueError, match=message) as e:
         apply_overrides(preset("tiny"), sets)
     assert "\n" not in str(e.value)

@@ -22,15 +22,16 @@ import torch
 from click.testing import CliRunner
 from torch.profiler import ProfilerActivity, profile
 
-from model.arch import build
-from model.gpt import GPT, GPTConfig
-from model.qwen3 import Qwen3Config
+from model.archs import build
+from model.archs.gpt2 import GPT, GPTConfig
+from model.archs.qwen3 import Qwen3Config
 from model.runtime import precision
 from tests.train.conftest import tiny_args
 from train.cli import cli
-from train.config import AUTO, apply_overrides, preset
+from train.config import AUTO
 from train.data import StepBatch
 from train.dist import Dist
+from train.overrides import apply_overrides
 from train.plan import (
     FREE_MEMORY_ENV,
     SAFETY,
@@ -43,7 +44,8 @@ from train.plan import (
     plan_step,
     resolve_micro_batch,
 )
-from train.stage import PRETRAIN
+from train.presets import preset
+from train.stages.pretrain import PRETRAIN
 from train.step import Stepper
 
 CPU = torch.device("cpu")

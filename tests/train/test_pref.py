@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from model.cli import cli as model_cli
 from prep.pref import run_pref
 from tests.train.conftest import PY, ROOT, run_cli, tiny_args, write_pretrain, write_sft
 from tests.train.test_ddp import TORCHRUN
@@ -75,13 +77,11 @@ def test_dpo_starts_at_ln2_and_reward_accuracy_rises(pref_setup, tmp_path):
 def test_the_dpo_model_chats_and_exports_as_a_chat_model(pref_setup, tmp_path):
     out = tmp_path / "dpo"
     assert run_cli(*dpo_args(pref_setup, out, "--max-steps", "2", "--eval-every", "2")).returncode == 0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    model = lambda *a: subprocess.run([PY, "-m", "model", *a], cwd=ROOT, env=env, capture_output=True,  # noqa: E731
-                                      text=True, timeout=120)
+    model = lambda *a: CliRunner().invoke(model_cli, list(a))  # noqa: E731
     chat = model("chat", "--ckpt", str(out), "--message", "q a1?", "--max-new-tokens", "3")
-    assert chat.returncode == 0 and "assistant:" in chat.stdout + chat.stderr
+    assert chat.exit_code == 0 and "assistant:" in chat.output, chat.output
     export = model("export", "--ckpt", str(out), "--out", str(tmp_path / "hf"))
-    assert export.returncode == 0 and "exported a chat model" in " ".join((export.stdout + export.stderr).split())
+    assert export.exit_code == 0 and "exported a chat model" in " ".join(export.output.split()), export.output
 
 
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])

@@ -40,7 +40,7 @@ def test_simpo_and_orpo_use_length_normalised_log_probs_and_no_reference():
 
 
 def test_a_falling_chosen_log_prob_is_warned_about():
-    from train.stage import get
+    from train.stages import get
 
     dpo = get("dpo")
     assert dpo.eval_note({"val_loss": 0.5, "val_chosen_shift": 0.3}) is None

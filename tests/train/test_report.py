@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from model.gpt import GPT, GPTConfig
+from model.archs.gpt2 import GPT, GPTConfig
 from model.io import save_model
 from train.cli import cli
 from train.report import summarize

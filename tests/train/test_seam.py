@@ -1,10 +1,14 @@
 """The seams are real: an architecture and a stage defined here, in the test folder, train, sample and plan
-through the product's own commands without a product file knowing them (issue 18)."""
+through the product's own commands without a product file knowing them (issue 18). The stage brings its
+own settings, loss and overlay, and gets its `python -m train` command, `train plan --stage` and
+`train report`, and resumes (issue 26)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,14 +16,17 @@ import torch
 import torch.nn as nn
 from click.testing import CliRunner
 
-from model import arch as arch_registry
+from model import archs as arch_registry
+from model.archs.gpt2 import GPT, GPTConfig
 from model.cli import cli as model_cli
-from model.gpt import GPT, GPTConfig
 from model.io import CheckpointError, load_model
 from tests.train.conftest import TINY_SET
-from train import stage as stage_registry
-from train.config import apply_overrides, preset
+from train import stages as stage_registry
+from train.cli import cli as train_cli
+from train.options import StageOptions
+from train.overrides import apply_overrides
 from train.plan_cli import plan_command
+from train.presets import preset
 from train.stage import LMStage
 from train.trainer import RunSpec, train
 
@@ -50,19 +57,41 @@ class ReluGPT(GPT):
             block.mlp.gelu = nn.ReLU()
 
 
+@dataclass
+class PrefixOptions(StageOptions):
+    """The stage's own setting: which share of each block it trains on."""
+
+    fraction: float = 0.5
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"fraction": (0.05, 1.0)}
+
+
 @dataclass(frozen=True)
 class PrefixStage(LMStage):
-    """Trains on the first half of each block only: its own count and loss, no Trainer edit."""
+    """Trains on the first `fraction` of each block only: its own settings, count and loss, no Trainer edit."""
+
+    fraction: float = 0.5
+
+    def for_config(self, cfg) -> PrefixStage:
+        return dataclasses.replace(self, fraction=cfg.stage.fraction)
+
+    def _head(self, mask):  # numpy (count, on the host) or torch (the loss)
+        cut = mask.copy() if isinstance(mask, np.ndarray) else mask.clone()
+        cut[:, max(1, int(mask.shape[1] * self.fraction)):] = False
+        return cut
 
     def count(self, micro) -> int:
-        return int(micro[2][:, : micro[2].shape[1] // 2].sum())
+        return int(self._head(micro[2]).sum())
 
     def micro_loss(self, forward, micro):
         x, y, mask = micro
-        half = mask.clone()
-        half[:, mask.shape[1] // 2:] = False
-        loss_sum, _ = forward(x, y, half)
+        loss_sum, _ = forward(x, y, self._head(mask))
         return loss_sum, {}
+
+
+PREFIX = PrefixStage("prefix", "pretrain", "prep wiki", needs_init=False, chat=False, turn_starts=False,
+                     help="Pretrain on the first part of each block.", options=PrefixOptions,
+                     overlay={"*": {"lr": 2e-3}, "tiny": {"max_steps": 6, "eval_every": 3, "ckpt_every": 3}},
+                     plan_note="trains on a prefix of each block")
 
 
 @pytest.fixture
@@ -74,8 +103,7 @@ def relu_arch():
 
 @pytest.fixture
 def prefix_stage():
-    stage_registry.register(PrefixStage("prefix", "pretrain", "prep wiki", needs_init=False, chat=False,
-                                        preset_suffix="", turn_starts=False))
+    stage_registry.register(PREFIX)
     yield
     stage_registry.STAGES.pop("prefix")
 
@@ -134,3 +162,31 @@ def test_a_checkpoint_without_arch_is_the_seed_gpt(pretrain_data, tmp_path):
     assert type(model) is GPT and model.config.arch == "gpt2" and "arch" not in loaded["config"]
     x = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(model(x)[0]).all()
+
+
+def test_a_registered_stage_gets_its_command_plan_report_and_resume(prefix_stage, pretrain_data, tmp_path):
+    out = tmp_path / "prefix"
+    shape = [a for item in TINY_SET if not item.startswith("lr=") for a in ("--set", item)]
+    args = ["prefix", "--preset", "tiny", "--data", str(pretrain_data), "--out", str(out), *shape]
+    runner = CliRunner()
+    assert "prefix" in runner.invoke(train_cli, ["--help"]).output
+    r = runner.invoke(train_cli, [*args, "--set", "fraction=0.25"])
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "checkpoint" / "train_config.json").read_text())
+    assert run["stage"] == "prefix" and run["config"]["stage"] == {"fraction": 0.25}  # its settings, no others
+    assert run["config"]["max_steps"] == 6 and run["config"]["lr"] == 2e-3  # its overlay, applied by itself
+    r = runner.invoke(train_cli, [*args, "--set", "fraction=0.25", "--max-steps", "8"])  # resumes
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "checkpoint" / "model.json").read_text())["step"] == 8
+    assert "changed since the checkpoint: max_steps 6 -> 8" in r.output
+
+    for bad, message in ((["--set", "fraction=0"], "fraction must be from 0.05 to 1"),
+                         (["--set", "dpo_beta=0.2"], "dpo_beta is a setting of `train dpo`, not of `train prefix`")):
+        r = runner.invoke(train_cli, [*args, "--out", str(tmp_path / "bad"), *bad])
+        assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+
+    r = runner.invoke(plan_command, ["--stage", "prefix", "--preset", "tiny", "--vocab", "512", "--gpu-mem", "1GB"])
+    assert r.exit_code == 0 and "prefix: trains on a prefix of each block" in r.output, r.output
+    r = runner.invoke(train_cli, ["report", str(out)])
+    assert r.exit_code == 0 and "prefix" in r.output and "step 8" in r.output, r.output

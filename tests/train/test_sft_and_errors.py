@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from model.gpt import GPT
+from model.archs.gpt2 import GPT
 from prep.tokenizer import load_tokenizer
 from tests.train.conftest import TINY_SET, tiny_args, write_sft
 from train.cli import cli
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, TrainError, train
 
 
@@ -66,7 +67,7 @@ def test_sft_with_nothing_to_train_is_an_error(pretrained, tmp_path):
 def test_sft_refuses_a_shape_set_against_the_init_model(pretrained, sft_data, tmp_path):
     err = one_line_error(invoke("sft", *tiny_args("--data", str(sft_data), "--init", str(pretrained),
                                                   "--out", str(tmp_path / "o"), "--set", "n_layer=3", shape=False)))
-    assert "checkpoint model has n_layer=2 (run wants 3)" in err
+    assert "(--init): its model has n_layer=2; --set n_layer=3 would change the function it continues" in err
 
 
 def test_sft_refuses_data_from_another_tokenizer(pretrained, tmp_path):
@@ -87,7 +88,7 @@ def test_resuming_with_another_shape_is_refused(pretrain_data, pretrained, tmp_p
     shutil.copytree(pretrained, out)
     err = one_line_error(invoke("pretrain", *tiny_args("--data", str(pretrain_data), "--out", str(out),
                                                        "--set", "block_size=64", "--set", "n_embd=64")))
-    assert "checkpoint model has n_embd=32 (run wants 64)" in err
+    assert "(the run being resumed): its model has n_embd=32; --set n_embd=64 would change" in err
 
 
 def test_incomplete_data_folder_is_refused(pretrain_data, tmp_path):

@@ -29,7 +29,7 @@ def test_a_block_longer_than_the_data_is_refused_at_once(data, tmp_path):
     out = tmp_path / "run"
     t0 = time.monotonic()
     r = run_cli("pretrain", *tiny_args("--data", str(data), "--out", str(out), "--set", "block_size=100000",
-                                       "--max-steps", "2"), timeout=120)
+                                       "--max-steps", "2"))
     line = one_line_error(r)
     assert "block_size 100,000 is longer than any window of the data" in line and str(data) in line
     assert time.monotonic() - t0 < 60 and not (out / "checkpoint").exists() and not (out / "metrics.jsonl").exists()
@@ -42,7 +42,7 @@ def test_the_memory_check_counts_activations(data, tmp_path):
     try:
         r = run_cli("pretrain", *tiny_args("--data", str(data), "--out", str(tmp_path / "run"), "--set",
                                            "block_size=1024", "--set", "dropout=0.1", "--set", "batch_size=8",
-                                           "--set", "micro_batch_size=8", "--max-steps", "1"), timeout=120)
+                                           "--set", "micro_batch_size=8", "--max-steps", "1"))
     finally:
         os.environ.pop("TRAIN_FREE_MEMORY") if env_before is None else os.environ.update(TRAIN_FREE_MEMORY=env_before)
     line = one_line_error(r)

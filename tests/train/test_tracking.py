@@ -15,7 +15,8 @@ from rich.console import Console
 from tests.train.conftest import PY, ROOT, TINY_SET, tiny_args, write_pretrain
 from train import tracking
 from train.cli import cli
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
+from train.presets import preset
 from train.trainer import RunSpec, train
 
 

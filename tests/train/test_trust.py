@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from common.outputs import OutputError, output_lock
 from model.io import load_model
 from tests.train.conftest import TINY_SET, run_cli, tiny_args, write_pretrain
-from train.config import apply_overrides, preset
+from train.overrides import apply_overrides
 from train.perf import PeakMeter
+from train.presets import preset
 from train.trainer import RunSpec, TrainError, train
 
 

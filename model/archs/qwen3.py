@@ -24,9 +24,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from model.attention import KVCache, attend, positions
+from model.layers import RMSNorm, SwiGLU, rope_tables, rotate
 from model.lm import CausalLM, ModelConfig
 
 
@@ -42,15 +42,18 @@ class Qwen3Config(ModelConfig):
 
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("n_layer", "n_head", "n_embd", "n_kv_head", "intermediate_size",
                                                "tie_embeddings")
+    BLOCKS: ClassVar[str] = "model.layers"
+    # rotary positions: the context is a setting, not a weight, so a fine-tune may train longer blocks
+    KNOBS: ClassVar[tuple[str, ...]] = (*ModelConfig.KNOBS, "block_size")
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"n_kv_head": (0, 1024), "intermediate_size": (0, 1 << 20),
+                                                        "rope_theta": (10.0, 1e9), "rms_norm_eps": (1e-12, 0.01)}
 
     def check(self) -> None:
         super().check()
-        if self.n_kv_head < 0 or self.n_head % self.kv_heads:
+        if self.n_head % self.kv_heads:
             raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
         if self.head_dim % 2:
             raise ValueError(f"rotary embeddings need an even head size; n_embd / n_head is {self.head_dim}")
-        if self.intermediate_size < 0 or self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            raise ValueError("need intermediate_size >= 0 (0: 3 x n_embd), rope_theta > 0 and rms_norm_eps > 0")
 
     # 0 stays 0 in the config (so that a later --set n_head=... or n_embd=... moves the default along)
     @property
@@ -91,7 +94,7 @@ class Qwen3Config(ModelConfig):
         return heads + L * linear + norms, L * linear
 
     def layer_activations(self, s, micro: int) -> dict[str, int]:
-        """What one block saves for backward: as GPT's (`model.gpt.GPTConfig.layer_activations`), with
+        """What one block saves for backward: as GPT's (`model.archs.gpt2.GPTConfig.layer_activations`), with
         RMSNorm (input + rstd), the q/k norms' inputs, and SwiGLU's four tensors of the MLP's width."""
         N, C, H, T = micro * s.block_size, self.n_embd, self.n_head, s.block_size
         K, F_, a = self.kv_width, self.ffn_width, s.matmul_bytes
@@ -120,34 +123,6 @@ class Qwen3Config(ModelConfig):
         return 3 * a * N * F_ + 4 * F_ * self.n_embd
 
 
-class RMSNorm(nn.Module):
-    """Qwen3's RMSNorm: x / sqrt(mean(x²) + eps) · weight, no bias (PyTorch's fused op)."""
-
-    def __init__(self, width: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight.to(x.dtype), self.eps)  # bf16 q, k under autocast: one dtype fuses
-
-
-def rope_tables(config: Qwen3Config, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (block_size, head_dim) of every position, in fp32 as Hugging Face computes them."""
-    D = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64, device=device).float() / D))
-    freqs = torch.outer(torch.arange(config.block_size, device=device).float(), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, D) rotated by position: x·cos + rotate_half(x)·sin, the halves of a head paired."""
-    half = x.size(-1) // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, config: Qwen3Config):
         super().__init__()
@@ -171,26 +146,13 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
-class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) · up(x))."""
-
-    def __init__(self, config: Qwen3Config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.n_embd, config.ffn_width, bias=False)
-        self.up_proj = nn.Linear(config.n_embd, config.ffn_width, bias=False)
-        self.down_proj = nn.Linear(config.ffn_width, config.n_embd, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Block(nn.Module):
     def __init__(self, config: Qwen3Config):
         super().__init__()
         self.input_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.n_embd, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = SwiGLU(config.n_embd, config.ffn_width)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, rope, cache, layer, start) -> torch.Tensor:
@@ -212,7 +174,7 @@ class Qwen3(CausalLM):
         self.drop = nn.Dropout(config.dropout)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # the rotation tables are derived, not learned: kept out of the state dict (and the weights file)
-        cos, sin = rope_tables(config)
+        cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         for module in self.modules():

@@ -1,6 +1,6 @@
-"""What the exports need of arch ``gpt2`` (`model.gpt`), as tables: its Hugging Face and GGUF forms.
+"""What the exports need of arch ``gpt2`` (`model.archs.gpt2`), as tables: its Hugging Face and GGUF forms.
 
-Registered with the architecture (`model.builtin_archs`); the exporters (`model.export.hf`,
+Registered with the architecture (`model.archs`); the exporters (`model.export.hf`,
 `model.export.gguf`) are generic and ask these. No export library is imported here.
 
 * Hugging Face `GPT2LMHeadModel`: GPT-2 keeps its projections in ``Conv1D`` modules whose weight is
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 
 from model.arch import GGUFMapping, HFMapping
-from model.gpt import GPTConfig
+from model.archs.gpt2 import GPTConfig
 
 CONV1D_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 # our module names -> llama.cpp's, inside a block

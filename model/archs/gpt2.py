@@ -32,6 +32,8 @@ class GPTConfig(ModelConfig):
     layer_norm_eps: float = 1e-5
 
     SHAPE_FIELDS: ClassVar[tuple[str, ...]] = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+    BLOCKS: ClassVar[str] = "transformer.h"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"layer_norm_eps": (1e-12, 0.01)}
 
     def expected_shapes(self) -> dict[str, list[int]]:
         return {"transformer.wte.weight": [self.vocab_size, self.n_embd],

@@ -1,6 +1,6 @@
-"""What the exports need of arch ``qwen3`` (`model.qwen3`), as tables: its Hugging Face and GGUF forms.
+"""What the exports need of arch ``qwen3`` (`model.archs.qwen3`), as tables: its Hugging Face and GGUF forms.
 
-Registered with the architecture (`model.builtin_archs`); the exporters are generic and ask these.
+Registered with the architecture (`model.archs`); the exporters are generic and ask these.
 
 * Hugging Face `Qwen3ForCausalLM`: our parameter names are theirs, so the state dict goes as it is
   (the rotary tables are derived, not stored); the config spells out ``head_dim`` (Qwen3's default
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from model.arch import GGUFMapping, HFMapping
-from model.qwen3 import Qwen3Config
+from model.archs.qwen3 import Qwen3Config
 
 # our module names -> llama.cpp's, inside a block
 BLOCK_TENSORS = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
