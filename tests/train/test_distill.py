@@ -110,8 +110,8 @@ def test_distillation_loss_matches_autograd():
 
 def test_the_memory_plan_counts_the_teacher_targets():
     from train.overrides import apply_overrides
-    from train.presets import preset
     from train.plan import Setup, plan_step
+    from train.presets import preset
 
     cfg = preset("tiny")
     plain = plan_step(Setup.of(cfg, 384, "fp32", "cpu"), 4)
