@@ -3,7 +3,8 @@
 Only ``model.json`` and ``model.safetensors`` are read (`model.io`; a LoRA run's checkpoint: its base's,
 and ``adapter.safetensors``, merged in by `model.adapters`), so loading a downloaded checkpoint
 never unpickles anything. The tokenizer is the one ``model.json`` records, loaded from local files
-only and checked to have the very ids the model was trained with (`prep.tokenizer.recorded_tokenizer`).
+only (the checkpoint's own copy first: `model.tokenizer_files`) and checked to have the very ids the model
+was trained with.
 A chat model (`model.io.is_chat`) gets ChatML prompts and stops at ``<|im_end|>``; a base model
 continues text and stops at ``<|endoftext|>`` (`model.io.stop_ids`).
 """
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from model.adapters import load_model
 from model.archs.gpt2 import GPT
 from model.generate import Engine
-from model.io import CheckpointError, is_chat, read_model_info, stop_ids
+from model.io import is_chat, read_model_info, stop_ids
 from model.runtime import Precision, pick_device, precision
-from prep.tokenizer import Tokenizer, TokenizerError, recorded_tokenizer
+from model.tokenizer_files import checkpoint_tokenizer
+from prep.tokenizer import Tokenizer
 
 
 @dataclass
@@ -34,11 +36,9 @@ class LoadedModel:
 
 
 def load_tokenizer_for(info: dict, where: str) -> Tokenizer:
-    """The tokenizer a checkpoint names, refused unless its ids are exactly the ones it was trained with."""
-    try:
-        return recorded_tokenizer(info.get("tokenizer"), where)
-    except (TokenizerError, OSError) as e:
-        raise CheckpointError(str(e)) from None
+    """The checkpoint's tokenizer (its own copy, or the one it names: `model.tokenizer_files`), refused unless
+    its ids are exactly the ones it was trained with."""
+    return checkpoint_tokenizer(info, where)
 
 
 def load_on_device(path: str | os.PathLike, device: str = "auto", dtype: str = "auto"

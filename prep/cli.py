@@ -34,8 +34,8 @@ def cli() -> None:
               "title-only stubs and empty disambiguation pages.")
 @click.option("--to-simplified", is_flag=True, help="Convert traditional to simplified Chinese (OpenCC t2s).")
 @one_line_errors
-def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
-         min_chars: int, to_simplified: bool) -> None:
+def wiki(wiki_dir: Path, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
+         workers: int | None, shard, min_chars: int, to_simplified: bool) -> None:
     """Tokenize Chinese Wikipedia: WIKI_DIR/AA/wiki_00 ... (any depth of */wiki_*) or one file.
 
     \b
@@ -54,10 +54,16 @@ def wiki(wiki_dir: Path, out: Path, tokenizer: str, val_fraction: float, workers
       repaired: bom_stripped (a UTF-8 BOM), crlf_line_end, no_final_newline, blank_line
     --to-simplified uses pure-Python OpenCC: about 4x slower than without.
     """
+    from prep.recipe_vocab import recipe_tokenizer
     from prep.wiki import run_wiki
 
-    run_wiki(wiki_dir, out, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard,
-             min_chars=min_chars, to_simplified=to_simplified)
+    def run(folder: Path, tokenizer: str, shard=None) -> dict:
+        return run_wiki(wiki_dir, folder, tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard,
+                        min_chars=min_chars, to_simplified=to_simplified)
+
+    # a shard never cuts the vocabulary (it sees a part of the corpus): the unsharded prep or `prep vocab` does
+    cut = None if shard else (lambda folder: run(folder, tokenizer))
+    run(out, recipe_tokenizer(recipe, tokenizer, out, vocab_size, cut_from=cut), shard)
 
 
 @cli.command("inspect")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import click
 
 from common.cli import FiniteFloat
+from common.recipes import DEFAULT_RECIPE, RECIPES
 from prep.records import PrepError
 from prep.shard import ShardSpec, parse_shard
 from prep.tokenizer import DEFAULT_TOKENIZER
@@ -29,7 +30,15 @@ class ShardOption(click.ParamType):
 
 
 def prep_options(f: Callable) -> Callable:
-    """--tokenizer, --val-fraction, --workers and --shard: the options every prep command shares."""
+    """--tokenizer, --recipe, --vocab-size, --val-fraction, --workers and --shard: the options every prep command
+    shares."""
+    f = click.option("--vocab-size", type=click.IntRange(min=300), default=None,
+                     help="--recipe modern: ids of the cut vocabulary when this prep cuts it (default: the "
+                     "recipe's, common/recipes.py).")(f)
+    f = click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+                     help="seed: tokenize with --tokenizer. modern: with the run's vocabulary cut to the pretraining "
+                     "corpus, the folder `vocab` beside OUT (prep wiki|text make it the first time; prep "
+                     "sft|pref reuse it; prep/recipe_vocab.py).")(f)
     f = click.option("--shard", type=ShardOption(), default=None,
                      help="Read only shard I (from 0) of N of the inputs (the I-th of N equal byte ranges) and record what "
                      "`prep merge` needs to rebuild the unsharded folder exactly (docs/shards.md).")(f)

@@ -20,8 +20,8 @@ from prep.pref import DEFAULT_MAX_LEN
               help="Most tokens of each dialog of a pair: the training block_size + 1 (mini: 256 + 1). Longer "
               "pairs lose their oldest turns; a pair whose last question and reply still do not fit is skipped.")
 @one_line_errors
-def pref(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
-         max_len: int) -> None:
+def pref(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
+         workers: int | None, shard, max_len: int) -> None:
     """Tokenize preference pairs (a prompt, a chosen and a rejected reply) for `train dpo`.
 
     \b
@@ -43,6 +43,7 @@ def pref(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
     invalid_json, duplicate, ...; repaired and counted: oldest_turns_dropped (per turn pair dropped).
     """
     from prep.pref import run_pref
+    from prep.recipe_vocab import recipe_tokenizer
 
-    run_pref(input_spec, out, tokenizer=tokenizer, max_len=max_len, val_fraction=val_fraction, workers=workers,
-             shard=shard)
+    run_pref(input_spec, out, tokenizer=recipe_tokenizer(recipe, tokenizer, out), max_len=max_len,
+             val_fraction=val_fraction, workers=workers, shard=shard)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prep.chat_template import Message, chat_pieces, chatml_text
 from prep.pipeline import PrepJob, run_prep
-from prep.records import Document, Repaired, Skipped
+from prep.records import Document, PrepError, Repaired, Skipped, holds_invalid_text
 from prep.row_sources import (
     chunk_rows,
     hub_rows,
@@ -161,6 +161,8 @@ def run_sft(input: str | Path, out: str | Path, tokenizer: str = "qwen2", system
             val_fraction: float = 0.005, workers: int | None = None, show_progress: bool = True,
             chunk_bytes: int | None = None, console=None, shard=None) -> dict:
     """`prep sft` as a function: returns the meta.json written to `out`."""
+    if holds_invalid_text(system):  # bytes that are not UTF-8 on the command line arrive as lone surrogates
+        raise PrepError("--system: not valid UTF-8 text; every dialog would be skipped as invalid_unicode")
     options = {"command": "sft", "input": str(input), "tokenizer": tokenizer, "system": system,
                "val_fraction": val_fraction}
     job = PrepJob(source=SftSource(input, chunk_bytes), parse=sft_parser(system), out=Path(out), kind="sft",

@@ -18,8 +18,8 @@ from prep.cli_common import prep_options
 @click.option("--system", default="", metavar="TEXT",
               help="System prompt put before every dialog that has none of its own (default: none).")
 @one_line_errors
-def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
-        system: str) -> None:
+def sft(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
+        workers: int | None, shard, system: str) -> None:
     """Tokenize chat / instruction data into ChatML dialogs with loss masks.
 
     \b
@@ -52,7 +52,8 @@ def sft(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers
     A JSON array that is cut off or not valid JSON gives its rows up to the damage; the rest (which
     cannot be trusted) is counted once, as invalid_json at its file:line.
     """
+    from prep.recipe_vocab import recipe_tokenizer
     from prep.sft import run_sft
 
-    run_sft(input_spec, out, tokenizer=tokenizer, system=system, val_fraction=val_fraction, workers=workers,
-            shard=shard)
+    run_sft(input_spec, out, tokenizer=recipe_tokenizer(recipe, tokenizer, out), system=system, val_fraction=val_fraction,
+            workers=workers, shard=shard)

@@ -54,7 +54,8 @@ def split_fields(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--threshold", type=FiniteFloat(0.5, 1.0, max_open=True), default=0.8, show_default=True,
               help="--near-dedup: estimated Jaccard similarity of 5-gram sets at which a document is a duplicate.")
 @one_line_errors
-def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, workers: int | None, shard,
+def text(input_spec: str, out: Path, tokenizer: str, recipe: str, vocab_size: int | None, val_fraction: float,
+         workers: int | None, shard,
          fields: tuple[str, ...], id_field: str | None, patterns: tuple[str, ...], txt_docs: str, hub: bool,
          min_chars: int, to_simplified: bool, min_cjk: float | None, max_repeated_lines: float | None,
          max_char_share: float | None, near_dedup: bool, threshold: float) -> None:
@@ -82,14 +83,20 @@ def text(input_spec: str, out: Path, tokenizer: str, val_fraction: float, worker
     also gets near_dedup: counts, parameters and a few (removed, kept) location pairs.
     """
     from prep.near_dedup import NearDedupConfig
+    from prep.recipe_vocab import recipe_tokenizer
     from prep.text import run_text
     from prep.text_filters import QualityFilters
 
     fields = split_fields(fields)
     if not fields:
         raise click.UsageError("--field needs at least one field name")
-    run_text(input_spec, out, fields=fields, id_field=id_field, patterns=patterns or DEFAULT_PATTERNS,
-             txt_docs=txt_docs, hub=hub, min_chars=min_chars, to_simplified=to_simplified,
-             filters=QualityFilters(min_cjk, max_repeated_lines, max_char_share),
-             near_dedup=NearDedupConfig(threshold) if near_dedup else None,
-             tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard)
+
+    def run(folder: Path, tokenizer: str, shard=None) -> dict:
+        return run_text(input_spec, folder, fields=fields, id_field=id_field, patterns=patterns or DEFAULT_PATTERNS,
+                        txt_docs=txt_docs, hub=hub, min_chars=min_chars, to_simplified=to_simplified,
+                        filters=QualityFilters(min_cjk, max_repeated_lines, max_char_share),
+                        near_dedup=NearDedupConfig(threshold) if near_dedup else None,
+                        tokenizer=tokenizer, val_fraction=val_fraction, workers=workers, shard=shard)
+
+    cut = None if shard else (lambda folder: run(folder, tokenizer))  # a shard sees a part: it never cuts
+    run(out, recipe_tokenizer(recipe, tokenizer, out, vocab_size, cut_from=cut), shard)

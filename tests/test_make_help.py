@@ -1,7 +1,8 @@
 """Every variable a `make help` line documents reaches its target's program.
 
 Generic over the Makefile: each target's documented variables (``VAR=`` in its help line) are set to
-distinct sentinels and the target is run for real, with every program of the venv replaced by a stub that
+distinct sentinels and the target is run for real, in a folder holding only a copy of the Makefile (and its *.mk), with
+every program of the venv replaced by a stub that
 logs its arguments and the environment a program reads (`MK_ARGS`, which `common.cli.make_args` splits;
 ``PYTEST_ADDOPTS``). Nothing real runs: the venv, python, torchrun, pip and ruff are the stubs."""
 
@@ -88,8 +89,14 @@ def test_every_documented_variable_reaches_the_program(target, stub_venv, tmp_pa
     log = tmp_path / "calls.jsonl"
     sentinels = {name: NUMERIC.get(name, f"sentinel-{name.lower()}-42") for name in TARGETS[target]}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")} | {"STUB_LOG": str(log)}
-    r = subprocess.run(["make", "--no-print-directory", "-s", "-C", str(ROOT), target, f"VENV={stub_venv}",
-                        *(f"{k}={v}" for k, v in sentinels.items())], cwd=tmp_path, env=env, capture_output=True,
+    work = tmp_path / "checkout"  # the Makefile alone, so that no recipe (rm -rf, a sub-make) touches the repo
+    work.mkdir()
+    for makefile in [ROOT / "Makefile", *ROOT.glob("*.mk")]:  # and what it includes
+        shutil.copy(makefile, work / makefile.name)
+    (work / "pyproject.toml").touch()
+    os.utime(work / "pyproject.toml", (0, 0))
+    r = subprocess.run(["make", "--no-print-directory", "-s", "-C", str(work), target, f"VENV={stub_venv}",
+                        *(f"{k}={v}" for k, v in sentinels.items())], cwd=work, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []

@@ -29,6 +29,7 @@ from model.archs import config_from_dict
 from model.identity import checkpoint_identity
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
 from model.lm import CausalLM
+from model.tokenizer_files import write_tokenizer_files
 from prep.tokenizer import TokenizerError, check_identity
 
 TRAINER_STATE = "trainer.pt"
@@ -62,9 +63,11 @@ def checkpoint_bytes(model: CausalLM) -> int:
 
 
 def save_checkpoint(run: RunFolder, model: CausalLM, optimizer, scaler, step: int,
-                    tokenizer: dict, data_kind: str, chat: bool, run_info: dict, adapter: dict | None = None) -> Path:
-    """Write the checkpoint for `step` (rank 0 only) and swap it in atomically; a LoRA run's (`adapter`: its
-    options and base identity, `model.adapters`) holds the adapters instead of the weights."""
+                    tokenizer: dict, data_kind: str, chat: bool, run_info: dict,
+                    tokenizer_files: dict[str, bytes] | None = None, adapter: dict | None = None) -> Path:
+    """Write the checkpoint for `step` (rank 0 only) and swap it in atomically, with its tokenizer's files
+    where it has any (`model.tokenizer_files`); a LoRA run's (`adapter`: its options and base identity,
+    `model.adapters`) holds the adapters instead of the weights."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -75,6 +78,7 @@ def save_checkpoint(run: RunFolder, model: CausalLM, optimizer, scaler, step: in
             save_model(folder.partial, model, tokenizer, data_kind, step, chat)
         else:
             save_adapter(folder.partial, model, adapter, tokenizer, data_kind, step, chat)
+        write_tokenizer_files(tokenizer_files, folder.partial)
         _save_torch(state, folder.path(TRAINER_STATE))
         write_json_atomic(folder.path(TRAIN_CONFIG), run_info)
         return folder.commit()

@@ -17,11 +17,13 @@ from pathlib import Path
 import click
 
 from common.cli import CommandError, UserPath, one_line_errors
+from common.recipes import DEFAULT_RECIPE, RECIPES
 from model.cli_common import device_option, dtype_option
+from train.all_cli import all_command
 from train.full_eval import eval_command
 from train.overrides import apply_overrides
 from train.plan_cli import plan_command
-from train.presets import SIZES, compose, resolve
+from train.presets import SIZES, recipe_config, resolve
 from train.report import report_command
 from train.stages import STAGES, LMStage
 from train.tracking import TRACKERS
@@ -59,6 +61,9 @@ def cli() -> None:
 def run_options(f):
     options = [
         click.option("--preset", default="mini", show_default=True, help=PRESET_HELP),
+        click.option("--recipe", type=click.Choice(RECIPES), default=DEFAULT_RECIPE, show_default=True,
+                     help="laid over the size and the stage's overlay, under --set: seed (GPT-2 + AdamW, the "
+                     "reference) or modern (qwen3 + Muon for pretraining; common/recipes.py says what and why)"),
         click.option("--data", required=True, help=DATA_HELP),
         click.option("--out", required=True, type=UserPath(),
                      help="run folder: checkpoint/, metrics.jsonl, loss.png; resumed if it has a checkpoint"),
@@ -98,13 +103,13 @@ def stage_command(stage: LMStage) -> click.Command:
     return click.command(stage.name)(run_options(command))
 
 
-def build_config(stage: str, preset_name: str, assignments, **plain):
-    """The size preset and the stage's overlay, then plain options, then --set (the names given travel in
-    `set_fields`). An old preset name prints what it means now."""
+def build_config(stage: str, preset_name: str, assignments, recipe: str = DEFAULT_RECIPE, **plain):
+    """The size preset and the stage's overlay, the recipe, then plain options, then --set (the names given
+    travel in `set_fields`). An old preset name prints what it means now."""
     items = [f"{k}={v}" for k, v in plain.items() if v is not None] + list(assignments)
     try:
         note = resolve(preset_name)[2]
-        cfg = apply_overrides(compose(preset_name, stage), items)
+        cfg = apply_overrides(recipe_config(preset_name, stage, recipe), items)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     if note:
@@ -129,6 +134,7 @@ def run(stage: str, preset_name: str, data: str, out: Path, init: Path | None, a
         raise SystemExit(128 + result.signal)
 
 
+cli.add_command(all_command)  # `train all` (make all): train/all_cli.py, train/pipeline_all.py
 cli.add_command(eval_command)  # `train eval`: train/full_eval.py
 cli.add_command(report_command)  # `train report`: train/report.py
 cli.add_command(plan_command)  # `train plan`: train/plan_cli.py, train/plan.py

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field, fields
 
+from common.recipes import DEFAULT_RECIPE
 from model.archs import config_from_dict, get
 from model.archs.gpt2 import GPTConfig
 from model.lm import ModelConfig
@@ -59,6 +60,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
+    # the recipe laid over the preset (common.recipes); recorded, chosen by --recipe (never by --set)
+    recipe: str = DEFAULT_RECIPE
     # the fields given on the command line (plain options or --set), in the order given
     set_fields: tuple[str, ...] = ()
 

@@ -32,7 +32,8 @@ def with_values(config: TrainConfig, values: dict) -> TrainConfig:
 
 
 def _train_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in fields(TrainConfig) if f.name not in ("model", "stage", "set_fields")}
+    # a recipe is more than its name: --recipe sets it with its values (train.presets.recipe_config)
+    return {f.name: f for f in fields(TrainConfig) if f.name not in ("model", "stage", "set_fields", "recipe")}
 
 
 def _settable_fields(config: TrainConfig, arch_config: type[ModelConfig]) -> dict[str, dataclasses.Field]:

@@ -40,6 +40,9 @@ of the matmul dtype (4 in fp32, 2 under bf16/fp16 autocast), the residual stream
   also the bf16 weight copy 2VC and, at the weight-gradient matmul, the bf16 gradient chunk 2cV, the
   bf16 product 2VC and its fp32 copy 4VC. Its backward scales both gradients into new tensors:
   4NC + 4VC, and the scaled weight gradient waits (autograd's input buffer) for the embedding's.
+* With kd_weight > 0 (`train.distill`) the batch carries K teacher targets per token (int64 ids, uint8
+  counts, then fp32 weights: 13·N·K) and each loss chunk gathers K logits per row (12·c·K), with K at
+  ``model teach``'s default.
 * The embedding's backward builds a dense V x C fp32 gradient (4VC) that is added to the output
   layer's before the sum becomes ``wte.weight.grad``.
 
@@ -72,6 +75,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from model.distill_loss import DEFAULT_K
 from model.lm import ModelConfig
 from model.lora import LoraOptions, adapter_params, target_shapes
 from train.checkpoint import read_run_info
@@ -97,11 +101,13 @@ class Setup:
     device: str = "cpu"  # cpu | cuda | mps: decides the attention kernel and the dropout mask's size
     world_size: int = 1
     optimizer: str = "adamw"  # adamw: two fp32 moments per parameter; muon: one momentum per hidden matrix entry
+    teach_k: int = 0  # teacher targets per token (kd_weight > 0, train.distill): the batch carries them
     lora: LoraOptions | None = None  # a LoRA run: only the adapters train (model.lora)
 
     @classmethod
     def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
-        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer, options_of(cfg))
+        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer,
+                   teach_k=DEFAULT_K if getattr(cfg.stage, "kd_weight", 0.0) > 0 else 0, lora=options_of(cfg))
 
     def __getattr__(self, name: str):
         """The model's fields (block_size, n_embd, vocab_size, dropout, loss_chunk_tokens, ...) read through."""
@@ -189,6 +195,15 @@ def _output_layer_chunk(s: Setup, micro: int) -> int:
     return 2 * V * C + 2 * c * C + max(logsumexp, 4 * c * V + 2 * c * V + 2 * V * C + 4 * V * C)
 
 
+def _teacher_bytes(s: Setup, N: int) -> int:
+    """The teacher targets of a micro-batch (int64 ids, uint8 counts, fp32 weights: 13 bytes per target) and,
+    inside one chunk of the loss (`model.distill_loss`), the masked weights and the gathered logits."""
+    if not s.teach_k:
+        return 0
+    c = min(s.loss_chunk_tokens, N)
+    return 13 * N * s.teach_k + 12 * c * s.teach_k
+
+
 def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
     """The parts of one step's memory, and which are live at each moment where the peak can fall."""
     P, P_lin = param_counts(s)
@@ -211,11 +226,13 @@ def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
         "scaled_grads": 4 * N * C + vc,
         "block_backward": vc + s.model.backward_peak_extra(s, micro),
         "embedding_backward": vc + 4 * N * C + (vc if accumulation > 1 else 0) if vc else 0,
+        "teacher": _teacher_bytes(s, N),
     }
     held = ["weights", "optimizer", "ddp"] + (["gradients"] if accumulation > 1 else [])
     moments = {
-        "output layer forward": held + ["amp_weights", "activations", "hidden", "grad_h", "grad_w", "chunk"],
-        "output layer backward": held + ["amp_weights", "activations", "grad_h", "grad_w", "scaled_grads"],
+        "output layer forward": held + ["amp_weights", "activations", "hidden", "grad_h", "grad_w", "chunk",
+                                        "teacher"],
+        "output layer backward": held + ["amp_weights", "activations", "grad_h", "grad_w", "scaled_grads", "teacher"],
         "last block's backward": held + ["amp_weights", "activations", "block_backward"],
         "embedding backward": ["weights", "optimizer", "ddp", "gradients", "embedding_backward"],
         "optimizer step": ["weights", "optimizer", "ddp", "gradients"],

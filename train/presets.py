@@ -10,8 +10,10 @@ architecture): `resolve` says what they mean now.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
+from common.recipes import DEFAULT_RECIPE, train_overlay
 from train import stages
 from train.config import TrainConfig
 from train.overrides import with_values
@@ -72,6 +74,13 @@ def compose(name: str, stage: str = "pretrain", layers: Iterable[Mapping] = ()) 
     return cfg
 
 
-def preset(name: str, stage: str = "pretrain") -> TrainConfig:
-    """Size `name` (or an old name of one) for a run of `stage`, its overlay applied."""
-    return compose(name, stage)
+def preset(name: str, stage: str = "pretrain", recipe: str = DEFAULT_RECIPE) -> TrainConfig:
+    """Size `name` (or an old name of one) for a run of `stage`, its overlay applied, then `recipe`'s values."""
+    return recipe_config(name, stage, recipe)
+
+
+def recipe_config(name: str, stage: str = "pretrain", recipe: str = DEFAULT_RECIPE) -> TrainConfig:
+    """`compose` with the recipe's values for this size and stage as the last layer (`common.recipes`); the
+    config records the recipe's name. RecipeError (a ValueError) for an unknown recipe."""
+    overlay = train_overlay(recipe, resolve(name)[0], stage)
+    return dataclasses.replace(compose(name, stage, [overlay]), recipe=recipe)

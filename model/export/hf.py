@@ -27,6 +27,7 @@ import torch
 from common.outputs import OutputFolder, read_json
 from model.adapters import load_model
 from model.archs import HFMapping, mapping
+from model.export.card import render_card
 from model.io import is_chat, read_model_info, save_weights, stop_ids
 from model.lm import CausalLM
 from model.loader import load_tokenizer_for
@@ -34,7 +35,7 @@ from model.runtime import TORCH_DTYPES, dtype_name
 from model.sampling import SamplingParams
 from prep.chat_template import CHATML_TEMPLATE
 from prep.hf_tokenizer_files import save_hf_tokenizer
-from prep.tokenizer import IM_END, Tokenizer
+from prep.tokenizer import IM_END
 
 MARKER = "zh_mini_llm_export"  # in config.json: recognises exports written before folders had a manifest
 # What an export of the offline Qwen2 tokenizer holds (the legacy recogniser's list).
@@ -139,7 +140,8 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp3
         tokenizer_written = save_hf_tokenizer(tok, folder.partial)
         if tokenizer_written and chat:
             _chat_tokenizer_files(folder.partial)
-        folder.path("README.md").write_text(model_card(out, info, tok, chat, tokenizer_written, table), "utf-8")
+        folder.path("README.md").write_text(render_card(out, info, tok, chat, tokenizer_written, table.architecture, ckpt),
+                                             "utf-8")
         folder.commit()
     return {"out": str(out), "chat": chat, "stop_ids": stops, "tokenizer": tokenizer_written,
             "params": model.num_params(), "dtype": str(torch_dtype).removeprefix("torch.")}
@@ -147,38 +149,3 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp3
 
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True) + "\n", "utf-8")
-
-
-def model_card(out: Path, info: dict, tok: Tokenizer, chat: bool, tokenizer_written: bool, table: HFMapping) -> str:
-    c = info["config"]
-    kind = "chat model (SFT, ChatML)" if chat else "base model (pretrained, continues text)"
-    stops = "`<|im_end|>` and `<|endoftext|>`" if chat else "`<|endoftext|>`"
-    usage = (
-        'messages = [{"role": "user", "content": "数学是什么？"}]\n'
-        "ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")\n"
-        if chat else 'ids = tok("数学是", return_tensors="pt").input_ids\n'
-    )
-    d = SamplingParams()
-    tok_note = "" if tokenizer_written else (
-        f"\nThe `{tok.name}` tokenizer has no Hugging Face form, so no tokenizer files are included.\n")
-    return f"""# {out.name}
-
-A Chinese {kind} with the architecture of `{table.architecture}`, exported by zh-mini-llm (`python -m model export`)
-from a checkpoint at step {info.get("step")}: {c["n_layer"]} layers, {c["n_head"]} heads, {c["n_embd"]} wide,
-a context of {c["block_size"]} tokens, tokenizer `{tok.name}` ({len(tok)} ids; the embedding is padded to
-{c["vocab_size"]} rows, and `generation_config.json` suppresses the padding). Generation stops at {stops}.
-{tok_note}
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-tok = AutoTokenizer.from_pretrained("{out}")
-model = AutoModelForCausalLM.from_pretrained("{out}")
-{usage}out = model.generate(ids, max_new_tokens=100)
-print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-```
-
-`generate` samples with the defaults of `python -m model sample` (temperature {d.temperature}, top-k {d.top_k}); pass
-`do_sample=False` for greedy output. The layout is plain `{table.architecture}` (model_type
-`{table.model_type}`) for tools that read it, such as vLLM and llama.cpp's `convert_hf_to_gguf.py`. The
-model was trained on {c["block_size"]} positions: longer inputs must be cut.
-"""

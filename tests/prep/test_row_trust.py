@@ -143,3 +143,12 @@ def test_text_array_huge_middle_element_is_read_past(tmp_path, small_cap):
     meta = run_text(tmp_path / "in.json", tmp_path / "out", min_chars=1, **OPTS)
     assert meta["skipped"]["too_large"]["count"] == 2 and docs(meta) == 3
     assert meta["skipped"]["too_large"]["examples"][:2] == ["in.json:3", "in.json:5"]
+
+
+def test_sft_system_prompt_that_is_not_text_is_one_line(tmp_path):
+    from prep.records import PrepError
+
+    write(tmp_path / "in.jsonl", [ALPACA])
+    with pytest.raises(PrepError, match="--system: not valid UTF-8"):
+        run_sft(tmp_path / "in.jsonl", tmp_path / "out", system="be \udcff brief", **OPTS)
+    assert not (tmp_path / "out").exists()

@@ -22,9 +22,10 @@ def target(stage: LMStage) -> str:
     lines = [f"{name}: {var} ?= {value}" for var, value in defaults.items()]
     lines += [f"{name}: export MK_{var} = $(call verbatim,{var})" for var in (*defaults, "PRESET")]
     usage = " ".join(f"[{var}={value}]" for var, value in defaults.items())
-    lines.append(f"{name}: $(STAMP) ## {stage.make_summary or name}: [PRESET=mini] {usage} [NPROC=N] [ARGS=...]")
+    lines.append(f"{name}: $(STAMP) ## {stage.make_summary or name}: [PRESET=mini] [RECIPE=seed|modern] {usage} "
+                 "[NPROC=N] [ARGS=...]")
     flags = " ".join(f'--{var.lower()} "$$MK_{var}"' for var in ("PRESET", *defaults))
-    lines += ["\t@$(CHECK_NPROC)", f"\t$(LAUNCH) -m train {name} {flags}"]
+    lines += ["\t@$(CHECK_NPROC)", f"\t$(LAUNCH) -m train {name} {flags} $(RECIPE_ARG)"]  # the Makefile's RECIPE
     return "\n".join(lines) + "\n"
 
 

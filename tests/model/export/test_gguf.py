@@ -3,7 +3,8 @@
 One tiny body (2 layers x 32) on the real 151,680-row Qwen2 embedding. Every type is read back once:
 a chat model in f32 and f16, a base model in q8_0 (GGUFReader parses all 300k vocabulary strings, so
 each read costs seconds). Tokens and merges are checked against the tokenizer's own bytes, and against
-Qwen2's real vocab.json / merges.txt where ../shared has them.
+Qwen2's real vocab.json / merges.txt where ../shared has them. The tests whose subject is not the
+vocabulary (qwen3's tensors and metadata, replacing and refusing files) use a 512-id cut of it.
 """
 
 from __future__ import annotations
@@ -191,8 +192,9 @@ def test_bytes_tokenizer_is_refused_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen_run(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("run") / "sft", "sft", tokenizer="qwen2", vocab_size=151680)
+def qwen_run(tmp_path_factory, cut_qwen2):
+    """A run whose GGUF files are replaced or refused: a cut Qwen2 vocabulary (the output is the subject)."""
+    return save_tiny(tmp_path_factory.mktemp("run") / "sft", "sft", tokenizer=cut_qwen2, vocab_size=512)
 
 
 def test_foreign_file_is_refused_and_our_own_replaced(qwen_run):
@@ -234,10 +236,10 @@ def test_qwen2_loaded_from_a_hugging_face_folder_has_the_same_vocabulary(qwen):
     assert qwen2_ranks(hf) is qwen2_ranks(qwen)
 
 
-def qwen3_names(model) -> dict[str, torch.Tensor]:
+def qwen3_names(model, n_vocab: int) -> dict[str, torch.Tensor]:
     """llama.cpp's qwen3 names for our weights, spelled out independently of the exporter."""
     sd = model.state_dict()
-    out = {"token_embd.weight": sd["model.embed_tokens.weight"][:N_VOCAB], "output_norm.weight": sd["model.norm.weight"]}
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"][:n_vocab], "output_norm.weight": sd["model.norm.weight"]}
     names = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
              "attn_v": "self_attn.v_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
              "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
@@ -245,14 +247,15 @@ def qwen3_names(model) -> dict[str, torch.Tensor]:
     for i in range(model.config.n_layer):
         out |= {f"blk.{i}.{theirs}.weight": sd[f"model.layers.{i}.{ours}.weight"] for theirs, ours in names.items()}
     if not model.config.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"][:N_VOCAB]
+        out["output.weight"] = sd["lm_head.weight"][:n_vocab]
     return out
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied):
-    model = tiny_model(block_size=64, vocab_size=151680, arch="qwen3", n_head=4, tie_embeddings=tied, rope_theta=1e6)
-    out = export_gguf(save_tiny(tmp_path / "q", "pretrain", tokenizer="qwen2", model=model), type_name="f32")["out"]
+def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied, cut_qwen2):
+    """The architecture's metadata and tensors (the vocabulary's are the gpt2 tests': a cut one here)."""
+    model = tiny_model(block_size=64, vocab_size=512, arch="qwen3", n_head=4, tie_embeddings=tied, rope_theta=1e6)
+    out = export_gguf(save_tiny(tmp_path / "q", "pretrain", tokenizer=cut_qwen2, model=model), type_name="f32")["out"]
     reader = gguf.GGUFReader(out)
     assert field(reader, "general.architecture") == "qwen3"
     assert "Qwen3 architecture" in field(reader, "general.description")
@@ -262,7 +265,7 @@ def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied):
     assert field(reader, "qwen3.feed_forward_length") == c.ffn_width == 96
     assert field(reader, "qwen3.rope.freq_base") == 1e6
     assert field(reader, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
-    expected = {k: v.float().numpy() for k, v in qwen3_names(model).items()}
+    expected = {k: v.float().numpy() for k, v in qwen3_names(model, len(load_tokenizer(cut_qwen2))).items()}
     stored = {t.name: t for t in reader.tensors}
     assert set(stored) == set(expected)
     for name, want in expected.items():
