@@ -139,11 +139,12 @@ serve: $(STAMP) ## OpenAI-compatible API + chat page: [CKPT=runs/sft] [PORT=8000
 	$(PY) -m model serve --ckpt "$$MK_CKPT" --port "$$MK_PORT" --host "$$MK_HOST"
 
 export: CKPT ?= runs/sft
-export: OUT ?= $(CKPT)/hf
+export: OUT ?= $(CKPT)/$(if $(filter 1,$(ADAPTER)),hf-adapter,hf)
 export: export MK_CKPT = $(call verbatim,CKPT)
 export: export MK_OUT = $(call verbatim,OUT)
-export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
-	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT"
+export: export MK_ADAPTER = $(call verbatim,ADAPTER)
+export: $(STAMP) ## Hugging Face folder (a LoRA run merged): [CKPT=runs/sft] [OUT=CKPT/hf] [ADAPTER=1: PEFT adapters]
+	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT" --adapter "$$MK_ADAPTER"
 
 # GGUF for llama.cpp / Ollama / LM Studio.
 gguf: CKPT ?= runs/sft

@@ -259,7 +259,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         loss = torch.zeros((), device=h.device, dtype=torch.float32)
         grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        # a frozen output layer (LoRA runs) needs no V x C weight gradient: often the step's largest tensor
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, h.size(0), chunk):
                 hc = h[s : s + chunk].to(dtype)
@@ -276,7 +277,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     g.scatter_add_(1, tc[:, None], -mc[:, None].to(g.dtype))
                     g = g.to(dtype)
                     grad_h[s : s + chunk] = (g @ w).to(h.dtype)
-                    if dtype == torch.float32:
+                    if grad_w is None:
+                        pass
+                    elif dtype == torch.float32:
                         grad_w.addmm_(g.t(), hc)  # no V x C temporary
                     else:
                         grad_w += (g.t() @ hc).float()
