@@ -139,11 +139,12 @@ serve: $(STAMP) ## OpenAI-compatible API + chat page: [CKPT=runs/sft] [PORT=8000
 	$(PY) -m model serve --ckpt "$$MK_CKPT" --port "$$MK_PORT" --host "$$MK_HOST"
 
 export: CKPT ?= runs/sft
-export: OUT ?= $(CKPT)/hf
+export: OUT ?= $(CKPT)/$(if $(filter 1,$(ADAPTER)),hf-adapter,hf)
 export: export MK_CKPT = $(call verbatim,CKPT)
 export: export MK_OUT = $(call verbatim,OUT)
-export: $(STAMP) ## Hugging Face folder: [CKPT=runs/sft] [OUT=CKPT/hf]
-	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT"
+export: export MK_ADAPTER = $(call verbatim,ADAPTER)
+export: $(STAMP) ## Hugging Face folder (a LoRA run merged): [CKPT=runs/sft] [OUT=CKPT/hf] [ADAPTER=1: PEFT adapters]
+	$(PY) -m model export --ckpt "$$MK_CKPT" --out "$$MK_OUT" --adapter "$$MK_ADAPTER"
 
 # GGUF for llama.cpp / Ollama / LM Studio.
 gguf: CKPT ?= runs/sft
@@ -195,6 +196,23 @@ bpb: export MK_TEXT = $(call verbatim,TEXT)
 bpb: $(STAMP) ## bits per byte on raw text: MODEL=run-or-HF-folder TEXT=file|folder|jsonl [ARGS="--model other"]
 	@test -n "$$MK_MODEL" -a -n "$$MK_TEXT" || { echo "usage: make bpb MODEL=runs/pretrain|hf-folder TEXT=file|folder|wiki-shard [ARGS='--model another --stride 128']"; exit 2; }
 	$(PY) -m model bpb --model "$$MK_MODEL" --text "$$MK_TEXT"
+
+select: KEEP ?= 0.5
+select: export MK_DATA = $(call verbatim,DATA)
+select: export MK_TEACHER = $(call verbatim,TEACHER)
+select: export MK_REF = $(call verbatim,REF)
+select: export MK_KEEP = $(call verbatim,KEEP)
+select: export MK_OUT = $(call verbatim,OUT)
+select: $(STAMP) ## keep documents by teacher minus reference score: DATA=.. TEACHER=.. REF=.. OUT=.. [KEEP=0.5] [ARGS=--scores ..]
+	@test -n "$$MK_DATA" -a -n "$$MK_OUT" || { echo "usage: make select DATA=data_bin/wiki TEACHER=hf-folder|Qwen/Qwen2.5-0.5B REF=runs/pretrain OUT=data_bin/wiki_sel [KEEP=0.5] [ARGS='--scores data_bin/wiki_sel']"; exit 2; }
+	$(PY) -m model select --data "$$MK_DATA" --out "$$MK_OUT" --keep "$$MK_KEEP" $${MK_TEACHER:+--teacher "$$MK_TEACHER"} $${MK_REF:+--ref "$$MK_REF"}
+
+teach: export MK_DATA = $(call verbatim,DATA)
+teach: export MK_TEACHER = $(call verbatim,TEACHER)
+teach: export MK_OUT = $(call verbatim,OUT)
+teach: $(STAMP) ## store a teacher's sparse targets for kd_weight: DATA=.. TEACHER=.. OUT=.. [ARGS="--k 12 --temperature 1"]
+	@test -n "$$MK_DATA" -a -n "$$MK_TEACHER" -a -n "$$MK_OUT" || { echo "usage: make teach DATA=data_bin/wiki TEACHER=hf-folder|Qwen/Qwen2.5-0.5B|runs/teacher OUT=data_bin/wiki_teach [ARGS='--k 12 --temperature 1.0']"; exit 2; }
+	$(PY) -m model teach --data "$$MK_DATA" --teacher "$$MK_TEACHER" --out "$$MK_OUT"
 
 plan: export MK_PRESET = $(call verbatim,PRESET)
 plan: export MK_GPU_MEM = $(call verbatim,GPU_MEM)

@@ -23,6 +23,7 @@ from model.io import CheckpointError
 from model.loader import LoadedModel, load_for_generation
 from model.measure.cli import bpb, harness
 from model.sampling import MAX_NEW_TOKENS, MAX_SAMPLES, MAX_TEMPERATURE, PENALTY_RANGE, SamplingParams
+from model.teach.cli import select, teach
 from prep.chat_template import ChatFormatError, render_prompt
 
 DEFAULTS = SamplingParams()
@@ -35,7 +36,8 @@ MAX_BATCH, MAX_QUEUE, MAX_BODY_KB, MAX_THREADS = 1024, 1 << 20, 1 << 20, 4096
 def cli() -> None:
     """Use a trained model: `sample` text, `chat` in the terminal, `serve` it over HTTP; `export` it to Hugging
     Face, `gguf` for llama.cpp / LM Studio, `ollama` for Ollama; measure it: `harness` (C-Eval, CMMLU, ...
-    through lm-eval), `bpb` (bits per byte of raw text)."""
+    through lm-eval), `bpb` (bits per byte of raw text); learn from a bigger model: `select` documents by a
+    teacher's scores, `teach` (store its sparse targets for kd_weight)."""
 
 
 def model_options(f):
@@ -267,3 +269,5 @@ cli.add_command(gguf)
 cli.add_command(ollama)
 cli.add_command(harness)  # model/eval_cli.py
 cli.add_command(bpb)
+cli.add_command(select)  # model/teach/cli.py
+cli.add_command(teach)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 
-from model.io import WEIGHTS_NAME, CheckpointError, read_model_info, resolve_model_dir
+from model.io import ADAPTER_NAME, WEIGHTS_NAME, CheckpointError, read_model_info, resolve_model_dir
 
 _CHUNK = 1 << 20
 
 
 def weights_digest(ckpt_dir: str | os.PathLike) -> str:
-    """sha256 (hex) of the checkpoint's ``model.safetensors`` bytes."""
-    path = resolve_model_dir(ckpt_dir) / WEIGHTS_NAME
+    """sha256 (hex) of the checkpoint's ``model.safetensors`` bytes (a LoRA run's: ``adapter.safetensors``)."""
+    folder = resolve_model_dir(ckpt_dir)
+    path = folder / WEIGHTS_NAME
+    if not path.exists() and (folder / ADAPTER_NAME).exists():  # a LoRA run: its adapters (model.adapters), whose
+        path = folder / ADAPTER_NAME  # own base is checked whenever they are loaded
     h = hashlib.sha256()
     try:
         with open(path, "rb") as f:

@@ -29,6 +29,7 @@ from model.lm import CausalLM, ModelConfig
 from prep.tokenfile import KINDS as DATA_KINDS
 
 WEIGHTS_NAME = "model.safetensors"
+ADAPTER_NAME = "adapter.safetensors"  # a LoRA run's checkpoint holds this instead (model.adapters)
 INFO_NAME = "model.json"
 CHECKPOINT_DIR = "checkpoint"
 FORMAT = "zh-mini-llm-gpt"
@@ -112,10 +113,16 @@ def save_model(folder: str | os.PathLike, model: CausalLM, tokenizer: dict, data
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     save_weights(state, folder / WEIGHTS_NAME, {"format": FORMAT})
+    write_model_info(folder, model.config, tokenizer, data_kind, step, chat, extra)
+
+
+def write_model_info(folder: Path, config: ModelConfig, tokenizer: dict, data_kind: str, step: int, chat: bool,
+                     extra: dict | None = None) -> None:
+    """``model.json``: the config, tokenizer identity, data kind, chat template and step (and `extra`)."""
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
+        "config": config.to_dict(),
         "tokenizer": tokenizer,
         "data_kind": data_kind,
         "chat": chat,

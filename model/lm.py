@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.attention import KVCache
+from model.distill_loss import distill_loss
 from model.row_loss import row_losses
 
 
@@ -200,7 +201,7 @@ class CausalLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
                 *, cache: KVCache | None = None, start_pos: int | Sequence[int] | None = None,
-                last_only: bool = False, per_row: bool = False):
+                last_only: bool = False, per_row: bool = False, teacher: tuple | None = None):
         """Logits, or the summed loss.
 
         * ``targets`` None: fp32 logits (B, T, V), or (B, 1, V) for the last position if `last_only`
@@ -211,6 +212,8 @@ class CausalLM(nn.Module):
           over the positions where `loss_mask` (B, T) is nonzero (every position if None) and how many
           those are. Divide by the token count of the whole effective batch, not per micro-batch.
           With `per_row`, both are (B,): each row's sum and count (`model.row_loss`, for pair losses).
+          With `teacher` (ids, counts, kd_weight): ``(loss_sum, n_targets, {"ce": .., "kd": ..})``, the loss
+          mixed with distillation from sparse teacher targets (`model.distill_loss`).
         """
         h = self.hidden_states(idx, cache, start_pos)
         weight = self.output_weight()
@@ -221,6 +224,10 @@ class CausalLM(nn.Module):
         mask = torch.ones_like(targets, dtype=torch.bool) if loss_mask is None else loss_mask.bool()
         if per_row:
             return row_losses(h, weight, targets, mask, self.config.loss_chunk_tokens)
+        if teacher is not None:
+            loss_sum, parts = distill_loss(h, weight, targets, mask, teacher, self.config.loss_chunk_tokens,
+                                           _matmul_dtype(h))
+            return loss_sum, mask.sum(dtype=torch.float32), parts
         mask = mask.reshape(-1)
         loss_sum = ChunkedLinearCrossEntropy.apply(
             h.reshape(-1, h.size(-1)), weight, targets.reshape(-1), mask, self.config.loss_chunk_tokens, _matmul_dtype(h)
@@ -252,7 +259,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         loss = torch.zeros((), device=h.device, dtype=torch.float32)
         grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        # a frozen output layer (LoRA runs) needs no V x C weight gradient: often the step's largest tensor
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, h.size(0), chunk):
                 hc = h[s : s + chunk].to(dtype)
@@ -269,7 +277,9 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     g.scatter_add_(1, tc[:, None], -mc[:, None].to(g.dtype))
                     g = g.to(dtype)
                     grad_h[s : s + chunk] = (g @ w).to(h.dtype)
-                    if dtype == torch.float32:
+                    if grad_w is None:
+                        pass
+                    elif dtype == torch.float32:
                         grad_w.addmm_(g.t(), hc)  # no V x C temporary
                     else:
                         grad_w += (g.t() @ hc).float()

@@ -1,6 +1,7 @@
 """A checkpoint ready to use on a device: the model, its precision, and for generation its own tokenizer.
 
-Only ``model.json`` and ``model.safetensors`` are read (`model.io`), so loading a downloaded checkpoint
+Only ``model.json`` and ``model.safetensors`` are read (`model.io`; a LoRA run's checkpoint: its base's,
+and ``adapter.safetensors``, merged in by `model.adapters`), so loading a downloaded checkpoint
 never unpickles anything. The tokenizer is the one ``model.json`` records, loaded from local files
 only (the checkpoint's own copy first: `model.tokenizer_files`) and checked to have the very ids the model
 was trained with.
@@ -13,9 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from model.adapters import load_model
 from model.archs.gpt2 import GPT
 from model.generate import Engine
-from model.io import is_chat, load_model, read_model_info, stop_ids
+from model.io import is_chat, read_model_info, stop_ids
 from model.runtime import Precision, pick_device, precision
 from model.tokenizer_files import checkpoint_tokenizer
 from prep.tokenizer import Tokenizer

@@ -7,6 +7,12 @@ A dataset is a folder holding, for each split (``train``, ``val``):
 * ``{split}.mask.bin``  (SFT, pref) one uint8 per token, 1 = "this token is a training target";
 * ``{split}.turns.idx`` (SFT) uint64 offset of every user turn, so a sampler can start a block
   inside a dialog longer than the block; (pref) the start of each pair's two dialogs;
+* ``{split}.teach_ids.bin`` / ``{split}.teach_counts.bin`` (optional, any LM kind; written by
+  ``python -m model teach``) a teacher's sparse targets: for token j, K token ids (uint32, [N, K]) that
+  the teacher sampled as the token at j from the tokens before it, with how often each was drawn
+  (uint8, [N, K]; they sum to K, or to 0 where nothing trains); ``meta.json``'s ``teacher`` records K;
+* ``{split}.doc_scores.bin`` (optional; written by ``python -m model select``) float64 [D, 2] of the
+  SOURCE folder's D documents: mean log-likelihood per byte under the teacher and under the reference;
 
 A ``pref`` folder (`prep.pref`) holds one document per preference pair: the chosen dialog, then the
 rejected dialog, with the same prompt tokens, each ending in ``<|endoftext|>``; its mask is 1 on the
@@ -43,6 +49,9 @@ META_NAME = "meta.json"
 TOKEN_DTYPE = np.dtype("<u4")
 INDEX_DTYPE = np.dtype("<u8")
 MASK_DTYPE = np.dtype("u1")
+TEACH_IDS_DTYPE = np.dtype("<u4")
+TEACH_COUNTS_DTYPE = np.dtype("u1")
+SCORES_DTYPE = np.dtype("<f8")
 SHARD_MANIFEST_KIND = "zh-mini-llm/shard-manifest"  # a file naming token folders to train on as one (prep.merge)
 MAX_VOCAB = 1 << 24  # a tokenizer length beyond this is a damaged meta.json, not a vocabulary
 
@@ -53,7 +62,7 @@ class TokenFileError(UserError, ValueError):
 
 def token_file_names() -> set[str]:
     """Every file name a token folder may hold."""
-    suffixes = (".bin", ".idx", ".mask.bin", ".turns.idx")
+    suffixes = (".bin", ".idx", ".mask.bin", ".turns.idx", ".teach_ids.bin", ".teach_counts.bin", ".doc_scores.bin")
     return {META_NAME} | {f"{split}{suffix}" for split in SPLITS for suffix in suffixes}
 
 
@@ -78,20 +87,33 @@ def _legacy_token_files(kind: str) -> Callable[[Path], set[str] | None]:
 class _SplitWriter:
     """Appends documents of one split to its files and keeps its counts."""
 
-    def __init__(self, folder: Path, split: str, with_mask: bool, with_turns: bool):
+    def __init__(self, folder: Path, split: str, with_mask: bool, with_turns: bool, teach_k: int = 0):
         self.tokens = open(folder / f"{split}.bin", "wb")
         self.doc_starts = open(folder / f"{split}.idx", "wb")
         self.mask = open(folder / f"{split}.mask.bin", "wb") if with_mask else None
         self.turns = open(folder / f"{split}.turns.idx", "wb") if with_turns else None
+        self.teach_k = teach_k
+        self.teach_ids = open(folder / f"{split}.teach_ids.bin", "wb") if teach_k else None
+        self.teach_counts = open(folder / f"{split}.teach_counts.bin", "wb") if teach_k else None
         self.n_tokens = self.n_docs = self.n_bytes = 0
         self.n_target_tokens = self.n_target_bytes = 0
 
-    def add(self, tokens: np.ndarray, mask, turn_starts, n_bytes: int, target_bytes: int) -> None:
-        self.add_many(tokens, np.array([0, len(tokens)], INDEX_DTYPE), mask, turn_starts, n_bytes, target_bytes)
+    def add(self, tokens: np.ndarray, mask, turn_starts, n_bytes: int, target_bytes: int, teach=None) -> None:
+        self.add_many(tokens, np.array([0, len(tokens)], INDEX_DTYPE), mask, turn_starts, n_bytes, target_bytes, teach)
 
     def add_many(self, tokens: np.ndarray, starts: np.ndarray, mask, turn_starts, n_bytes: int,
-                 target_bytes: int) -> None:
-        """Append documents at once: `starts` holds each one's start in `tokens`, then len(tokens)."""
+                 target_bytes: int, teach=None) -> None:
+        """Append documents at once: `starts` holds each one's start in `tokens`, then len(tokens); `teach` their
+        teacher targets (ids, counts), each [len(tokens), teach_k], exactly when the writer has teach_k."""
+        if (teach is not None) != bool(self.teach_k):
+            raise ValueError("teacher targets must be given exactly when the folder was opened with teach_k")
+        if teach is not None:
+            ids, counts = np.ascontiguousarray(teach[0], TEACH_IDS_DTYPE), np.ascontiguousarray(teach[1], TEACH_COUNTS_DTYPE)
+            if ids.shape != (len(tokens), self.teach_k) or counts.shape != ids.shape:
+                raise ValueError(f"teacher targets of shape {ids.shape}/{counts.shape} for {len(tokens)} tokens, "
+                                 f"K={self.teach_k}")
+            self.teach_ids.write(ids.tobytes())
+            self.teach_counts.write(counts.tobytes())
         self.doc_starts.write((np.asarray(starts[:-1], INDEX_DTYPE) + self.n_tokens).astype(INDEX_DTYPE).tobytes())
         self.tokens.write(np.ascontiguousarray(tokens, TOKEN_DTYPE).tobytes())
         if self.mask is not None:
@@ -107,7 +129,7 @@ class _SplitWriter:
 
     def close(self) -> dict:
         self.doc_starts.write(np.array([self.n_tokens], INDEX_DTYPE).tobytes())
-        for f in (self.tokens, self.doc_starts, self.mask, self.turns):
+        for f in self._files():
             if f is not None:
                 f.flush()
                 os.fsync(f.fileno())
@@ -117,9 +139,12 @@ class _SplitWriter:
             stats |= {"target_tokens": self.n_target_tokens, "target_bytes": self.n_target_bytes}
         return stats
 
+    def _files(self) -> tuple:
+        return (self.tokens, self.doc_starts, self.mask, self.turns, self.teach_ids, self.teach_counts)
+
     def abandon(self) -> None:
         """Close without caring about buffered data (a full disk would fail the flush again)."""
-        for f in (self.tokens, self.doc_starts, self.mask, self.turns):
+        for f in self._files():
             if f is not None and not f.closed:
                 with contextlib.suppress(OSError):
                     f.close()
@@ -137,20 +162,21 @@ class TokenFolderWriter:
     """
 
     def __init__(self, out: str | os.PathLike, kind: str, tokenizer: dict, with_mask: bool = False,
-                 with_turns: bool = False):
+                 with_turns: bool = False, teach_k: int = 0):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         self.out = Path(out)
         self.kind = kind
         self.tokenizer = tokenizer
-        self.with_mask, self.with_turns = with_mask, with_turns
+        self.with_mask, self.with_turns, self.teach_k = with_mask, with_turns, teach_k
         self.folder = OutputFolder(self.out, f"tokens/{kind}", "token folder", _legacy_token_files(kind))
         self.splits: dict[str, _SplitWriter] = {}
 
     def __enter__(self) -> TokenFolderWriter:
         self.folder.__enter__()
         try:
-            self.splits = {s: _SplitWriter(self.folder.partial, s, self.with_mask, self.with_turns) for s in SPLITS}
+            self.splits = {s: _SplitWriter(self.folder.partial, s, self.with_mask, self.with_turns, self.teach_k)
+                           for s in SPLITS}
         except BaseException as e:
             self.folder.__exit__(type(e), e, e.__traceback__)
             raise
@@ -162,17 +188,27 @@ class TokenFolderWriter:
         self.folder.__exit__(exc_type, exc, tb)
 
     def add(self, split: str, tokens: Sequence[int] | np.ndarray, mask: Sequence[int] | np.ndarray | None = None,
-            turn_starts: Sequence[int] = (), n_bytes: int = 0, target_bytes: int = 0) -> None:
+            turn_starts: Sequence[int] = (), n_bytes: int = 0, target_bytes: int = 0,
+            teach: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Append one document (already ending in <|endoftext|>) to `split`.
 
         `turn_starts` are offsets within the document; `n_bytes` / `target_bytes` are the UTF-8 bytes
-        of its text / of its trained text, for bits-per-byte.
+        of its text / of its trained text, for bits-per-byte; `teach` its teacher targets (ids, counts),
+        each [len(tokens), teach_k], exactly when the writer was opened with `teach_k`.
         """
         if (mask is not None) != self.with_mask:
             raise ValueError("mask must be given exactly when the folder was opened with_mask=True")
         if mask is not None and len(mask) != len(tokens):
             raise ValueError(f"mask has {len(mask)} entries for {len(tokens)} tokens")
-        self.splits[split].add(tokens, mask, turn_starts, n_bytes, target_bytes)
+        self.splits[split].add(tokens, mask, turn_starts, n_bytes, target_bytes, teach)
+
+    def add_doc_scores(self, split: str, scores: np.ndarray) -> None:
+        """Write `split`'s ``doc_scores.bin``: float64 [D, 2] per document of the folder a selection read."""
+        scores = np.ascontiguousarray(scores, SCORES_DTYPE)
+        if scores.ndim != 2 or scores.shape[1] != 2:
+            raise ValueError(f"document scores must be [D, 2], not {scores.shape}")
+        with open(self.folder.path(f"{split}.doc_scores.bin"), "wb") as f:
+            f.write(scores.tobytes())
 
     def add_docs(self, split: str, tokens: np.ndarray, starts: np.ndarray, mask: np.ndarray | None = None,
                  turn_starts: np.ndarray = (), n_bytes: int = 0, target_bytes: int = 0) -> None:
@@ -206,6 +242,8 @@ class Split:
     mask: np.ndarray | None
     turn_starts: np.ndarray | None
     stats: dict
+    teach_ids: np.ndarray | None = None  # [n_tokens, K] uint32: a teacher's sampled ids for each token
+    teach_counts: np.ndarray | None = None  # [n_tokens, K] uint8: how often each was drawn (sum K or 0)
 
     @property
     def n_tokens(self) -> int:
@@ -327,7 +365,33 @@ class TokenFolder:
         if top >= n_ids:
             raise TokenFileError(f"{self.path / f'{name}.bin'}: token id {top} is outside the tokenizer's {n_ids:,} "
                                  "ids (a damaged file, or a wrong tokenizer in meta.json); rerun prep")
-        return Split(name, tokens, starts, mask, turns, stats)
+        teach_ids, teach_counts = self._teach_targets(name, n)
+        return Split(name, tokens, starts, mask, turns, stats, teach_ids, teach_counts)
+
+    @property
+    def teach_k(self) -> int:
+        """K of the teacher targets beside the tokens (0: none)."""
+        teacher = self.meta.get("teacher")
+        k = teacher.get("k") if isinstance(teacher, dict) else None
+        return k if isinstance(k, int) and not isinstance(k, bool) and 0 < k <= 255 else 0
+
+    def _teach_targets(self, name: str, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        k = self.teach_k
+        if not k:
+            return None, None
+        ids = _memmap(self.path / f"{name}.teach_ids.bin", TEACH_IDS_DTYPE, n * k).reshape(n, k)
+        counts = _memmap(self.path / f"{name}.teach_counts.bin", TEACH_COUNTS_DTYPE, n * k).reshape(n, k)
+        if n and int(ids.max()) >= self.tokenizer["len"]:
+            raise TokenFileError(f"{self.path / f'{name}.teach_ids.bin'}: a teacher id outside the tokenizer's "
+                                 f"{self.tokenizer['len']:,} ids; rerun `model teach`")
+        return ids, counts
+
+    def doc_scores(self, name: str) -> np.ndarray | None:
+        """The [D, 2] float64 document scores a selection stored for split `name` (None if there are none)."""
+        path = self.path / f"{name}.doc_scores.bin"
+        if not path.is_file():
+            return None
+        return _memmap(path, SCORES_DTYPE, None).reshape(-1, 2)
 
 
 def open_token_folder(path: str | os.PathLike) -> TokenFolder:

@@ -35,6 +35,20 @@ def qwen():
 
 
 @pytest.fixture(scope="session")
+def cut_qwen2(tmp_path_factory) -> str:
+    """A 512-id cut of Qwen2's vocabulary (`prep vocab` on the bundled wiki sample), as a tokenizer name: a
+    real byte-level BPE with Qwen2's special tokens, for GGUF and Hugging Face exports whose subject is not
+    the vocabulary (Qwen2's 151,680-row head and 300k vocabulary strings cost seconds per export and read)."""
+    from prep.vocab_build import build_vocab
+    from prep.wiki import run_wiki
+
+    tmp = tmp_path_factory.mktemp("cut_qwen2")
+    run_wiki(ROOT / "sample_data" / "wiki_zh", tmp / "wiki", val_fraction=0.2, workers=1, show_progress=False)
+    build_vocab([tmp / "wiki"], tmp / "vocab", 512)
+    return str(tmp / "vocab")
+
+
+@pytest.fixture(scope="session")
 def byte_tokenizer():
     """The 259-id tokenizer for tests where the tokenizer is not the point."""
     from prep.tokenizer import load_tokenizer

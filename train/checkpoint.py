@@ -2,6 +2,7 @@
 
     OUT/checkpoint/
       model.safetensors   weights (fp32), read by sampling, chat, export and `--init`
+      adapter.safetensors instead, in a LoRA run: the adapters only; model.json names the base (model.adapters)
       model.json          model config, tokenizer identity (from the data's meta.json), data kind, step
       trainer.pt          optimizer + grad-scaler state and step (loaded with weights_only=True)
       train_config.json   the full TrainConfig and how the run was started (stage, data, init and its identity)
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from common.outputs import JSONFileError, OutputFolder, read_json, write_json_atomic
+from model.adapters import save_adapter
 from model.archs import config_from_dict
 from model.identity import checkpoint_identity
 from model.io import INFO_NAME, WEIGHTS_NAME, CheckpointError, RunFolder, save_model
@@ -54,22 +56,28 @@ def find_checkpoint(run: RunFolder) -> Path | None:
 
 
 def checkpoint_bytes(model: CausalLM) -> int:
-    """About what one checkpoint of `model` takes on disk (checked free before training starts)."""
-    return int(BYTES_PER_PARAM * model.num_params() * 1.02) + CHECKPOINT_SLACK
+    """About what one checkpoint of `model` takes on disk (checked free before training starts): its trained
+    parameters (all of them, or a LoRA run's adapters; the frozen base is not copied)."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(BYTES_PER_PARAM * trained * 1.02) + CHECKPOINT_SLACK
 
 
 def save_checkpoint(run: RunFolder, model: CausalLM, optimizer, scaler, step: int,
                     tokenizer: dict, data_kind: str, chat: bool, run_info: dict,
-                    tokenizer_files: dict[str, bytes] | None = None) -> Path:
+                    tokenizer_files: dict[str, bytes] | None = None, adapter: dict | None = None) -> Path:
     """Write the checkpoint for `step` (rank 0 only) and swap it in atomically, with its tokenizer's files
-    where it has any (`model.tokenizer_files`)."""
+    where it has any (`model.tokenizer_files`); a LoRA run's (`adapter`: its options and base identity,
+    `model.adapters`) holds the adapters instead of the weights."""
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
     }
     with checkpoint_folder(run) as folder:
-        save_model(folder.partial, model, tokenizer, data_kind, step, chat)
+        if adapter is None:
+            save_model(folder.partial, model, tokenizer, data_kind, step, chat)
+        else:
+            save_adapter(folder.partial, model, adapter, tokenizer, data_kind, step, chat)
         write_tokenizer_files(tokenizer_files, folder.partial)
         _save_torch(state, folder.path(TRAINER_STATE))
         write_json_atomic(folder.path(TRAIN_CONFIG), run_info)

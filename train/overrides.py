@@ -17,6 +17,7 @@ from model.archs import ARCHS, ArchError, config_for, get
 from model.lm import ModelConfig
 from train import stages
 from train.config import AUTO, TrainConfig, validate
+from train.lora_options import with_lora_lr
 
 
 def with_values(config: TrainConfig, values: dict) -> TrainConfig:
@@ -92,7 +93,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
         except ValueError as e:
             raise ValueError(f"--set {item!r}: {e}") from None
     set_fields = tuple(dict.fromkeys([*config.set_fields, *changes]))
-    return validate(dataclasses.replace(with_values(config, changes), set_fields=set_fields))
+    return with_lora_lr(validate(dataclasses.replace(with_values(config, changes), set_fields=set_fields)))
 
 
 def _not_settable(config: TrainConfig, target: type[ModelConfig], key: str, settable: dict) -> str:

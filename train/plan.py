@@ -40,12 +40,19 @@ of the matmul dtype (4 in fp32, 2 under bf16/fp16 autocast), the residual stream
   also the bf16 weight copy 2VC and, at the weight-gradient matmul, the bf16 gradient chunk 2cV, the
   bf16 product 2VC and its fp32 copy 4VC. Its backward scales both gradients into new tensors:
   4NC + 4VC, and the scaled weight gradient waits (autograd's input buffer) for the embedding's.
+* With kd_weight > 0 (`train.distill`) the batch carries K teacher targets per token (int64 ids, uint8
+  counts, then fp32 weights: 13·N·K) and each loss chunk gathers K logits per row (12·c·K), with K at
+  ``model teach``'s default.
 * The embedding's backward builds a dense V x C fp32 gradient (4VC) that is added to the output
   layer's before the sum becomes ``wte.weight.grad``.
 
 The peak is the largest of five moments of a step (see `plan_step`); which one wins depends on the
 shape: with a large vocabulary it is the output layer's forward or backward, with a small one it can
 be the start of the blocks' backward or the embedding's backward.
+
+A LoRA run (``lora_rank`` > 0, `model.lora`): gradients, AdamW state and the DDP buckets are those of
+the adapters (A of them) only, the weights 4P + 4A; the frozen embedding and output layer have no V x C
+gradient (`model.lm.ChunkedLinearCrossEntropy` skips it); each adapted layer saves B's input, N x rank.
 
 What the model leaves out: the CUDA context, kernels and cuBLAS workspace (`CUDA_CONTEXT`, taken off
 a card's size), the caching allocator's slack between reserved and allocated memory, a CPU process's
@@ -68,9 +75,12 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from model.distill_loss import DEFAULT_K
 from model.lm import ModelConfig
+from model.lora import LoraOptions, adapter_params, target_shapes
 from train.checkpoint import read_run_info
 from train.config import AUTO, TrainConfig
+from train.lora import options_of
 
 GiB = 1 << 30
 CUDA_CONTEXT = GiB // 2  # a card's memory that its CUDA context, kernels and workspaces take first
@@ -91,10 +101,13 @@ class Setup:
     device: str = "cpu"  # cpu | cuda | mps: decides the attention kernel and the dropout mask's size
     world_size: int = 1
     optimizer: str = "adamw"  # adamw: two fp32 moments per parameter; muon: one momentum per hidden matrix entry
+    teach_k: int = 0  # teacher targets per token (kd_weight > 0, train.distill): the batch carries them
+    lora: LoraOptions | None = None  # a LoRA run: only the adapters train (model.lora)
 
     @classmethod
     def of(cls, cfg: TrainConfig, vocab_size: int, dtype: str, device: str, world_size: int = 1) -> Setup:
-        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer)
+        return cls(replace(cfg.model, vocab_size=vocab_size), dtype, device, world_size, cfg.optimizer,
+                   teach_k=DEFAULT_K if getattr(cfg.stage, "kd_weight", 0.0) > 0 else 0, lora=options_of(cfg))
 
     def __getattr__(self, name: str):
         """The model's fields (block_size, n_embd, vocab_size, dropout, loss_chunk_tokens, ...) read through."""
@@ -149,11 +162,25 @@ def optimizer_bytes(s: Setup) -> int:
     """The optimizer's state: AdamW's two fp32 moments per parameter; with Muon, one fp32 momentum
     buffer per entry of the hidden matrices (`train.optim.hidden_matrices`) and AdamW's on the rest.
     Muon's Newton-Schulz temporaries (a few copies of one matrix during the step) are left out."""
-    P, _ = param_counts(s)
+    P = trained_params(s)
     if s.optimizer != "muon":
         return 8 * P
     hidden = s.n_layer * s.model.matmul_weights_per_layer()
     return 4 * hidden + 8 * (P - hidden)
+
+
+def trained_params(s: Setup) -> int:
+    """Parameters with gradients and optimizer state: all of them, or a LoRA run's adapters."""
+    return param_counts(s)[0] if s.lora is None else adapter_params(s.model, s.lora)
+
+
+def _lora_activations(s: Setup, micro: int) -> int:
+    """What a LoRA run's adapters add to one block's saved tensors: each B's input, the N x rank product
+    (A's input is the base layer's, saved already)."""
+    if s.lora is None:
+        return 0
+    per_layer = len(target_shapes(s.model, s.lora)) // s.n_layer
+    return per_layer * s.matmul_bytes * micro * s.block_size * s.lora.rank
 
 
 def _output_layer_chunk(s: Setup, micro: int) -> int:
@@ -168,31 +195,44 @@ def _output_layer_chunk(s: Setup, micro: int) -> int:
     return 2 * V * C + 2 * c * C + max(logsumexp, 4 * c * V + 2 * c * V + 2 * V * C + 4 * V * C)
 
 
+def _teacher_bytes(s: Setup, N: int) -> int:
+    """The teacher targets of a micro-batch (int64 ids, uint8 counts, fp32 weights: 13 bytes per target) and,
+    inside one chunk of the loss (`model.distill_loss`), the masked weights and the gathered logits."""
+    if not s.teach_k:
+        return 0
+    c = min(s.loss_chunk_tokens, N)
+    return 13 * N * s.teach_k + 12 * c * s.teach_k
+
+
 def plan_step(s: Setup, micro: int, accumulation: int = 1) -> StepPlan:
     """The parts of one step's memory, and which are live at each moment where the peak can fall."""
     P, P_lin = param_counts(s)
-    N, C, V = micro * s.block_size, s.n_embd, s.vocab_size
-    layer = sum(layer_activations(s, micro).values())
+    T = trained_params(s)  # P, or a LoRA run's adapters (then the frozen embedding and output layer get no
+    N, C, V = micro * s.block_size, s.n_embd, s.vocab_size  # V x C gradients: vc = 0)
+    vc = 4 * V * C if s.lora is None else 0
+    layer = sum(layer_activations(s, micro).values()) + _lora_activations(s, micro)
     embed_mask = (1 if s.device == "cuda" else 4) * N * C if s.dropout > 0 else 0  # the embeddings are fp32
     parts = {
-        "weights": 4 * P,
-        "gradients": 4 * P,
+        "weights": 4 * P + (4 * T if s.lora is not None else 0),
+        "gradients": 4 * T,
         "optimizer": optimizer_bytes(s),
-        "ddp": 4 * P if s.world_size > 1 else 0,
+        "ddp": 4 * T if s.world_size > 1 else 0,
         "amp_weights": 2 * P_lin if s.amp else 0,
         "activations": s.n_layer * layer + embed_mask + 4 * N * C + 17 * N,  # + ln_f input + the batch
         "hidden": 4 * N * C,
         "grad_h": 4 * N * C,
-        "grad_w": 4 * V * C,
+        "grad_w": vc,
         "chunk": _output_layer_chunk(s, micro),
-        "scaled_grads": 4 * N * C + 4 * V * C,
-        "block_backward": 4 * V * C + s.model.backward_peak_extra(s, micro),
-        "embedding_backward": 4 * V * C + 4 * N * C + (4 * V * C if accumulation > 1 else 0),
+        "scaled_grads": 4 * N * C + vc,
+        "block_backward": vc + s.model.backward_peak_extra(s, micro),
+        "embedding_backward": vc + 4 * N * C + (vc if accumulation > 1 else 0) if vc else 0,
+        "teacher": _teacher_bytes(s, N),
     }
     held = ["weights", "optimizer", "ddp"] + (["gradients"] if accumulation > 1 else [])
     moments = {
-        "output layer forward": held + ["amp_weights", "activations", "hidden", "grad_h", "grad_w", "chunk"],
-        "output layer backward": held + ["amp_weights", "activations", "grad_h", "grad_w", "scaled_grads"],
+        "output layer forward": held + ["amp_weights", "activations", "hidden", "grad_h", "grad_w", "chunk",
+                                        "teacher"],
+        "output layer backward": held + ["amp_weights", "activations", "grad_h", "grad_w", "scaled_grads", "teacher"],
         "last block's backward": held + ["amp_weights", "activations", "block_backward"],
         "embedding backward": ["weights", "optimizer", "ddp", "gradients", "embedding_backward"],
         "optimizer step": ["weights", "optimizer", "ddp", "gradients"],

@@ -50,6 +50,7 @@ PART_LABELS = {  # key: (table label, how it is counted; N tokens per micro-batc
     "scaled_grads": ("loss backward", "4 B x (N + V) x C: both grads scaled"),
     "block_backward": ("blocks' backward", "the V x C grad waiting + one MLP's grads"),
     "embedding_backward": ("embedding backward", "4 B x V x C dense grad"),
+    "teacher": ("teacher targets", "13 B x N x K + 12 B x chunk x K (kd_weight > 0, K = 12)"),
 }
 
 

@@ -24,11 +24,11 @@ from rich.markup import escape
 from common.errors import UserError
 from common.outputs import check_free_space, output_lock
 from model.archs import build
-from model.io import CheckpointError, RunFolder, load_weights_into, read_model_info, resolve_model_dir
+from model.io import CheckpointError, RunFolder, read_model_info, resolve_model_dir
 from model.runtime import precision
 from model.tokenizer_files import run_tokenizer, tokenizer_files
 from prep.tokenizer import TokenizerError, check_identity, pad_vocab_size
-from train import dist
+from train import dist, lora
 from train.checkpoint import (
     check_optimizer_state,
     check_resumable,
@@ -41,6 +41,7 @@ from train.checkpoint import (
 )
 from train.config import TrainConfig
 from train.data import StepLoader
+from train.distill import with_distillation
 from train.evaluate import sample_text, val_record
 from train.inherit import config_changes, inherit_model, shape_of
 from train.metrics import LiveView, MetricsLog, source_figures
@@ -87,6 +88,7 @@ class Trainer:
             cfg = cfg.for_stage(spec.stage)  # its settings are that stage's (a config of another is converted)
         except (StageError, ValueError) as e:
             raise TrainError(str(e)) from None
+        self.stage = with_distillation(self.stage, getattr(cfg.stage, "kd_weight", 0.0))  # teacher targets (kd_weight)
         self.wall_start = time.perf_counter()
         self._open_data()
         self.precision = precision(d.device, cfg.dtype)  # resolved once: the plan, the step and the MFU meter
@@ -197,10 +199,9 @@ class Trainer:
         """The model (fresh, from --init or from OUT's checkpoint), its step, the data and the metrics."""
         cfg, d = self.cfg, self.d
         self._check_model_fits()
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        torch.manual_seed(cfg.seed)  # the same initial weights (and adapters) on every rank
         self.model = build(cfg.model)
-        if self.ckpt is not None or self.init is not None:
-            load_weights_into(self.model, self.ckpt or self.init)
+        self.lora = lora.start_weights(self.model, cfg, self.ckpt, self.init, self.spec.init)  # train.lora
         self.model.to(d.device)
         self.stepper = Stepper(self.model, cfg, d, self.precision, self.stage)
         self.step = self._load_trainer_state() if self.ckpt is not None else 0
@@ -245,16 +246,15 @@ class Trainer:
             return None
 
     def _announce(self) -> None:
-        cfg, d, m = self.cfg, self.d, self.cfg.model
-        prec = self.precision.name
+        cfg, d, m, prec = self.cfg, self.d, self.cfg.model, self.precision.name
         self.console.print(
             f"[bold]{self.spec.stage}[/] {self.model.num_params() / 1e6:.1f}M params ({m.n_layer}x{m.n_embd}, "
             f"vocab {m.vocab_size}) on {d.world_size} x {d.device} {prec}{' compiled' if self.stepper.compiled else ''}; "
             f"{cfg.batch_size} x {m.block_size} tokens/step = {cfg.micro_batch_size} x "
             f"{cfg.accumulation(d.world_size)} accumulation x {d.world_size} rank(s); train {escape(data_line(self.mixture, self.train_splits, self.val_starts))}; "
             f"MFU vs {self.peak.note}")
-        if self.auto is not None:
-            self.console.print(self.auto.note)
+        for note in filter(None, (self.auto and self.auto.note, self.lora and self.lora.describe(self.model))):
+            self.console.print(note)
         if self.ckpt is not None:
             self.console.print(f"resuming from {self.ckpt} at step {self.step}")
             if changes := config_changes(self.saved_run.get("config"), self.cfg):  # settings, the model's knobs
@@ -310,7 +310,8 @@ class Trainer:
                         **self.parent, "world_size": self.d.world_size,
                         "config": self.cfg.to_dict(), "auto_micro_batch": self.auto and self.auto.to_dict()}
             save_checkpoint(self.run_folder, self.model, self.stepper.optimizer, self.stepper.scaler, self.step,
-                            self.identity, self.data_kind, self.stage.chat, run_info, self.tokenizer_files)
+                            self.identity, self.data_kind, self.stage.chat, run_info, self.tokenizer_files,
+                            adapter=self.lora and self.lora.record())
         self.saved_step = self.step
 
     def train_step(self, stop: StopFlag) -> StepStats:

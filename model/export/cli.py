@@ -18,6 +18,7 @@ from model.cli_common import console, dtype_option, with_hint
 from model.export.gguf import GGUF_TYPES, export_gguf
 from model.export.hf import export_hf
 from model.export.ollama import MODELFILE, check_modelfile, ollama_model_name, write_modelfile
+from model.export.peft_adapter import export_adapter
 from model.io import CheckpointError, RunFolder, resolve_model_dir
 
 
@@ -27,11 +28,17 @@ from model.io import CheckpointError, RunFolder, resolve_model_dir
 @click.option("--out", type=UserPath(), required=True,
               help="folder to write (replaced only if it is an earlier export holding nothing else)")
 @dtype_option("fp32", "weight precision in model.safetensors (auto = fp32)")
+@click.option("--adapter", type=click.Choice(["", "0", "1"]), default="", show_default=False,
+              help="1: a LoRA run's adapters as a PEFT adapter folder (for the base's export) instead of the merged "
+              "model (make export ADAPTER=1)")
 @one_line_errors
-def export(ckpt: Path, out: Path, dtype: str) -> None:
+def export(ckpt: Path, out: Path, dtype: str, adapter: str) -> None:
     """Write a Hugging Face folder (GPT2LMHeadModel, Qwen3ForCausalLM, ...: the architecture's own class): config,
-    weights, tokenizer, generation config."""
+    weights, tokenizer, generation config. A LoRA run's adapters are merged in, or with --adapter written as a
+    PEFT adapter folder for the base's export."""
     t0 = time.perf_counter()
+    if adapter == "1":
+        return export_peft(ckpt, out, t0)
     try:
         with console.status(f"exporting {ckpt} to {out} ..."):
             summary = export_hf(ckpt, out, dtype)
@@ -44,6 +51,17 @@ def export(ckpt: Path, out: Path, dtype: str) -> None:
                   f"in {time.perf_counter() - t0:.1f}s: {listing}; stop ids {summary['stop_ids']}")
     if not summary["tokenizer"]:
         console.print("[yellow]this tokenizer has no Hugging Face form: no tokenizer files were written[/]")
+
+
+def export_peft(ckpt: Path, out: Path, t0: float) -> None:
+    try:
+        with console.status(f"exporting the adapters of {ckpt} to {out} ..."):
+            s = export_adapter(ckpt, out)
+    except CheckpointError as e:
+        raise with_hint(e, ckpt) from None
+    console.print(f"exported {s['tensors']} adapter tensors ({s['bytes'] / 1e6:.2f} MB) to {out} in "
+                  f"{time.perf_counter() - t0:.1f}s; load them with peft onto the base's export "
+                  f"(make export CKPT={shlex.quote(s['base'])})")
 
 
 def write_gguf_file(ckpt: Path, out: Path | None, type_name: str) -> dict:

@@ -40,8 +40,9 @@ import torch
 
 from common.errors import UserError
 from common.outputs import atomic_file, check_replaceable_file, output_lock
+from model.adapters import load_model
 from model.archs import GGUFMapping, mapping
-from model.io import RunFolder, is_chat, load_model, read_model_info, resolve_model_dir, stop_ids
+from model.io import RunFolder, is_chat, read_model_info, resolve_model_dir, stop_ids
 from model.lm import CausalLM
 from model.loader import load_tokenizer_for
 from model.sampling import SamplingParams

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from common.outputs import OutputFolder, read_json
+from model.adapters import load_model
 from model.archs import HFMapping, mapping
 from model.export.card import render_card
-from model.io import is_chat, load_model, read_model_info, save_weights, stop_ids
+from model.io import is_chat, read_model_info, save_weights, stop_ids
 from model.lm import CausalLM
 from model.loader import load_tokenizer_for
 from model.runtime import TORCH_DTYPES, dtype_name

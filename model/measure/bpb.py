@@ -24,6 +24,7 @@ The figure is deterministic (fixed order, fixed windows) and the same for a chec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -86,21 +87,27 @@ def load_scored_model(path: str | os.PathLike, device: str = "auto", dtype: str 
     raise BpbError(f"{path}: neither {INFO_NAME} (ours) nor config.json (Hugging Face) is here")
 
 
-def _load_hf(folder: Path, device: str, dtype: str) -> ScoredModel:
-    """AutoTokenizer + AutoModelForCausalLM from a local folder, never running code the folder names."""
+def load_hf_causal_lm(spec: str | os.PathLike, device: str, dtype: str, local_only: bool = True):
+    """``(tokenizer, model on the device in eval mode)`` from a local folder, or a hub name where the user
+    typed one (`local_only` False), never running code the folder names (trust_remote_code off)."""
     import transformers
 
     dev = pick_device(device)
     weights_dtype = TORCH_DTYPES[precision(dev, dtype).name]  # the Hugging Face model runs in it, no autocast
     dtype_key = "torch_dtype" if transformers.__version__.startswith("4.") else "dtype"
-    kw = {"local_files_only": True, "trust_remote_code": False}
+    kw = {"local_files_only": local_only, "trust_remote_code": False}
     try:
-        with hub_offline():  # a local folder: nothing to ask the hub
-            tok = transformers.AutoTokenizer.from_pretrained(folder, **kw)
-            model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kw, **{dtype_key: weights_dtype})
+        with hub_offline() if local_only else contextlib.nullcontext():  # a local folder: nothing to ask the hub
+            tok = transformers.AutoTokenizer.from_pretrained(spec, **kw)
+            model = transformers.AutoModelForCausalLM.from_pretrained(spec, **kw, **{dtype_key: weights_dtype})
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; all mean "cannot load"
-        raise BpbError(f"{folder}: cannot load as a Hugging Face causal LM: {first_line(e)}") from None
+        raise BpbError(f"{spec}: cannot load as a Hugging Face causal LM: {first_line(e)}") from None
     tok.model_max_length = 1 << 62  # we cut windows ourselves; silence the "too long" warning
+    return tok, model.to(dev).eval()
+
+
+def hf_scored_model(name: str, tok, model) -> ScoredModel:
+    """A loaded Hugging Face model as scoring sees it: its own tokenizer, start token and context."""
     config = model.config
     context = next((v for v in (getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "n_ctx"))
                     if isinstance(v, int) and v > 0), HF_CONTEXT_CAP)
@@ -108,8 +115,11 @@ def _load_hf(folder: Path, device: str, dtype: str) -> ScoredModel:
     def encode(text: str) -> list[int]:
         return tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
-    return ScoredModel(str(folder), "huggingface", HFBackend(model.to(dev).eval()), encode,
-                       _hf_start_id(config, tok), context)
+    return ScoredModel(name, "huggingface", HFBackend(model), encode, _hf_start_id(config, tok), context)
+
+
+def _load_hf(folder: Path, device: str, dtype: str) -> ScoredModel:
+    return hf_scored_model(str(folder), *load_hf_causal_lm(folder, device, dtype))
 
 
 def _hf_start_id(config, tok) -> int | None:

@@ -43,9 +43,9 @@ run_cli("model.cli", "python -m model")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("signals") / "sft", "sft", tokenizer="qwen2",
-                     model=tiny_model(block_size=64, vocab_size=151680))
+def run(tmp_path_factory, cut_qwen2):
+    return save_tiny(tmp_path_factory.mktemp("signals") / "sft", "sft", tokenizer=cut_qwen2,
+                     model=tiny_model(block_size=64, vocab_size=512))  # a cut Qwen2 vocabulary: GGUF needs BPE
 
 
 @pytest.mark.parametrize("command, sig", [("gguf", signal.SIGTERM), ("export", signal.SIGHUP)])

@@ -22,9 +22,10 @@ from train.stages import STAGES, get
 
 def test_a_pretraining_config_holds_no_preference_setting():
     d = json.loads(preset("tiny").to_json())
-    assert d["stage"] == {} and not {"loss", "dpo_beta", "simpo_beta", "orpo_lambda"} & set(d)
+    assert d["stage"] == {"kd_weight": 0.0} and not {"loss", "dpo_beta", "simpo_beta", "orpo_lambda"} & set(d)
+    lora = {"lora_rank": 0, "lora_alpha": 32.0, "lora_dropout": 0.0, "lora_targets": "all", "lora_lr": 5e-3}
     assert preset("tiny", "dpo").to_dict()["stage"] == {"loss": "dpo", "dpo_beta": 0.1, "simpo_beta": 2.0,
-                                                        "simpo_gamma": 1.0, "orpo_lambda": 0.1}
+                                                        "simpo_gamma": 1.0, "orpo_lambda": 0.1, **lora}
 
 
 @pytest.mark.parametrize("stage, item, message", [
@@ -94,7 +95,7 @@ def test_every_stage_command_expands_user_paths():
 def test_old_configs_read_with_their_stage():
     """train_config.json written before settings nested: flat, and a pretraining run's held "loss": "dpo"."""
     flat = {k: v for k, v in preset("tiny").to_dict().items() if k != "stage"} | {"loss": "dpo", "dpo_beta": 0.3}
-    assert TrainConfig.from_dict(flat).stage.to_dict() == {}
+    assert TrainConfig.from_dict(flat).stage.to_dict() == {"kd_weight": 0.0}  # pretrain's own (train.distill)
     assert TrainConfig.from_dict(flat, "dpo").stage.dpo_beta == 0.3
     cfg = apply_overrides(preset("tiny", "dpo"), ["dpo_beta=0.2"])
     assert TrainConfig.from_dict(json.loads(cfg.to_json()), "dpo") == cfg
@@ -104,7 +105,8 @@ def test_a_setting_of_another_stage_does_not_follow_a_config_to_it():
     cfg = apply_overrides(preset("tiny", "dpo"), ["dpo_beta=0.2"])
     with pytest.raises(ValueError, match="dpo_beta is a setting of `train dpo`, not of `train sft`"):
         cfg.for_stage("sft")
-    assert apply_overrides(preset("tiny", "dpo"), ["lr=1e-3"]).for_stage("sft").stage.to_dict() == {}
+    sft = apply_overrides(preset("tiny", "dpo"), ["lr=1e-3"]).for_stage("sft").stage.to_dict()
+    assert sft.keys() == {"kd_weight", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_lr"}
 
 
 def test_a_shared_group_is_declared_once_for_several_stages():

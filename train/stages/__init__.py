@@ -7,6 +7,8 @@ that looks a stage up imports it from here and finds the shipped ones registered
 
 from __future__ import annotations
 
+import train.distill  # noqa: F401 - declares kd_weight, a setting of pretrain and sft
+import train.lora_options  # noqa: F401 - registers the LoRA settings of sft and dpo (a shared group)
 from train.stage import STAGES, LMStage, PrepareContext, Prepared, StageError, get, register  # noqa: F401
 from train.stages.dpo import DPO
 from train.stages.pretrain import PRETRAIN

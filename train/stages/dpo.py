@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from model.lora import adapters_off
 from prep.tokenfile import Split
 from train import pref_reference
 from train.options import OptionsError, StageOptions
@@ -112,7 +113,8 @@ class PrefStage(LMStage):
                 raise pref_reference.ReferenceError(
                     f"{pref_reference.path_of(ctx)}: holds no training pairs' log-probs (the run began with "
                     f"loss={began}); DPO needs them: start a new run")
-            parts = pref_reference.compute(ctx, prepared.val_starts[0], need_train)
+            with adapters_off(ctx.model):  # a LoRA run's reference is its base: peft's disable_adapter, no copy
+                parts = pref_reference.compute(ctx, prepared.val_starts[0], need_train)
         prepared.sampler.reference = parts.get("train")
         if isinstance(prepared.val_starts[0], EvalPairs):
             prepared.val_starts[0].reference = parts["val"]
@@ -137,9 +139,9 @@ class PrefStage(LMStage):
 # examples, no weight decay (as SFT). batch_size counts sequences: 64 = 32 pairs. The demo's tiny model
 # learns its pairs' preference in a few dozen steps at 5e-4 (measured).
 OVERLAY = {
-    "*": dict(lr=1e-6, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
+    "*": dict(lr=1e-6, lora_lr=1e-5, warmup_steps=100, weight_decay=0.0, max_steps=1000, batch_size=64, eval_every=100,
               ckpt_every=250, sample_prompt="什么是数学？"),
-    "tiny": dict(lr=5e-4, warmup_steps=5, batch_size=8, max_steps=40, eval_every=20, ckpt_every=40),
+    "tiny": dict(lr=5e-4, lora_lr=5e-3, warmup_steps=5, batch_size=8, max_steps=40, eval_every=20, ckpt_every=40),
 }
 
 HELP = """Preference-tune on a `prep pref` token folder, from --init: --set loss=dpo (default), simpo or orpo.

@@ -1,9 +1,11 @@
 """GGUF export read back with `gguf.GGUFReader`: llama.cpp's gpt2 metadata, Qwen2's vocabulary, the weights.
 
-One tiny body (2 layers x 32) on the real 151,680-row Qwen2 embedding. Every type is read back once:
-a chat model in f32 and f16, a base model in q8_0 (GGUFReader parses all 300k vocabulary strings, so
-each read costs seconds). Tokens and merges are checked against the tokenizer's own bytes, and against
-Qwen2's real vocab.json / merges.txt where ../shared has them.
+Tiny bodies (2 layers x 32). Every type is read back once: a chat model in f32 on the real 151,680-row
+Qwen2 embedding, a chat model in f16 and a base model in q8_0 on a 512-id cut of Qwen2's vocabulary
+(GGUFReader parses all 300k strings of the whole vocabulary, so each such read costs seconds). Tokens and
+merges are checked against the tokenizer's own bytes (both vocabularies), and against Qwen2's real
+vocab.json / merges.txt where ../shared has them. qwen3's tensors and metadata, and replacing and
+refusing files, use the cut vocabulary too.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ N_VOCAB = 151646
 F32, F16, Q8_0 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.Q8_0
 
 
-def our_tensors(model) -> dict[str, torch.Tensor]:
+def our_tensors(model, n_vocab: int) -> dict[str, torch.Tensor]:
     """llama.cpp's gpt2 names for our weights, spelled out independently of the exporter."""
     sd = model.state_dict()
-    out = {"token_embd.weight": sd["transformer.wte.weight"][:N_VOCAB],
+    out = {"token_embd.weight": sd["transformer.wte.weight"][:n_vocab],
            "position_embd.weight": sd["transformer.wpe.weight"],
            "output_norm.weight": sd["transformer.ln_f.weight"], "output_norm.bias": sd["transformer.ln_f.bias"]}
     names = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
@@ -52,17 +54,22 @@ def our_tensors(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """{type: (reader, model)}: a chat model in f32 and f16, a base model in q8_0."""
+def exported(tmp_path_factory, qwen, cut_qwen2):
+    """{type: (reader, model, tokenizer)}: a chat model in f32 on Qwen2's whole vocabulary; a chat model in
+    f16 and a base model in q8_0 on a 512-id cut of it (the types' tensors and special ids are the subject
+    there; reading back Qwen2's 300k vocabulary strings costs ~10 s a file)."""
     tmp = tmp_path_factory.mktemp("gguf")
-    chat, base = tiny_model(block_size=64, vocab_size=151680), tiny_model(block_size=64, vocab_size=151680, seed=1)
+    chat = tiny_model(block_size=64, vocab_size=151680)
+    chat_cut, base = tiny_model(block_size=64, vocab_size=512, seed=2), tiny_model(block_size=64, vocab_size=512, seed=1)
     save_tiny(tmp / "sft", "sft", tokenizer="qwen2", model=chat)
-    save_tiny(tmp / "t1", "pretrain", tokenizer="qwen2", model=base)
-    out = {}
-    for run, model, type_name in ((tmp / "sft", chat, "f32"), (tmp / "sft", chat, "f16"), (tmp / "t1", base, "q8_0")):
+    save_tiny(tmp / "cut" / "sft", "sft", tokenizer=cut_qwen2, model=chat_cut)
+    save_tiny(tmp / "t1", "pretrain", tokenizer=cut_qwen2, model=base)
+    cut, out = load_tokenizer(cut_qwen2), {}
+    for run, model, tok, type_name in ((tmp / "sft", chat, qwen, "f32"), (tmp / "cut" / "sft", chat_cut, cut, "f16"),
+                                       (tmp / "t1", base, cut, "q8_0")):
         summary = export_gguf(run, type_name=type_name)
         assert summary["out"] == str(run / f"model-{type_name}.gguf")
-        out[type_name] = (gguf.GGUFReader(summary["out"]), model)
+        out[type_name] = (gguf.GGUFReader(summary["out"]), model, tok)
     return out
 
 
@@ -72,7 +79,7 @@ def field(reader: gguf.GGUFReader, key: str):
 
 @pytest.mark.parametrize("type_name", ["f32", "f16", "q8_0"])
 def test_metadata_is_llama_cpps_gpt2(exported, type_name):
-    reader, model = exported[type_name]
+    reader, model, _ = exported[type_name]
     chat = type_name != "q8_0"
     c = model.config
     assert field(reader, "general.architecture") == "gpt2"
@@ -89,12 +96,13 @@ def test_metadata_is_llama_cpps_gpt2(exported, type_name):
 
 
 @pytest.mark.parametrize("type_name", ["f32", "f16", "q8_0"])
-def test_special_ids_and_chat_template(exported, type_name, qwen):
-    reader, _ = exported[type_name]
+def test_special_ids_and_chat_template(exported, type_name):
+    reader, _, tok = exported[type_name]
     chat = type_name != "q8_0"
-    end = qwen.im_end_id if chat else qwen.eot_id
+    end = tok.im_end_id if chat else tok.eot_id
     assert field(reader, "tokenizer.ggml.eos_token_id") == field(reader, "tokenizer.ggml.eot_token_id") == end
-    assert field(reader, "tokenizer.ggml.bos_token_id") == field(reader, "tokenizer.ggml.padding_token_id") == 151643
+    assert field(reader, "tokenizer.ggml.bos_token_id") == field(reader, "tokenizer.ggml.padding_token_id") == tok.eot_id
+    assert type_name != "f32" or tok.eot_id == 151643
     assert field(reader, "tokenizer.ggml.add_bos_token") is False  # training never saw a BOS
     if chat:
         assert field(reader, "tokenizer.chat_template") == CHATML_TEMPLATE
@@ -103,25 +111,27 @@ def test_special_ids_and_chat_template(exported, type_name, qwen):
 
 
 @pytest.mark.parametrize("type_name", ["f32", "q8_0"])
-def test_vocabulary_is_the_tokenizers(exported, type_name, qwen):
-    reader, _ = exported[type_name]
+def test_vocabulary_is_the_tokenizers(exported, type_name):
+    reader, _, tok = exported[type_name]
+    regular = tok.eot_id  # 151,643 for Qwen2's whole vocabulary (f32), 509 for the cut (q8_0)
     tokens = field(reader, "tokenizer.ggml.tokens")
     types = field(reader, "tokenizer.ggml.token_type")
-    assert len(tokens) == len(types) == len(qwen) == N_VOCAB  # no padding rows: nothing to sample there
+    assert len(tokens) == len(types) == len(tok) == regular + 3  # no padding rows: nothing to sample there
+    assert type_name != "f32" or len(tok) == N_VOCAB
     to_byte = gpt2_char_to_byte()
-    assert all(bytes(to_byte[ch] for ch in tokens[i]) == qwen.token_bytes(i) for i in range(151643))
-    assert tokens[151643:] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    assert set(types[:151643]) == {gguf.TokenType.NORMAL} and types[151643:] == [gguf.TokenType.CONTROL] * 3
+    assert all(bytes(to_byte[ch] for ch in tokens[i]) == tok.token_bytes(i) for i in range(regular))
+    assert tokens[regular:] == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    assert set(types[:regular]) == {gguf.TokenType.NORMAL} and types[regular:] == [gguf.TokenType.CONTROL] * 3
     merges = field(reader, "tokenizer.ggml.merges")
-    assert len(merges) == 151643 - 256
+    assert len(merges) == regular - 256
     ids = {t: i for i, t in enumerate(tokens)}
     merged = [ids["".join(m.split(" "))] for m in merges]
-    assert merged == list(range(256, 151643))  # merge k makes token 256 + k: the BPE rank order
+    assert merged == list(range(256, regular))  # merge k makes token 256 + k: the BPE rank order
 
 
 def test_vocabulary_matches_qwen2s_own_files(exported):
     folder = shared_path("qwen2-tokenizer")
-    reader, _ = exported["f32"]
+    reader, _, _ = exported["f32"]
     vocab = json.loads((folder / "vocab.json").read_text("utf-8"))
     tokens = field(reader, "tokenizer.ggml.tokens")
     assert {t: i for i, t in enumerate(tokens[:151643])} == vocab
@@ -131,8 +141,8 @@ def test_vocabulary_matches_qwen2s_own_files(exported):
 
 @pytest.mark.parametrize("type_name", ["f32", "f16", "q8_0"])
 def test_tensors_are_the_checkpoints(exported, type_name):
-    reader, model = exported[type_name]
-    expected = {k: v.float().numpy() for k, v in our_tensors(model).items()}
+    reader, model, tok = exported[type_name]
+    expected = {k: v.float().numpy() for k, v in our_tensors(model, len(tok)).items()}
     stored = {t.name: t for t in reader.tensors}
     assert set(stored) == set(expected)  # no output.weight: llama.cpp then ties it to token_embd
     for name, want in expected.items():
@@ -191,8 +201,9 @@ def test_bytes_tokenizer_is_refused_in_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen_run(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("run") / "sft", "sft", tokenizer="qwen2", vocab_size=151680)
+def qwen_run(tmp_path_factory, cut_qwen2):
+    """A run whose GGUF files are replaced or refused: a cut Qwen2 vocabulary (the output is the subject)."""
+    return save_tiny(tmp_path_factory.mktemp("run") / "sft", "sft", tokenizer=cut_qwen2, vocab_size=512)
 
 
 def test_foreign_file_is_refused_and_our_own_replaced(qwen_run):
@@ -231,13 +242,14 @@ def test_unknown_type_is_refused(qwen_run):
 
 def test_qwen2_loaded_from_a_hugging_face_folder_has_the_same_vocabulary(qwen):
     hf = load_tokenizer(str(shared_path("qwen2-tokenizer")))  # e.g. --tokenizer Qwen/Qwen2-0.5B
-    assert qwen2_ranks(hf) is qwen2_ranks(qwen)
+    ranks = qwen2_ranks(hf)  # the default tokenizer's own table (load_tokenizer's cache may have dropped `qwen`)
+    assert ranks is load_tokenizer("qwen2").ranks and ranks == qwen.ranks
 
 
-def qwen3_names(model) -> dict[str, torch.Tensor]:
+def qwen3_names(model, n_vocab: int) -> dict[str, torch.Tensor]:
     """llama.cpp's qwen3 names for our weights, spelled out independently of the exporter."""
     sd = model.state_dict()
-    out = {"token_embd.weight": sd["model.embed_tokens.weight"][:N_VOCAB], "output_norm.weight": sd["model.norm.weight"]}
+    out = {"token_embd.weight": sd["model.embed_tokens.weight"][:n_vocab], "output_norm.weight": sd["model.norm.weight"]}
     names = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
              "attn_v": "self_attn.v_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
              "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
@@ -245,14 +257,15 @@ def qwen3_names(model) -> dict[str, torch.Tensor]:
     for i in range(model.config.n_layer):
         out |= {f"blk.{i}.{theirs}.weight": sd[f"model.layers.{i}.{ours}.weight"] for theirs, ours in names.items()}
     if not model.config.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"][:N_VOCAB]
+        out["output.weight"] = sd["lm_head.weight"][:n_vocab]
     return out
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied):
-    model = tiny_model(block_size=64, vocab_size=151680, arch="qwen3", n_head=4, tie_embeddings=tied, rope_theta=1e6)
-    out = export_gguf(save_tiny(tmp_path / "q", "pretrain", tokenizer="qwen2", model=model), type_name="f32")["out"]
+def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied, cut_qwen2):
+    """The architecture's metadata and tensors (the vocabulary's are the gpt2 tests': a cut one here)."""
+    model = tiny_model(block_size=64, vocab_size=512, arch="qwen3", n_head=4, tie_embeddings=tied, rope_theta=1e6)
+    out = export_gguf(save_tiny(tmp_path / "q", "pretrain", tokenizer=cut_qwen2, model=model), type_name="f32")["out"]
     reader = gguf.GGUFReader(out)
     assert field(reader, "general.architecture") == "qwen3"
     assert "Qwen3 architecture" in field(reader, "general.description")
@@ -262,7 +275,7 @@ def test_qwen3_gguf_is_llama_cpps_qwen3(tmp_path, tied):
     assert field(reader, "qwen3.feed_forward_length") == c.ffn_width == 96
     assert field(reader, "qwen3.rope.freq_base") == 1e6
     assert field(reader, "qwen3.attention.layer_norm_rms_epsilon") == pytest.approx(1e-6)
-    expected = {k: v.float().numpy() for k, v in qwen3_names(model).items()}
+    expected = {k: v.float().numpy() for k, v in qwen3_names(model, len(load_tokenizer(cut_qwen2))).items()}
     stored = {t.name: t for t in reader.tensors}
     assert set(stored) == set(expected)
     for name, want in expected.items():

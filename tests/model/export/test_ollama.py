@@ -89,8 +89,8 @@ def test_model_names_ollama_accepts():
     assert ollama_model_name("zh-mini-llm My Run · pretrain") == "zh-mini-llm-my-run-pretrain"
 
 
-def test_ollama_command_writes_gguf_and_modelfile(tmp_path):
-    run = save_tiny(tmp_path / "my run", "sft", tokenizer="qwen2", vocab_size=151680)
+def test_ollama_command_writes_gguf_and_modelfile(tmp_path, cut_qwen2):
+    run = save_tiny(tmp_path / "my run", "sft", tokenizer=cut_qwen2, vocab_size=512)
     result = CliRunner().invoke(cli, ["ollama", "--ckpt", str(run), "--type", "q8_0"])
     assert result.exit_code == 0, result.output
     assert (run / "model-q8_0.gguf").is_file()

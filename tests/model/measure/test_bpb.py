@@ -14,6 +14,7 @@ from model.export.hf import export_hf
 from model.measure.bpb import windows
 from model.measure.texts import TextError, read_documents
 from model.scoring import HFBackend
+from prep.tokenizer import load_tokenizer
 from tests.model.conftest import run_make, save_tiny, tiny_model
 
 transformers = pytest.importorskip("transformers")
@@ -69,16 +70,16 @@ def test_texts_read_shards_files_and_folders(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen_run(tmp_path_factory):
-    """Our checkpoint with the real Qwen2 tokenizer and a tiny body (2 x 32, 151,680 rows), and its export."""
+def qwen_run(tmp_path_factory, cut_qwen2):
+    """Our checkpoint with a cut Qwen2 tokenizer (byte-level BPE, 512 ids) and a tiny body, and its export."""
     tmp = tmp_path_factory.mktemp("bpb")
-    run = save_tiny(tmp / "run", "sft", tokenizer="qwen2", model=tiny_model(block_size=32, vocab_size=151680, std=0.1))
+    run = save_tiny(tmp / "run", "sft", tokenizer=cut_qwen2, model=tiny_model(block_size=32, vocab_size=512, std=0.1))
     export_hf(run, tmp / "hf")
     write_shard(tmp / "wiki_00")
     return tmp
 
 
-def test_make_bpb_gives_the_same_figure_for_a_checkpoint_and_its_export(qwen_run):
+def test_make_bpb_gives_the_same_figure_for_a_checkpoint_and_its_export(qwen_run, cut_qwen2):
     out = qwen_run / "bpb.json"
     r = run_make("bpb", MODEL=str(qwen_run / "run"), TEXT=str(qwen_run / "wiki_00"),
                  ARGS=f"--model {qwen_run / 'hf'} --stride 12 --device cpu --out {out}")
@@ -88,7 +89,8 @@ def test_make_bpb_gives_the_same_figure_for_a_checkpoint_and_its_export(qwen_run
     assert ours["kind"] == "zh-mini-llm" and theirs["kind"] == "huggingface"
     assert ours["tokens"] == theirs["tokens"] > 3 * 32  # documents longer than the context: windows slide
     assert ours["bytes"] == theirs["bytes"] == sum(len(d.encode()) for d in DOCS)
-    assert ours["start_token"] == theirs["start_token"] == 151643  # <|endoftext|>, even for a chat export
+    tok = load_tokenizer(cut_qwen2)
+    assert ours["start_token"] == theirs["start_token"] == tok.eot_id != tok.im_end_id  # even for a chat export
     assert ours["bits_per_byte"] == pytest.approx(theirs["bits_per_byte"], abs=1e-3)
     assert ours["loss_per_token"] == pytest.approx(theirs["loss_per_token"], abs=1e-3)
     assert ours["bits_per_byte"] > 0.5  # a random model, far from the text
