@@ -149,15 +149,9 @@ def _tokenizer_name(tok) -> str:
     return f"`{tok.name}`"
 
 
-def render_card(out: Path, info: dict, tok, chat: bool, tokenizer_written: bool, architecture: str,
-                ckpt: str | os.PathLike) -> str:
-    """The Hugging Face model card (README.md) of the export `out` of `ckpt`."""
-    stages, c = lineage_facts(ckpt), info["config"]
-    last = stages[-1]
+def _front_matter(stages: list[dict], c: dict) -> str:
+    """The card's YAML header: the Hugging Face fields, and the runs the model came through."""
     lineage = "\n".join(f"  - {s['run']}" for s in stages)
-    inputs = sorted({i for s in stages for i in s["inputs"]}) or [str(s["data"]) for s in stages]
-    kind = "chat model (SFT, ChatML)" if chat else "base model (continues text)"
-    tok_note = "" if tokenizer_written else f"\nThe `{tok.name}` tokenizer has no Hugging Face form; no tokenizer files are included.\n"
     return f"""---
 language:
   - zh
@@ -167,11 +161,22 @@ pipeline_tag: text-generation
 tags:
   - zh-mini-llm
   - {c.get("arch", "gpt2")}
-  - recipe-{last["recipe"]}
+  - recipe-{stages[-1]["recipe"]}
 zh_mini_llm_lineage:  # the runs this model was trained through, first to last (local paths)
 {lineage}
 ---
+"""
 
+
+def render_card(out: Path, info: dict, tok, chat: bool, tokenizer_written: bool, architecture: str,
+                ckpt: str | os.PathLike) -> str:
+    """The Hugging Face model card (README.md) of the export `out` of `ckpt`."""
+    stages, c = lineage_facts(ckpt), info["config"]
+    last = stages[-1]
+    inputs = sorted({i for s in stages for i in s["inputs"]}) or [str(s["data"]) for s in stages]
+    kind = "chat model (SFT, ChatML)" if chat else "base model (continues text)"
+    tok_note = "" if tokenizer_written else f"\nThe `{tok.name}` tokenizer has no Hugging Face form; no tokenizer files are included.\n"
+    return _front_matter(stages, c) + f"""
 # {Path(last["run"]).name if out.name == "hf" else out.name}
 
 A small Chinese {kind} trained from scratch with zh-mini-llm (`make all`): the architecture of
