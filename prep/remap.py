@@ -21,6 +21,7 @@ from prep.tokenizer import CUT_VOCAB_FILE, check_identity, is_cut_vocab_folder, 
 from prep.vocab import VocabError, id_map
 
 REMAPPABLE = ("pretrain", "sft")
+_NOT_CARRIED = ("format_version", "kind", "tokenizer", "splits", "teacher", "selection")
 
 
 def remap_folder(src: str | os.PathLike, vocab: str, out: str | os.PathLike) -> dict:
@@ -51,7 +52,9 @@ def remap_folder(src: str | os.PathLike, vocab: str, out: str | os.PathLike) -> 
             _copy_split(writer, name, split, lookup)
         if held is not None:
             _copy_shard(folder.path / SHARD_DIR, writer, held, lookup, len(cut))
-        extra = {k: v for k, v in folder.meta.items() if k not in ("format_version", "kind", "tokenizer", "splits")}
+        # A teacher's targets and a selection's scores are files beside the tokens that remapping does not
+        # carry (the targets are ids of the old vocabulary): their records stay behind with them.
+        extra = {k: v for k, v in folder.meta.items() if k not in _NOT_CARRIED}
         return writer.finish({**extra, "remapped_from": {"path": str(folder.path), "tokenizer": folder.tokenizer}})
 
 

@@ -173,3 +173,24 @@ def test_remap_refuses_a_cut_vocab_json_that_disagrees_with_vocab_json(wiki, tmp
     (tmp_path / "swapped_id" / CUT_VOCAB_FILE).write_text("{not json")
     with pytest.raises(VocabError, match=CUT_VOCAB_FILE):
         remap_folder(wiki, str(tmp_path / "swapped_id"), tmp_path / "out")
+
+
+def test_remap_leaves_a_teachers_targets_behind(wiki, tmp_path):
+    """Teacher targets are ids of the old vocabulary and stay with it: the remapped folder reads without them."""
+    import shutil
+
+    src = tmp_path / "taught"
+    shutil.copytree(wiki, src)
+    meta = json.loads((src / "meta.json").read_text())
+    meta["teacher"] = {"k": 2, "temperature": 1.0, "seed": 0}
+    (src / "meta.json").write_text(json.dumps(meta))
+    for split in ("train", "val"):
+        n = len(open_token_folder(wiki).split(split).tokens)
+        (src / f"{split}.teach_ids.bin").write_bytes(np.zeros(n * 2, "<u4").tobytes())
+        (src / f"{split}.teach_counts.bin").write_bytes(np.ones(n * 2, "u1").tobytes())
+    vocab = tmp_path / "v4k"
+    build_vocab([wiki], vocab, 4096, splits=("train", "val"))
+    remap_folder(src, str(vocab), tmp_path / "remapped")
+    out = open_token_folder(tmp_path / "remapped")
+    assert "teacher" not in out.meta and out.teach_k == 0
+    assert out.split("train").teach_ids is None
