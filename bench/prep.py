@@ -16,8 +16,8 @@ For sft (default input: ../shared/data/belle, else the bundled sample_data/belle
 * tokenizer alone: JSON decode + NFC + ``encode_ordinary_batch`` of every string in every row, on
                    every core, nothing written (goal: ratio >= 0.9).
 
-For text (inputs made from the wiki sample's article texts: ``{"id", "text"}`` as JSON lines, and as
-one Parquet file with row groups of 1,000 rows, pyarrow's default snappy compression):
+For text (inputs made from the wiki sample's article texts: ``{"id", "text"}`` as JSON lines, and as one
+Parquet file with row groups of 1,000 rows, pyarrow's default snappy compression):
 
 * pipeline:        `prep text` end to end on the JSON lines, and on the Parquet file;
 * tokenizer alone: read the file (json.loads per line / pyarrow), NFC, ``encode_ordinary_batch`` on
@@ -28,14 +28,12 @@ one Parquet file with row groups of 1,000 rows, pyarrow's default snappy compres
                    slowly with its size, is measured at 1M documents in docs/prep.md).
 
 For near-dedup (``--index-docs``, default 1M): the main process's index alone, fed distinct signatures as
-the workers would send them (pickled), for thresholds that need 8, 16 and 32 LSH bands: memory (RSS
-growth) and time per document.
+the workers would send them (pickled), for thresholds that need 8, 16 and 32 LSH bands: memory (RSS growth)
+and time per document.
 
-Every phase runs in a fresh child process, so its peak RSS is its own (main process, and the largest
-worker where there are workers). Rates are input MB/s (the JSON lines read) and tokens/s; the best of
-``--repeat`` runs is kept, since a shared machine is noisy. A new kind of input adds one function to
-`SECTIONS`.
-"""
+Every phase runs in a fresh child process, so its peak RSS is its own (main process, and the largest worker
+where there are workers). Rates are input MB/s (the JSON lines read) and tokens/s; the best of ``--repeat``
+runs is kept, since a shared machine is noisy. A new kind of input adds one function to `SECTIONS`."""
 
 from __future__ import annotations
 
@@ -222,14 +220,10 @@ def phase_near_dedup_index(docs: int, threshold: float, **_) -> dict:
 
 
 PHASES: dict[str, Callable[..., dict]] = {
-    "wiki-pipeline": phase_wiki_pipeline,
-    "wiki-tokenizer": phase_wiki_tokenizer,
-    "wiki-autotokenizer": phase_wiki_autotokenizer,
-    "sft-pipeline": phase_sft_pipeline,
-    "sft-tokenizer": phase_sft_tokenizer,
-    "text-pipeline": phase_text_pipeline,
-    "text-tokenizer": phase_text_tokenizer,
-    "near-dedup-index": phase_near_dedup_index,
+    "wiki-pipeline": phase_wiki_pipeline, "wiki-tokenizer": phase_wiki_tokenizer,
+    "wiki-autotokenizer": phase_wiki_autotokenizer, "sft-pipeline": phase_sft_pipeline,
+    "sft-tokenizer": phase_sft_tokenizer, "text-pipeline": phase_text_pipeline,
+    "text-tokenizer": phase_text_tokenizer, "near-dedup-index": phase_near_dedup_index,
 }
 
 
@@ -366,26 +360,24 @@ def section_near_dedup(opts: dict, console: Console) -> None:
     console.print(t)
 
 
-SECTIONS: dict[str, Callable[[dict, Console], None]] = {"wiki": section_wiki, "sft": section_sft, "text": section_text,
-                                                         "near-dedup": section_near_dedup}
+SECTIONS: dict[str, Callable[[dict, Console], None]] = {
+    "wiki": section_wiki, "sft": section_sft, "text": section_text, "near-dedup": section_near_dedup}
 
 
 @click.command()
-@click.option("--wiki", type=click.Path(exists=True, path_type=Path), default=None,
-              help="wiki_zh folder (default: ../shared/data/wiki_zh, else sample_data/wiki_zh); also the "
-              "texts of the text benchmark.")
+@click.option("--wiki", type=click.Path(exists=True, path_type=Path), default=None, help="wiki_zh folder (default: "
+              "../shared/data/wiki_zh, else sample_data/wiki_zh); also the texts of the text benchmark.")
 @click.option("--sft", type=click.Path(exists=True, path_type=Path), default=None,
               help="SFT file or folder (default: ../shared/data/belle, else sample_data/belle).")
 @click.option("--kind", type=click.Choice([*SECTIONS, "all"]), default="all", show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Default: every core.")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--baseline-mb", type=float, default=2.0, show_default=True,
-              help="Input the (slow) AutoTokenizer loop encodes.")
+@click.option("--baseline-mb", type=float, default=2.0, show_default=True, help="Input the AutoTokenizer loop encodes.")
 @click.option("--hf-tokenizer", default=None, help="Folder for the AutoTokenizer baseline "
               "(default: ../shared/qwen2-tokenizer, else our tokenizer saved in HF format).")
 @click.option("--index-docs", type=click.IntRange(min=10_000), default=1_000_000, show_default=True,
               help="near-dedup: documents put in the index (1M needs ~5 GB of memory).")
-@click.option("--phase", hidden=True)
+@click.option("--phase", hidden=True)  # a child process's phase (run_child)
 @click.option("--phase-args", hidden=True)
 def main(wiki, sft, kind, workers, repeat, baseline_mb, hf_tokenizer, index_docs, phase, phase_args) -> None:
     """Benchmark prep against its tokenizer and against a per-document AutoTokenizer loop."""
