@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.adapters import load_model
 from model.export.gguf import export_gguf
 from model.generate import Engine
 from model.sampling import SamplingParams
@@ -152,6 +153,25 @@ def test_qwen3_logits_and_greedy_equal_ours(qwen3_base, qwen, type_name, max_dif
     if type_name != "q8_0":
         assert greedy == mine
 
+
+@pytest.mark.parametrize("model_kw", [{}, {"arch": "qwen3", "n_head": 4}], ids=["gpt2", "qwen3"])
+def test_lora_run_merged_gguf_greedy_equals_ours_f32(tmp_path, qwen, model_kw):
+    """A LoRA SFT run (rank 8, every block Linear, B drawn at random so the merge matters) converted as
+    `make gguf` does (adapters merged into the base): llama.cpp's greedy continuation is our merged model's."""
+    from tests.model.export.test_lora_export import lora_run  # here, not at the top: it needs peft
+
+    base, run = lora_run(tmp_path, rank=8, tokenizer="qwen2", block_size=BLOCK, vocab_size=151680, seed=4, **model_kw)
+    merged, base_model = load_model(run)[0], load_model(base)[0]
+    path = export_gguf(run, type_name="f32")["out"]
+    ids, _, ours, diff, top1 = compare_logits(merged, path, qwen)
+    prompt = qwen.encode(TEXTS[0])[:16]
+    mine, greedy = ours_greedy(merged, qwen, prompt, [qwen.eot_id]).tokens, llama_greedy(load(path), prompt)
+    with torch.no_grad():
+        moved = float((base_model(torch.tensor([ids]))[0, :, :N_VOCAB] - ours).abs().max())
+    print(f"\n[gguf-check] LoRA {model_kw.get('arch', 'gpt2')} f32 merged: logits max |diff| {diff:.2e} (the adapters "
+          f"move the base's by up to {moved:.2f}), top-1 {top1:.0%}; greedy {len(mine)} tokens, identical: {greedy == mine}")
+    assert mine != ours_greedy(base_model, qwen, prompt, [qwen.eot_id]).tokens  # the merge changes the text
+    assert diff < 0.03 and top1 == 1.0 and greedy == mine
 
 def test_chat_prompt_is_identical(chat, qwen):
     llm = load(chat[1]["f16"], vocab_only=True)

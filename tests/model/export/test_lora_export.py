@@ -21,11 +21,11 @@ from tests.model.export.test_export import hf_greedy, hf_model
 peft = pytest.importorskip("peft")
 
 
-def lora_run(tmp_path, **model_kw):
+def lora_run(tmp_path, rank=4, tokenizer="bytes", **model_kw):
     """A tiny base run and a LoRA run on it whose adapters are non-zero (B drawn at random)."""
-    base = save_tiny(tmp_path / "base", model=tiny_model(block_size=48, **model_kw))
+    base = save_tiny(tmp_path / "base", tokenizer=tokenizer, model=tiny_model(**{"block_size": 48, **model_kw}))
     model, _ = load_model(base)
-    options = LoraOptions(4, alpha=8.0)
+    options = LoraOptions(rank, alpha=8.0)
     attach(model, options)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -33,7 +33,7 @@ def lora_run(tmp_path, **model_kw):
             if ".lora_B." in name:
                 p.normal_(0.0, 0.2)
     record = {**options.to_dict(), "base": checkpoint_identity(base)}
-    save_adapter(tmp_path / "sft" / "checkpoint", model, record, load_tokenizer("bytes").identity(), "sft", 5, True)
+    save_adapter(tmp_path / "sft" / "checkpoint", model, record, load_tokenizer(tokenizer).identity(), "sft", 5, True)
     return base, tmp_path / "sft"
 
 
