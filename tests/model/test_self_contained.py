@@ -1,12 +1,17 @@
 """Self-contained checkpoints: a cut vocabulary's files travel inside the checkpoint (`model.tokenizer_files`);
-a run folder moved elsewhere, its vocabulary folder deleted, still samples, exports (transformers loads the
-export with its own tokenizer offline: the same greedy text) and converts to GGUF. An older checkpoint that
-names its folder works while the folder exists, says how to pack it, and `model pack` makes it whole."""
+a run folder moved elsewhere, its vocabulary folder deleted, still samples, serves (`python -m model serve`,
+one chat completion, the whole data folder gone), exports (transformers loads the export with its own
+tokenizer offline: the same greedy text) and converts to GGUF. An older checkpoint that names its folder
+works while the folder exists, says how to pack it, and `model pack` makes it whole."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
+import httpx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -16,6 +21,7 @@ from model.io import stop_ids
 from model.loader import load_for_generation
 from model.sampling import SamplingParams
 from model.tokenizer_files import TOKENIZER_DIR, pack
+from tests.conftest import ROOT
 from tests.train.conftest import run_cli, tiny_args
 
 transformers = pytest.importorskip("transformers")
@@ -69,6 +75,39 @@ def test_a_moved_run_without_its_vocabulary_samples_exports_and_converts(cut_run
         assert tok.decode(new[:stop]) == load_for_generation(moved, device="cpu").tokenizer.decode(mine)
     finally:
         hidden.rename(cut_run / "data" / "vocab")
+
+
+def test_a_moved_run_without_its_data_serves_a_chat_completion(cut_run, tmp_path):
+    """`make serve` as a user runs it on a copied run folder: `python -m model serve` in another folder,
+    the run's whole data folder (token files and vocabulary) gone; one chat completion answers."""
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(cut_run / "run", moved)
+    hidden = cut_run / "data.hidden"
+    (cut_run / "data").rename(hidden)
+    proc = subprocess.Popen([sys.executable, "-m", "model", "serve", "--ckpt", str(moved), "--port", "0"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)})
+    try:
+        lines = []
+        for line in proc.stderr:  # ends at exit: a failed load is its last lines, not a hang
+            lines.append(line)
+            if "API base URL" in line:
+                break
+        assert "API base URL" in lines[-1], "".join(lines)[-2000:]
+        api = lines[-1].split()[3]
+        assert api.startswith("http://127.0.0.1:")
+        name = httpx.get(api + "/models").json()["data"][0]["id"]
+        body = {"model": name, "messages": [{"role": "user", "content": "数学是"}], "max_tokens": 4,
+                "temperature": 0}
+        reply = httpx.post(api + "/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"]
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    finally:
+        proc.kill()
+        hidden.rename(cut_run / "data")
 
 
 def test_an_older_checkpoint_works_while_its_folder_exists_and_pack_makes_it_whole(cut_run, tmp_path, capfd):
