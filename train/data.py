@@ -74,9 +74,13 @@ class BlockSampler:
             return rng.integers(0, self.n_free_starts, n)
         return self.starts[rng.integers(0, len(self.starts), n)]
 
-    def micro_batch(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(source of each row: all 0, start of each row's window)``, as `MixtureSampler.draw` answers."""
         rng = np.random.default_rng([self.seed, step, index])
-        return read_windows(self.split, self.draw_starts(rng, self.micro_batch_size), self.block_size)
+        return np.zeros(self.micro_batch_size, np.int64), self.draw_starts(rng, self.micro_batch_size)
+
+    def micro_batch(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return read_windows(self.split, self.draw(step, index)[1], self.block_size)
 
 
 class MixtureSampler:

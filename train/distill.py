@@ -62,11 +62,7 @@ class DistillSampler:
         self.micro_batch_size = base.micro_batch_size
 
     def micro_batch(self, step: int, index: int) -> tuple[np.ndarray, ...]:
-        if isinstance(self.base, MixtureSampler):
-            sources, starts = self.base.draw(step, index)
-        else:
-            rng = np.random.default_rng([self.base.seed, step, index])
-            sources, starts = np.zeros(self.micro_batch_size, np.int64), self.base.draw_starts(rng, self.micro_batch_size)
+        sources, starts = self.base.draw(step, index)  # the windows the stage draws without a teacher
         shape = (self.micro_batch_size, self.block_size)
         x, y, mask = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, bool)
         ids, counts = np.zeros((*shape, self.k), np.int64), np.zeros((*shape, self.k), np.uint8)
