@@ -18,6 +18,7 @@ from prep.tokenizer import CUT_VOCAB_FILE, DEFAULT_TOKENIZER
 from train.overrides import apply_overrides
 from train.pipeline_ledger import AllError, AllSpec, Ledger, folder_digest, hub_reachable, input_fingerprint
 from train.presets import preset
+from train.stages import STAGES
 
 
 def _check_unchanged(ledger: Ledger, folder: Path, result: dict, name: str, digest_of: str = "meta.json") -> None:
@@ -83,7 +84,7 @@ def stage_config(spec: AllSpec, stage: str):
     items = [f"max_steps={spec.steps}"] if spec.steps else []
     for item in spec.assignments:
         prefix, dot, rest = item.partition(".")
-        if dot and prefix in STAGE_NAMES and "=" not in prefix:
+        if dot and prefix in STAGES and "=" not in prefix:  # the stage registry names them
             items += [rest] if prefix == stage else []
         else:
             items.append(item)
@@ -182,5 +183,4 @@ def report(spec: AllSpec, ledger: Ledger, state: dict) -> None:
     write_report(spec, ledger, state["runs"])
 
 
-STAGE_NAMES = ("pretrain", "sft", "dpo")
 STEPS = (prep_wiki, prep_sft, prep_pref, pretrain, sft, dpo, heldout_bpb, harness, export, report)
