@@ -89,8 +89,9 @@ class PrefStage(LMStage):
         pairs, positions = Pairs.of(split), np.arange(len(starts))[rank::world_size]
         was_training = model.training
         model.eval()
-        for i in range(0, len(positions), max(1, batch_size // 2)):
-            rows = positions[i : i + max(1, batch_size // 2)]
+        pairs_per_batch = max(1, batch_size // 2)  # two sequences per pair
+        for i in range(0, len(positions), pairs_per_batch):
+            rows = positions[i : i + pairs_per_batch]
             reference = torch.from_numpy(starts.reference[rows]).to(device)
             with autocast():
                 nll, counts = pref_reference.pair_rows(model, split, pairs, starts.index[rows], block_size, device)
