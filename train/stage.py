@@ -68,7 +68,7 @@ class PrepareContext:
 class Prepared:
     """What `prepare` returns: the training batches' source and each val folder's fixed windows."""
 
-    sampler: object  # .get(step, index) -> a host micro-batch (train.data.BlockSampler, ...), or None with `loader`
+    sampler: object  # .micro_batch(step, index) -> a host micro-batch (train.data.BlockSampler, ...), or None with `loader`
     val_starts: list
     loader: object | None = None  # a device-side producer (rollouts) used in place of the prefetching loader
 
