@@ -38,9 +38,10 @@ def has_long_piece(text: str) -> bool:
 
 def encode_texts(tok: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """`tok.encode_batch(texts)`, with a tiktoken tokenizer's huge pre-tokens encoded by `long_bpe`."""
-    if not isinstance(tok, TiktokenTokenizer) or not any(has_long_piece(t) for t in texts):
+    long = [has_long_piece(t) for t in texts] if isinstance(tok, TiktokenTokenizer) else []
+    if not any(long):
         return tok.encode_batch(texts)
-    return [encode_long(tok, t) if has_long_piece(t) else tok.encode(t) for t in texts]
+    return [encode_long(tok, t) if is_long else tok.encode(t) for t, is_long in zip(texts, long, strict=True)]
 
 
 def encode_long(tok: TiktokenTokenizer, text: str) -> list[int]:

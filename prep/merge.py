@@ -36,7 +36,7 @@ from prep.near_dedup import SEED, NearDedup, NearDedupConfig
 from prep.records import PrepError
 from prep.shard import DUPLICATE, KEPT, NEAR_DUPLICATE
 from prep.shard_read import ShardFolder, open_shards
-from prep.summary import MAX_EXAMPLES, PrepStats
+from prep.summary import MAX_EXAMPLES, PrepStats, count_reason
 from prep.tokenfile import MASKED_KINDS, SHARD_MANIFEST_KIND, SPLITS, Split, TokenFolderWriter
 
 COPY_TOKENS = 1 << 25  # tokens copied at once (128 MB): memory stays flat whatever a shard holds
@@ -70,21 +70,14 @@ def replay(shards: Sequence[ShardFolder]) -> Replay:
         keep[np.flatnonzero(first)] = ~earlier[at : at + int(first.sum())]
         at += int(first.sum())
         for i in np.flatnonzero(~keep):
-            _count(out.skipped, "duplicate", s, int(i))
+            count_reason(out.skipped, "duplicate", s.location(int(i)))
         if out.near is not None:
             for i in np.flatnonzero(keep):
                 if out.near.is_duplicate(s.sketch(int(i), out.near.config.num_perm, SEED), s.location(int(i))):
                     keep[i] = False
-                    _count(out.skipped, "near_duplicate", s, int(i))
+                    count_reason(out.skipped, "near_duplicate", s.location(int(i)))
         out.keep.append(keep)
     return out
-
-
-def _count(table: dict[str, dict], reason: str, shard: ShardFolder, i: int) -> None:
-    entry = table.setdefault(reason, {"count": 0, "examples": []})
-    entry["count"] += 1
-    if len(entry["examples"]) < MAX_EXAMPLES:
-        entry["examples"].append(shard.location(i))
 
 
 def _merged_counts(tables: Sequence[dict], replayed: dict | None = None) -> dict:

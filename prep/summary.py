@@ -24,7 +24,8 @@ from rich.table import Table
 MAX_EXAMPLES = 5  # file:line locations kept per reason
 
 
-def _count(table: dict[str, dict], reason: str, location: str) -> None:
+def count_reason(table: dict[str, dict], reason: str, location: str) -> None:
+    """One more `reason` in a skipped/repaired table, its location kept among the first examples."""
     entry = table.setdefault(reason, {"count": 0, "examples": []})
     entry["count"] += 1
     if len(entry["examples"]) < MAX_EXAMPLES:
@@ -44,16 +45,16 @@ class PrepStats:
     def add_chunk(self, enc: Any) -> None:
         """Record what a worker saw in one chunk (before deduplication)."""
         if enc.file_skip:
-            _count(self.skipped, enc.file_skip, enc.skip_location)
+            count_reason(self.skipped, enc.file_skip, enc.skip_location)
         for s in enc.skipped:
-            _count(self.skipped, s.reason, s.location)
+            count_reason(self.skipped, s.reason, s.location)
         for r in enc.repaired:
-            _count(self.repaired, r.reason, r.location)
+            count_reason(self.repaired, r.reason, r.location)
         self.sources[enc.name]["records_read"] += enc.n_records
         self.read += enc.n_records
 
     def skip(self, reason: str, location: str) -> None:
-        _count(self.skipped, reason, location)
+        count_reason(self.skipped, reason, location)
 
     def keep(self, source: str, chars: int) -> None:
         self.sources[source]["records_kept"] += 1
