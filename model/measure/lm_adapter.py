@@ -27,16 +27,8 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
+from common.progress import bar
 from model.generate import TextStream
 from model.io import is_chat
 from model.loader import load_for_generation
@@ -194,26 +186,4 @@ class ZhMiniLM(TemplateLM):
                 "requests_cut_to_context": self.cut_requests}
 
     def _progress(self, what: str, total: int, disable: bool):
-        columns = (TextColumn(f"[bold]{what}[/]"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                   TimeRemainingColumn())
-        return _ProgressBar(Progress(*columns, console=self.console, transient=True, disable=disable), total)
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.1f}/s" if task.speed else "")
-
-
-class _ProgressBar:
-    """``with _ProgressBar(progress, total) as advance: advance(n)``."""
-
-    def __init__(self, progress: Progress, total: int):
-        self.progress, self.total = progress, total
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task("", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        return bar(self.console, what, total, disable=disable)

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.progress import bar
 from model.distill_loss import DEFAULT_K
 from model.measure.bpb import windows
 from model.teach.chunks import ChunkStore, doc_chunks, file_digest
-from model.teach.progress import bar
 from model.teach.teacher import Teacher, TeacherError, load_teacher
 from model.teach.vocab_map import VocabMap, vocab_map
 from prep.tokenfile import META_NAME, SPLITS, TokenFolder, TokenFolderWriter, open_token_folder

@@ -22,10 +22,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from common.progress import bar
 from model.measure.bpb import ScoredModel, windows
 from model.scoring import score_rows
 from model.teach.chunks import ChunkStore, doc_chunks, file_digest
-from model.teach.progress import bar
 from model.teach.teacher import TeacherError, load_model, load_teacher
 from prep.tokenfile import META_NAME, SPLITS, Split, TokenFolder, TokenFolderWriter, open_token_folder
 from prep.tokenizer import Tokenizer, recorded_tokenizer
